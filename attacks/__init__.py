@@ -1,0 +1,1 @@
+"""attacks: the over-sensitivity side of blindspots (adversarial examples on the same model conventions)."""

@@ -1,0 +1,60 @@
+"""Input checks shared by every entry point: one clear error instead of a traceback from deep inside torch."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_images", "check_labels", "check_same_shape"]
+
+
+def check_images(images: object, name: str = "images", *, channels: int | None = None) -> torch.Tensor:
+    """Check that `images` is a finite float NCHW tensor with values in [0, 1]; return it unchanged."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        hint = " (add a batch dimension with .unsqueeze(0))" if images.ndim == 3 else ""
+        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(images.shape)}{hint}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor with values in [0, 1], got dtype {images.dtype}"
+                        " (convert uint8 images with .float() / 255)")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is empty (batch size 0)")
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} contains NaN or infinite values (samples {bad[:10]})")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} must have values in [0, 1], found range [{lo:.4g}, {hi:.4g}]"
+                         " (pass un-normalised images; normalisation happens inside the Classifier)")
+    return images
+
+
+def check_labels(labels: object, n: int, num_classes: int | None, name: str = "labels") -> torch.Tensor:
+    """Check that `labels` holds `n` integer class indices in [0, num_classes); return them as int64."""
+    if not isinstance(labels, torch.Tensor):
+        try:
+            labels = torch.as_tensor(labels)
+        except Exception as exc:  # noqa: BLE001 - re-raised with a clear message
+            raise TypeError(f"{name} must be a sequence or tensor of class indices") from exc
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), one class index per image, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
+    labels = labels.long()
+    if num_classes is not None and n > 0:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} out of range: found [{lo}, {hi}], the model has {num_classes} classes")
+    return labels
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Check that two image batches pair up one to one."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{name_a} and {name_b} must pair up one to one: got {a.shape[0]} {name_a} "
+                         f"and {b.shape[0]} {name_b}")
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} and {name_b} must have the same image shape: {tuple(a.shape)} vs {tuple(b.shape)}")

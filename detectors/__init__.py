@@ -1,0 +1,1 @@
+"""detectors: Giant Star-forming Clump detection (Faster R-CNN) with swappable Zoobot / ImageNet backbones."""
