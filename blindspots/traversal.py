@@ -206,8 +206,10 @@ class _Probe:
             x = x.detach().requires_grad_(True)
             logp = self._logits(x).log_softmax(-1)
             loss = -logp.gather(1, y[:, None]).sum()
-            (g,) = torch.autograd.grad(loss, x)
-        return logp.detach(), g.to(x.dtype)
+            if not loss.requires_grad:  # the output does not depend on the input: the gradient is zero
+                return logp.detach(), torch.zeros_like(x)
+            (g,) = torch.autograd.grad(loss, x, allow_unused=True)
+        return logp.detach(), torch.zeros_like(x) if g is None else g.to(x.dtype)
 
 
 def _per_sample(t: torch.Tensor) -> torch.Tensor:
@@ -331,9 +333,9 @@ def _traverse_chunk(model, xs, xt, labels, target_labels, seeds, config: LSTConf
         log["rms_t"].append(dist["rms_l2"])
         log["linf_t"].append(dist["linf"])
         log["rms_s"].append(distances(out_x, xs, with_ssim=False)["rms_l2"])
-        log["acc"].append(out_acc.cpu())
+        log["acc"].append(out_acc.to("cpu", copy=True))
         if config.log_snapshots:
-            log["snap"].append(out_x.cpu())
+            log["snap"].append(out_x.to("cpu", copy=True))
 
     if logging:
         record(0)

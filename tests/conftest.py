@@ -1,0 +1,70 @@
+"""Shared fixtures: analytic models with known answers and tiny seeded CNNs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+GALAXIES = REPO.parent / "shared" / "data" / "galaxies"
+
+
+class LinearBinary(nn.Module):
+    """Two-class linear classifier: logits (w.x + b, 0). Its p_y level sets are hyperplanes w.x = const."""
+
+    def __init__(self, shape=(3, 8, 8), seed: int = 0, scale: float = 0.05):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(shape, generator=gen) * scale)
+        self.b = nn.Parameter(torch.zeros(()))
+        self.num_classes = 2
+
+    def forward(self, x):
+        z = (x * self.w).flatten(1).sum(1) + self.b
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+class TinyCNN(nn.Module):
+    """A small seeded CNN with BatchNorm and Dropout, so eval mode matters."""
+
+    def __init__(self, num_classes: int = 4, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.5),
+        )
+        self.head = nn.Linear(64, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture
+def linear_model():
+    return LinearBinary()
+
+
+@pytest.fixture
+def tiny_cnn():
+    return TinyCNN()
+
+
+@pytest.fixture
+def galaxies_dir() -> Path:
+    if not GALAXIES.is_dir():
+        pytest.skip(f"real galaxy cutouts not found at {GALAXIES}")
+    return GALAXIES
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: without PYTHONDONTWRITEBYTECODE, which makes torch imports twice as slow."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
