@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field, replace
+import os
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -127,12 +128,28 @@ class LSTResult:
     ssim: torch.Tensor | None
     misclassified: torch.Tensor
     seeds: torch.Tensor
+    start_rms_l2: torch.Tensor
     config: LSTConfig
     trajectory: Trajectory | None = None
-    start_rms_l2: torch.Tensor = field(default=None)  # type: ignore[assignment]
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the result as plain tensors and numbers (readable with `weights_only=True`, no pickled code)."""
+        state = {k: getattr(self, k) for k in _RESULT_TENSORS}
+        state["config"] = self.config.to_dict()
+        if self.trajectory is not None:
+            state["trajectory"] = {k: v for k, v in asdict(self.trajectory).items() if v is not None}
+        torch.save(state, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LSTResult":
+        """Read a result written by `save`, without executing pickled code."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        trajectory = Trajectory(**state["trajectory"]) if "trajectory" in state else None
+        return cls(**{k: state[k] for k in _RESULT_TENSORS}, config=LSTConfig(**state["config"]),
+                   trajectory=trajectory)
 
     def records(self) -> list[dict[str, Any]]:
         """One plain dict per sample (JSON/CSV ready)."""
@@ -155,6 +172,10 @@ class LSTResult:
                 row["ssim"] = float(self.ssim[i])
             out.append(row)
         return out
+
+
+_RESULT_TENSORS = ("images", "labels", "initial_confidence", "final_confidence", "acceptance_rate", "iterations",
+                   "rms_l2", "linf", "ssim", "misclassified", "seeds", "start_rms_l2")
 
 
 def sample_seeds(seed: int | Sequence[int] | torch.Tensor | None, n: int) -> torch.Tensor:
