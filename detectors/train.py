@@ -1,0 +1,280 @@
+"""Resumable detector training: Adam, random flips, a checkpoint every epoch (and every `checkpoint_every` steps).
+
+A run in `out_dir` is reproducible step by step: epoch e visits the data in a permutation and with flips drawn
+from a generator seeded by (seed, e), and the global torch / numpy / random states (used by torchvision's
+proposal samplers) are saved with every checkpoint. Resuming therefore continues at the exact step where the last
+checkpoint was taken, and a run interrupted and resumed ends with the same weights as an uninterrupted one.
+
+Checkpoint files (only tensors and plain containers, nothing unpickled on load):
+  ``ckpt-<step>.safetensors``   model weights
+  ``ckpt-<step>.pt``            optimiser state, RNG states (loaded with ``torch.load(weights_only=True)``)
+  ``checkpoint.json``           the pointer to the latest pair (written last, atomically) + history and settings
+  ``model.safetensors``         the final weights once all epochs are done
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["train", "TrainResult", "load_checkpoint", "flip_sample", "CHECKPOINT_POINTER"]
+
+CHECKPOINT_POINTER = "checkpoint.json"
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `train`: where it stopped, the per-epoch mean losses and the time spent training (all sessions)."""
+
+    epoch: int
+    step: int
+    completed: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    out_dir: Path | None = None
+
+
+def flip_sample(image: torch.Tensor, target: dict[str, torch.Tensor], horizontal: bool, vertical: bool
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Flip a (C, H, W) image and its xyxy boxes (in pixels, [0, W] x [0, H]) horizontally and/or vertically."""
+    if not (horizontal or vertical):
+        return image, target
+    h, w = image.shape[-2:]
+    boxes = target["boxes"].clone()
+    if horizontal:
+        image = image.flip(-1)
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    if vertical:
+        image = image.flip(-2)
+        boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
+    return image, {**target, "boxes": boxes}
+
+
+def _epoch_plan(n: int, seed: int, epoch: int) -> tuple[list[int], torch.Tensor]:
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=gen).tolist(), torch.rand(n, 2, generator=gen) < 0.5
+
+
+def _sample(dataset: Any, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    if hasattr(dataset, "images") and hasattr(dataset, "targets"):  # a SimulatedBatch
+        return dataset.images[i], dataset.targets[i]
+    return dataset[i]
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_weights(model: nn.Module, path: Path, meta: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]) -> None:
+    step = info["step"]
+    _save_weights(model, out / f"ckpt-{step}.safetensors", {"step": str(step)})
+    tmp = out / f"ckpt-{step}.pt.tmp"
+    torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state(), "step": step}, tmp)
+    os.replace(tmp, out / f"ckpt-{step}.pt")
+    previous = _read_pointer(out)
+    _atomic_write_text(out / CHECKPOINT_POINTER, json.dumps(info, indent=1))
+    if previous is not None and previous["step"] != step:  # the old pair is garbage only once the pointer moved
+        for suffix in (".safetensors", ".pt"):
+            (out / f"ckpt-{previous['step']}{suffix}").unlink(missing_ok=True)
+
+
+def _read_pointer(out: Path) -> dict[str, Any] | None:
+    path = out / CHECKPOINT_POINTER
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is corrupt ({exc}); delete it to start over") from exc
+
+
+def load_checkpoint(out_dir: str | os.PathLike, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    """Load the latest checkpoint of `out_dir` into `model` (and `optimizer`, restoring the RNG states too).
+
+    Returns the checkpoint's info (epoch, step, history, settings), or None when `out_dir` holds no checkpoint.
+    """
+    from blindspots.models import load_weights
+
+    out = Path(out_dir)
+    info = _read_pointer(out)
+    if info is None:
+        return None
+    load_weights(model, out / f"ckpt-{info['step']}.safetensors")
+    if optimizer is not None:
+        state = torch.load(out / f"ckpt-{info['step']}.pt", map_location="cpu", weights_only=True)
+        if state["step"] != info["step"]:
+            raise ValueError(f"checkpoint files in {out} disagree (step {state['step']} vs {info['step']})")
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+    return info
+
+
+def train(
+    detector: nn.Module,
+    dataset: Any,
+    epochs: int,
+    out_dir: str | os.PathLike,
+    batch_size: int = 4,
+    *,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    hflip: bool | None = None,
+    vflip: bool | None = None,
+    seed: int = 0,
+    resume: bool = True,
+    checkpoint_every: int | None = None,
+    max_seconds: float | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train `detector` (a torchvision detection model) on `dataset` for `epochs` epochs, checkpointing in `out_dir`.
+
+    Args:
+        dataset: items ``(image (3, H, W) in [0, 1], {"boxes": (K, 4) xyxy, "labels": (K,)})``, e.g.
+            `detectors.SimulatedClumps`, or a `SimulatedBatch`.
+        epochs: the total number of epochs of the run (a resumed run continues up to it).
+        lr, weight_decay, hflip, vflip: default to the detector's preset (the paper: Adam 1e-4, 5e-5, both flips).
+        seed: fixes the visiting order and flips of every epoch.
+        resume: continue from the checkpoint in `out_dir` if there is one (its settings must match); False starts
+            over and overwrites it.
+        checkpoint_every: also checkpoint every this many steps (an epoch end always checkpoints; so does Ctrl-C).
+        max_seconds: stop (with a checkpoint) once this much training time has been spent in this call; call again
+            to continue.
+    Returns a `TrainResult`; ``completed`` is False when stopped by `max_seconds`.
+    """
+    preset = getattr(detector, "preset", None)
+    lr = lr if lr is not None else getattr(preset, "lr", 1e-4)
+    weight_decay = weight_decay if weight_decay is not None else getattr(preset, "weight_decay", 5e-5)
+    hflip = hflip if hflip is not None else getattr(preset, "hflip", True)
+    vflip = vflip if vflip is not None else getattr(preset, "vflip", True)
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset is empty")
+    steps_per_epoch = math.ceil(n / batch_size)
+    device = torch.device(device) if device is not None else next(detector.parameters()).device
+    detector.to(device)
+    params = [p for p in detector.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the detector has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"n": n, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "hflip": hflip,
+                "vflip": vflip, "seed": seed}
+
+    info = load_checkpoint(out, detector, optimizer) if resume else None
+    if info is not None:
+        if info["settings"] != settings:
+            diff = {k: (info["settings"].get(k), v) for k, v in settings.items() if info["settings"].get(k) != v}
+            raise ValueError(f"{out} holds a run with other settings (checkpoint vs now: {diff}); use another "
+                             "out_dir or resume=False to start over")
+        step, history, spent = info["step"], info["history"], info["seconds"]
+        running = info.get("running", {})
+    else:
+        torch.manual_seed(seed)
+        step, history, spent, running = 0, [], 0.0, {}
+
+    def checkpoint() -> None:
+        _save_checkpoint(out, detector, optimizer, {
+            "epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch, "epochs": epochs,
+            "history": history, "running": running, "seconds": spent, "settings": settings})
+
+    total = epochs * steps_per_epoch
+    start = time.perf_counter()
+    session_start = spent
+    completed = step >= total
+    detector.train()
+    bar = tqdm(total=total, initial=min(step, total), disable=not progress, desc="train", unit="step")
+    try:
+        while step < total:
+            epoch, k = divmod(step, steps_per_epoch)
+            order, flips = _epoch_plan(n, seed, epoch)
+            idx = order[k * batch_size:(k + 1) * batch_size]
+            images, targets = [], []
+            for i in idx:
+                img, tgt = _sample(dataset, i)
+                img, tgt = flip_sample(img, tgt, hflip and bool(flips[i, 0]), vflip and bool(flips[i, 1]))
+                images.append(img.to(device))
+                targets.append({"boxes": tgt["boxes"].to(device).float(), "labels": tgt["labels"].to(device)})
+            losses = detector(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in losses.items()})}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            spent = session_start + time.perf_counter() - start
+            for name, v in losses.items():
+                running[name] = running.get(name, 0.0) + float(v.detach())
+            running["loss"] = running.get("loss", 0.0) + float(loss.detach())
+            running["steps"] = running.get("steps", 0) + 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
+            if step % steps_per_epoch == 0:
+                m = running.pop("steps")
+                history.append({"epoch": epoch + 1, **{k: v / m for k, v in running.items()}, "seconds": spent})
+                running = {}
+                checkpoint()
+            elif checkpoint_every and step % checkpoint_every == 0:
+                checkpoint()
+            if max_seconds is not None and time.perf_counter() - start >= max_seconds and step < total:
+                if step % steps_per_epoch:
+                    checkpoint()
+                break
+        else:
+            completed = True
+    except KeyboardInterrupt:
+        checkpoint()  # the step in flight is lost, every finished one is kept
+        raise
+    finally:
+        bar.close()
+    if completed:
+        _save_weights(detector, out / "model.safetensors")
+    return TrainResult(epoch=step // steps_per_epoch, step=step, completed=completed, history=history,
+                       seconds=spent, out_dir=out)
