@@ -1,0 +1,146 @@
+"""Differentiable clump confidences wrapped as `blindspots.Classifier`, so `level_set_traversal` (and the attacks)
+run unchanged against the detector and against its backbone.
+
+* Backbone -> a clumpy / not-clumpy classifier: global average pool of the encoder's deepest map + a linear head
+  (2 logits: not clumpy, clumpy), with the backbone's own input normalisation.
+* Detector -> "is there a clump in this region": the detector's second stage scores every RPN proposal; with p_i the
+  clump probability (softmax over background/clump/odd clump) of proposal i whose centre lies in the region, the
+  confidence is the soft maximum  s = sum_i p_i w_i,  w = softmax(p / temperature)  (a weighted mean that tends to
+  max_i p_i as temperature -> 0, always in [0, 1], and differentiable in the image through the backbone, the RoI
+  features and the box head). The logits are [log(1 - s), log(s)], so class 1's softmax probability is exactly s.
+  Proposals (RPN top-k + NMS) are piecewise constant in the image, as in any detector; gradients flow through the
+  scores, not through which proposals were kept. Without proposals in the region the confidence is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from blindspots.models import Classifier
+
+__all__ = ["as_classifier", "BackboneClumpNet", "DetectorRegionScore"]
+
+_HEADS = {"clump": (1,), "odd": (2,), "any": (1, 2)}
+
+
+class BackboneClumpNet(nn.Module):
+    """Encoder body -> global average pool of its deepest feature map -> `head` (default: linear, 2 logits)."""
+
+    def __init__(self, body: nn.Module, channels: int, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head if head is not None else nn.Linear(channels, 2)
+        self.num_classes = getattr(self.head, "out_features", 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.body(x)
+        last = list(feats.values())[-1] if isinstance(feats, Mapping) else feats[-1]
+        return self.head(last.mean((-2, -1)))
+
+
+class DetectorRegionScore(nn.Module):
+    """2 logits [log(1 - s), log(s)] per image, s the soft maximum of the clump scores of the proposals in a region.
+
+    Args:
+        detector: a torchvision two-stage detector (`transform`, `backbone`, `rpn`, `roi_heads`), e.g. from
+            `detectors.build_detector`; images go in as [0, 1] (its transform normalises them).
+        classes: which classes count as the score (1: clump, 2: odd clump; their probabilities are summed).
+        region: (x0, y0, x1, y1) in input pixels, shared by every image; None: the whole image.
+        temperature: of the soft maximum (smaller: closer to the max, sparser gradients).
+    """
+
+    def __init__(self, detector: nn.Module, classes: Sequence[int] = (1,), region: Sequence[float] | None = None,
+                 temperature: float = 0.05, eps: float = 1e-6) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if region is not None:
+            region = [float(v) for v in region]
+            if len(region) != 4 or not (region[0] < region[2] and region[1] < region[3]):
+                raise ValueError(f"region must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {region}")
+        self.detector = detector
+        self.classes = list(classes)
+        self.region = region
+        self.temperature = float(temperature)
+        self.eps = eps
+        self.num_classes = 2
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        det = self.detector
+        h, w = images.shape[-2:]
+        image_list, _ = det.transform(list(images))
+        features = det.backbone(image_list.tensors)
+        proposals, _ = det.rpn(image_list, features)
+        rh = det.roi_heads
+        box_features = rh.box_head(rh.box_roi_pool(features, proposals, image_list.image_sizes))
+        class_logits, _ = rh.box_predictor(box_features)
+        probs = class_logits.softmax(-1)[:, self.classes].sum(-1)
+        scores = []
+        for p, boxes, (th, tw) in zip(probs.split([len(b) for b in proposals]), proposals, image_list.image_sizes):
+            cx = (boxes[:, 0] + boxes[:, 2]) * (0.5 * w / tw)
+            cy = (boxes[:, 1] + boxes[:, 3]) * (0.5 * h / th)
+            if self.region is not None:
+                x0, y0, x1, y1 = self.region
+                inside = (cx >= x0) & (cx <= x1) & (cy >= y0) & (cy <= y1)
+                p = p[inside]
+            if p.numel() == 0:
+                scores.append(probs.sum() * 0.0)  # no proposal in the region: confidence 0 (keeps the graph)
+            else:
+                scores.append((p * (p / self.temperature).softmax(0)).sum())
+        s = torch.stack(scores).clamp(self.eps, 1 - self.eps)
+        return torch.stack([torch.log1p(-s), torch.log(s)], 1)
+
+
+def as_classifier(
+    model: nn.Module,
+    head: nn.Module | str | None = None,
+    *,
+    region: Sequence[float] | None = None,
+    temperature: float = 0.05,
+    name: str | None = None,
+) -> Classifier:
+    """Wrap a detector or a backbone as a 2-class `blindspots.Classifier` (class 1 = clump / clumpy).
+
+    Args:
+        model: a detector from `build_detector` (anything with `rpn` and `roi_heads`), or a backbone from
+            `build_backbone` (anything with `body` and `body_channels`; a detector's `.backbone` works).
+        head: for a detector, which score: "clump" (default), "odd" or "any"; for a backbone, the module mapping
+            pooled features (N, C) to 2 logits (default: a fresh `nn.Linear(C, 2)` to be trained).
+        region: detector only: (x0, y0, x1, y1) in pixels where the clump is sought (default: the whole image).
+        temperature: detector only: temperature of the soft maximum over proposals.
+
+    The Classifier is returned in eval mode, which the detector needs (its training mode wants targets).
+    """
+    if hasattr(model, "rpn") and hasattr(model, "roi_heads"):
+        key = head or "clump"
+        if key not in _HEADS:
+            raise ValueError(f"for a detector, head must be one of {sorted(_HEADS)}, got {head!r}")
+        net = DetectorRegionScore(model, _HEADS[key], region, temperature)
+        clf = Classifier(net, class_names=["no " + ("clump" if key != "odd" else "odd clump"),
+                                           "clump" if key != "odd" else "odd clump"],
+                         name=name or f"detector:{key}")
+    elif hasattr(model, "body"):
+        if region is not None:
+            raise ValueError("region applies to a detector; a backbone classifier sees the whole image")
+        if isinstance(head, str):
+            raise TypeError("for a backbone, head must be an nn.Module (or None for a new linear head)")
+        channels = getattr(model, "body_channels", None)
+        if channels is None:
+            with torch.no_grad():
+                feats = model.body(torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device))
+            last = list(feats.values())[-1] if isinstance(feats, Mapping) else feats[-1]
+            channels = last.shape[1]
+        net = BackboneClumpNet(model.body, int(channels), head)
+        mean, std = getattr(model, "image_mean", None), getattr(model, "image_std", None)
+        if mean is not None and all(m == 0 for m in mean) and all(s == 1 for s in std):
+            mean = std = None  # Zoobot: [0, 1] inputs as they are
+        clf = Classifier(net, mean, std, class_names=["not clumpy", "clumpy"],
+                         name=name or f"backbone:{getattr(model, 'arch', type(model).__name__)}")
+    else:
+        raise TypeError(f"as_classifier needs a detector (with rpn and roi_heads) or a backbone (with body), got "
+                        f"{type(model).__name__}")
+    return clf.eval()
