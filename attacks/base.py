@@ -1,0 +1,358 @@
+"""Shared machinery of the attacks: the result type, the base class and the per-run bookkeeping.
+
+Every attack is a small class: the constructor takes the model and the settings, the call takes images in [0, 1]
+(NCHW), labels (int64; default: the model's predictions) and optional targets, and returns an `AttackResult` with
+per-sample outcomes. The base class checks inputs (`blindspots.validation`), runs the attack inside
+`blindspots.models.probing` (eval mode, no parameter gradients, both restored afterwards), counts every forward and
+backward pass per sample, and returns the results on the inputs' device and dtype.
+
+Early stop: attacks drop a sample from their working batch as soon as one of their forward passes shows it fooled
+(the active set of AutoAttack's cascade), so fooled samples stop costing model evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blindspots.metrics import l2 as l2_distance
+from blindspots.metrics import linf as linf_distance
+from blindspots.models import Classifier, probing
+from blindspots.traversal import _model_device, sample_seeds
+from blindspots.validation import check_images, check_labels, check_same_shape
+
+__all__ = ["AttackResult", "Attack", "per_sample_noise", "NORMS", "LOSSES"]
+
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "margin")
+
+
+@dataclass
+class AttackResult:
+    """Per-sample outcome of an attack; every tensor has the batch as its first dimension.
+
+    Attributes:
+        images: the adversarial images (the clean image where the attack found nothing better), on the inputs'
+            device and dtype.
+        labels: true classes (N,) int64; `targets`: target classes for a targeted attack, else None.
+        success: (N,) bool, the returned image is misclassified (untargeted) or classified as the target (targeted).
+        predictions: (N,) class the model predicts on the returned image.
+        clean_success: (N,) bool, the clean image was already adversarial (then it is returned unchanged).
+        l2, linf: (N,) norms of the perturbation `images - clean` in [0, 1] pixel space.
+        forwards, backwards: (N,) int64 numbers of forward / backward passes spent on each sample.
+        epsilon: (N,) smallest flipping budget found (`minimal_epsilon` only; inf where none was found).
+        seeds: (N,) per-sample seeds of the random starts.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    success: torch.Tensor
+    predictions: torch.Tensor
+    clean_success: torch.Tensor
+    l2: torch.Tensor
+    linf: torch.Tensor
+    forwards: torch.Tensor
+    backwards: torch.Tensor
+    seeds: torch.Tensor
+    targets: torch.Tensor | None = None
+    epsilon: torch.Tensor | None = None
+    attack: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def rms_l2(self) -> torch.Tensor:
+        """l2 / sqrt(number of values): the dimension-free distance reported by LST."""
+        return self.l2 / math.sqrt(self.images[0].numel())
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of samples the attack did not fool (untargeted attacks)."""
+        return 1.0 - self.success_rate
+
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per sample (JSON/CSV ready)."""
+        out = []
+        for i in range(len(self)):
+            row: dict[str, Any] = {
+                "index": i, "label": int(self.labels[i]), "success": bool(self.success[i]),
+                "prediction": int(self.predictions[i]), "clean_success": bool(self.clean_success[i]),
+                "l2": float(self.l2[i]), "rms_l2": float(self.rms_l2[i]), "linf": float(self.linf[i]),
+                "forwards": int(self.forwards[i]), "backwards": int(self.backwards[i]), "seed": int(self.seeds[i]),
+            }
+            if self.targets is not None:
+                row["target"] = int(self.targets[i])
+            if self.epsilon is not None:
+                row["epsilon"] = float(self.epsilon[i])
+            out.append(row)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Aggregate figures: success rate, mean norms of successful perturbations, passes per sample."""
+        s = self.success
+        return {
+            "attack": self.attack, **{k: v for k, v in self.params.items() if isinstance(v, (int, float, str, bool))},
+            "n": len(self), "success_rate": self.success_rate,
+            "mean_l2_success": float(self.l2[s].mean()) if bool(s.any()) else float("nan"),
+            "mean_linf_success": float(self.linf[s].mean()) if bool(s.any()) else float("nan"),
+            "forwards_per_sample": float(self.forwards.double().mean()),
+            "backwards_per_sample": float(self.backwards.double().mean()),
+        }
+
+
+def _mix(seed: int, stream: int) -> int:
+    """A distinct 63-bit seed for (sample seed, restart/stream), independent of the batch."""
+    return (seed * 6364136223846793005 + stream * 1442695040888963407 + 1) % (2**63 - 1)
+
+
+def per_sample_noise(seeds: torch.Tensor, shape: Sequence[int], kind: str, stream: int = 0) -> torch.Tensor:
+    """One noise tensor per sample from its own generator (so a sample's start does not depend on its batch-mates).
+
+    kind "uniform": U(-1, 1) per value; "normal": N(0, 1) per value, plus the l2 random start's radius fraction
+    u ~ U(0, 1) returned as an extra last value of the flattened sample. `stream` separates restarts.
+    """
+    numel = int(np.prod(shape))
+    out = torch.empty((len(seeds), numel + (kind == "normal")))
+    gen = torch.Generator()
+    for i, s in enumerate(seeds.tolist()):
+        gen.manual_seed(_mix(int(s), stream))
+        if kind == "uniform":
+            out[i].uniform_(-1.0, 1.0, generator=gen)
+        elif kind == "normal":
+            out[i, :numel].normal_(generator=gen)
+            out[i, numel:].uniform_(0.0, 1.0, generator=gen)
+        else:
+            raise ValueError(f"unknown noise kind {kind!r}")
+    return out
+
+
+def _view(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample vector -> broadcastable over images."""
+    return t.view(-1, 1, 1, 1)
+
+
+class _Run:
+    """Bookkeeping of one attack call: the clean batch, labels/targets, per-sample pass counters and outputs."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
+                 seeds: torch.Tensor) -> None:
+        self.model = model
+        self.x, self.y, self.t = x, y, t
+        self.targeted = t is not None
+        self.seeds = seeds
+        n = x.shape[0]
+        dev = x.device
+        self.forwards = torch.zeros(n, dtype=torch.long, device=dev)
+        self.backwards = torch.zeros(n, dtype=torch.long, device=dev)
+        self.out = x.clone()
+        self.success = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.clean_success = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.clean_known = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.pred = y.clone()
+        self.extra: dict[str, Any] = {}  # additional per-sample result fields (e.g. epsilon)
+
+    # ----------------------------------------------------------------------------------------- model passes
+    def logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Logits at x (samples `idx`), no gradient: one forward each."""
+        with torch.no_grad():
+            out = self.model(x).float()
+        self.forwards[idx] += 1
+        return out
+
+    def logits_and_grad(self, x: torch.Tensor, idx: torch.Tensor, loss: str
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, per-sample objective and its gradient w.r.t. x: one forward and one backward each.
+
+        The objective is summed over samples before the backward, so each sample's gradient is its own (no 1/N).
+        """
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            logits = self.model(xg).float()
+            obj = self.objective(logits, idx, loss)
+            (g,) = torch.autograd.grad(obj.sum(), xg)
+        self.forwards[idx] += 1
+        self.backwards[idx] += 1
+        return logits.detach(), obj.detach(), g
+
+    def objective(self, logits: torch.Tensor, idx: torch.Tensor, loss: str) -> torch.Tensor:
+        """Per-sample quantity the attack ascends: CE of the label (untargeted) or minus CE of the target
+        (targeted); "margin": best other logit minus the label's (untargeted) or target logit minus best other."""
+        cls = self.t[idx] if self.targeted else self.y[idx]
+        if loss == "ce":
+            ce = F.cross_entropy(logits, cls, reduction="none")
+            return -ce if self.targeted else ce
+        own = logits.gather(1, cls[:, None]).squeeze(1)
+        other = logits.scatter(1, cls[:, None], float("-inf")).amax(1)
+        return own - other if self.targeted else other - own
+
+    def is_adv(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return pred == self.t[idx] if self.targeted else pred != self.y[idx]
+
+    # ----------------------------------------------------------------------------------------- outputs
+    def commit(self, idx: torch.Tensor, images: torch.Tensor, logits: torch.Tensor) -> None:
+        """Return `images` for samples `idx`; `logits` (the model's output on them) give success and prediction."""
+        self.set(idx, images, self.is_adv(logits, idx), logits.argmax(1))
+
+    def set(self, idx: torch.Tensor, images: torch.Tensor, success: torch.Tensor, pred: torch.Tensor) -> None:
+        """Record returned images, success flags and predictions of samples `idx`."""
+        self.out[idx] = images.detach().to(self.out.dtype)
+        self.success[idx] = success
+        self.pred[idx] = pred
+
+    def mark_clean(self, idx: torch.Tensor, logits: torch.Tensor) -> None:
+        """The model's logits on the clean images of `idx` are known: samples already adversarial are returned
+        unchanged (and need no attack)."""
+        self.clean_known[idx] = True
+        adversarial = self.is_adv(logits, idx)
+        hit = idx[adversarial]
+        self.clean_success[hit] = True
+        self.out[hit] = self.x[hit]
+        self.success[hit] = True
+        self.pred[hit] = logits.argmax(1)[adversarial]
+
+    def eps(self, eps: float | torch.Tensor) -> torch.Tensor:
+        """A scalar or per-sample budget as an (N,) tensor on the batch's device and dtype."""
+        if isinstance(eps, torch.Tensor):
+            if eps.shape[0] != self.x.shape[0]:
+                raise ValueError(f"a per-sample eps must hold one value per image ({self.x.shape[0]}), got "
+                                 f"{eps.shape[0]}")
+            return eps.to(device=self.x.device, dtype=self.x.dtype)
+        return torch.full((self.x.shape[0],), float(eps), device=self.x.device, dtype=self.x.dtype)
+
+
+class Attack:
+    """Base class: model wrapping, input checks, pass counting, clean check, per-sample results.
+
+    Subclasses implement `_run(run, idx)`: attack the samples `idx` (int64 positions into the batch, all clean-
+    correct as far as is known) and `run.commit(...)` an image and a success flag for each of them.
+
+    Args:
+        model: a `blindspots.Classifier` (or any module mapping [0, 1] images to logits).
+        early_stop: drop a sample from the working batch once it is fooled.
+        seed: per-sample seeds for random starts: an int (sample i uses seed + i), a sequence, or None.
+        device: where to compute (default: the model's device); results come back on the inputs' device.
+        progress: show a tqdm progress bar.
+    """
+
+    name = "attack"
+    norm: str | None = None
+    supports_targeted = True
+
+    def __init__(self, model: nn.Module, *, early_stop: bool = True, seed: int | Sequence[int] | None = None,
+                 device: str | torch.device | None = None, progress: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module (ideally a blindspots.Classifier), got {type(model).__name__}")
+        self.model = model
+        self.early_stop = bool(early_stop)
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+
+    # settings shown in results and reports
+    def params(self) -> dict[str, Any]:
+        return {"early_stop": self.early_stop}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _needs_clean_first(self) -> bool:
+        """Check the clean images before attacking (so already-fooled samples cost one forward only)."""
+        return self.early_stop
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None, *,
+                 targets: torch.Tensor | Sequence[int] | None = None,
+                 init: torch.Tensor | None = None) -> AttackResult:
+        """Attack `images` (N, C, H, W) in [0, 1].
+
+        Args:
+            labels: true classes (N,); None uses the model's predictions (one extra forward per sample).
+            targets: target classes (N,) for a targeted attack (success = classified as the target).
+            init: optional starting points (N, C, H, W) for the first restart instead of a random start (projected
+                onto the budget and [0, 1]); e.g. to reproduce another library's random start.
+        """
+        check_images(images, "images")
+        n = images.shape[0]
+        num_classes = self.model.num_classes if isinstance(self.model, Classifier) else None
+        if labels is not None:
+            labels = check_labels(labels, n, num_classes)
+        if targets is not None:
+            if not self.supports_targeted:
+                raise ValueError(f"{type(self).__name__} is untargeted; call it without targets")
+            targets = check_labels(targets, n, num_classes, "targets")
+        if init is not None:
+            check_images(init, "init")
+            check_same_shape(images, init, "images", "init")
+        device = torch.device(self.device) if self.device is not None else _model_device(self.model)
+        seeds = sample_seeds(self.seed, n)
+        x = images.detach().to(device)
+        everyone = torch.arange(n, device=device)
+        with probing(self.model):
+            clean_logits = None
+            if labels is None:
+                with torch.no_grad():
+                    clean_logits = self.model(x).float()
+                labels = clean_logits.argmax(1)
+            y = labels.to(device)
+            t = targets.to(device) if targets is not None else None
+            if t is not None and bool((t == y).any()):
+                bad = (t == y).nonzero().flatten().tolist()
+                raise ValueError(f"targets equal the labels for samples {bad[:10]}; pick a different target class")
+            run = _Run(self.model, x, y, t, seeds)
+            if clean_logits is not None:
+                run.forwards += 1
+                run.mark_clean(everyone, clean_logits)
+            elif self._needs_clean_first():
+                run.mark_clean(everyone, run.logits(x, everyone))
+            todo = (~run.success).nonzero().flatten()
+            if todo.numel():
+                self._run(run, todo, None if init is None else init.detach().to(device=device, dtype=x.dtype))
+            # lazy clean check: a failed sample whose clean image was never evaluated may have been fooled already
+            lazy = (~run.success & ~run.clean_known).nonzero().flatten()
+            if lazy.numel():
+                run.mark_clean(lazy, run.logits(x[lazy], lazy))
+        return self._result(images, run, **run.extra)
+
+    def _result(self, images: torch.Tensor, run: _Run, **extra: Any) -> AttackResult:
+        dev, dtype = images.device, images.dtype
+        adv = run.out.to(device=dev, dtype=dtype)
+        return AttackResult(
+            images=adv, labels=run.y.to(dev), success=run.success.to(dev), predictions=run.pred.to(dev),
+            clean_success=run.clean_success.to(dev), l2=l2_distance(adv, images), linf=linf_distance(adv, images),
+            forwards=run.forwards.to(dev), backwards=run.backwards.to(dev), seeds=run.seeds,
+            targets=None if run.t is None else run.t.to(dev), attack=type(self).__name__, params=self.params(),
+            **{k: v.to(dev) for k, v in extra.items()})
+
+    def _run(self, run: _Run, idx: torch.Tensor, init: torch.Tensor | None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def check_budget(eps: float | Sequence[float] | torch.Tensor, name: str = "eps") -> float | torch.Tensor:
+    """A budget is a non-negative finite float, or one per sample (1-D)."""
+    if isinstance(eps, (int, float)):
+        if not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {eps}")
+        return float(eps)
+    t = torch.as_tensor(eps, dtype=torch.float32)
+    if t.ndim != 1 or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise ValueError(f"{name} must be a number or a 1-D tensor of finite values >= 0, one per sample")
+    return t
+
+
+def check_choice(value: str, choices: Sequence[str], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
