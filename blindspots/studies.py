@@ -216,7 +216,17 @@ class RecordStore:
         self.path = self.folder / name
         if settings is not None:
             self._check_settings(_jsonable(dict(settings)))
+        self._drop_torn_tail()
         self._records = self._read()
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a torn last line off this rank's file, so that appended records start on a line of their own."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
         manifest = self.folder / "study.json"
