@@ -3,6 +3,9 @@ sets) and over-sensitive (adversarial attacks, in the sibling package `attacks`)
 
 from .models import Classifier, load_classifier, load_state_dict_file, load_weights, probing
 from .traversal import LSTConfig, LSTResult, Trajectory, derangement_pairs, level_set_traversal
+from .geometry import (HullResult, PathResult, SimplexResult, TubeResult, geometry_report, hull_statistics,
+                       load_lst_results, path_confidence, save_lst_results, simplex_statistics, trajectory_confidence,
+                       tube_width)
 
 __version__ = "0.1.0"
 
@@ -17,4 +20,16 @@ __all__ = [
     "Trajectory",
     "level_set_traversal",
     "derangement_pairs",
+    "HullResult",
+    "PathResult",
+    "SimplexResult",
+    "TubeResult",
+    "path_confidence",
+    "trajectory_confidence",
+    "hull_statistics",
+    "simplex_statistics",
+    "tube_width",
+    "geometry_report",
+    "save_lst_results",
+    "load_lst_results",
 ]
