@@ -382,7 +382,10 @@ def _traverse_chunk(model, xs, xt, labels, target_labels, seeds, config: LSTConf
             candidate = (x + eta * d - a).clamp_(0, 1)
         else:
             candidate = (x + eta * d).clamp_(0, 1)
-        logp_c, g_c = probe.log_probs_and_grad(candidate, work_y)
+        if it < config.iterations:
+            logp_c, g_c = probe.log_probs_and_grad(candidate, work_y)
+        else:  # the last candidate's gradient would never be used: its forward alone decides
+            logp_c, g_c = probe.log_probs(candidate), g
         p_c = logp_c.gather(1, work_y[:, None]).squeeze(1).exp()
         ok = (work_p0 - p_c) < delta  # NaN confidences compare False: such candidates are rejected
         okb = _per_sample(ok)
