@@ -1,0 +1,225 @@
+"""Speed of the LST engine against the reference code's loop structure and against the bare model cost.
+
+Measured side by side in one run, on the same model and batch, in seconds per sample-iteration:
+
+(a) engine:    `blindspots.level_set_traversal` with `LSTConfig.paper(iterations=T)` (whole call, including its clean
+               forward, its first forward+backward and the final distances);
+(b) reference: `reference_lst`, the public code's structure: per iteration a forward+backward at x for the gradient,
+               then a SEPARATE no-grad forward at the candidate x' for the acceptance test; same math and the same
+               per-sample start noise as the engine, so its final images must equal the engine's;
+(c) floor:     T bare forward+backward passes of the model with respect to its input.
+
+Targets: (b)/(a) >= 1.35 with identical outputs, (a)/(c) <= 1.10. The three are interleaved (rotating order) over
+several repeats; medians and the min-max spread are reported, since other processes may share the cores.
+
+    python -m benchmarks.speed_lst                       # resnet18 + deit_tiny at 64 and 224 px
+    python -m benchmarks.speed_lst --models resnet18 --sizes 64 --batch 8 --iterations 20 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from blindspots import Classifier, LSTConfig, level_set_traversal
+from blindspots.models import IMAGENET_MEAN, IMAGENET_STD, probing
+from blindspots.traversal import _start_noise, sample_seeds
+from blindspots.validation import check_images, check_labels, check_same_shape
+
+__all__ = ["reference_lst", "floor_passes", "build_model", "bench_one", "main"]
+
+
+def _source_log_prob(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log p_y(x) per sample, computed as the engine does (float log-softmax, then gather)."""
+    return model(x).float().log_softmax(-1).gather(1, y[:, None]).squeeze(1)
+
+
+def reference_lst(
+    model: nn.Module,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor | Sequence[int] | None = None,
+    config: LSTConfig | None = None,
+    *,
+    seed: int | Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LST with the reference code's loop structure (two model evaluations of each point), for speed and parity checks.
+
+    Per iteration: forward+backward at x for g, then a separate no-grad forward at the candidate x' for the
+    acceptance test. Uses `step_size`, `iterations`, `threshold`, `adv_eps`, `init_noise` and `use_prediction` of
+    `config` (default `LSTConfig.paper()`); no early stop, logging, batching or mixed precision. Runs with parameter
+    gradients off (inside `probing`). Start noise is drawn per sample exactly as in the engine.
+
+    Returns:
+        (final images (N, C, H, W) on the model's device, accept decisions (T, N) bool).
+    """
+    config = config or LSTConfig.paper()
+    check_images(sources, "sources")
+    check_images(targets, "targets")
+    check_same_shape(sources, targets, "sources", "targets")
+    n = sources.shape[0]
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    xs, xt = sources.to(device), targets.to(device)
+    seeds = sample_seeds(seed, n)
+    eta, eps, delta = config.step_size, config.adv_eps, config.threshold
+    decisions = []
+    with probing(model):
+        with torch.no_grad():
+            clean = model(xs).float().log_softmax(-1)
+        if labels is None or config.use_prediction:
+            y = clean.argmax(1)
+        else:
+            y = check_labels(labels, n, clean.shape[1]).to(device)
+        p0 = clean.gather(1, y[:, None]).squeeze(1).exp()
+        x = (xs + _start_noise(seeds, xs.shape[1:], config.init_noise).to(xs)).clamp_(0, 1)
+        a = torch.zeros_like(x)
+        for _ in range(config.iterations):
+            with torch.enable_grad():  # evaluation 1: gradient at x
+                xg = x.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(-_source_log_prob(model, xg, y).sum(), xg)
+            v = xt - x
+            gg = (g * g).flatten(1).sum(1)
+            gv = (g * v).flatten(1).sum(1)
+            coef = torch.where(gg > 0, gv / gg.clamp_min(torch.finfo(gg.dtype).tiny), torch.zeros_like(gg))
+            d = v - coef.view(-1, 1, 1, 1) * g
+            if eps > 0:
+                a = (a + (eps / 2) * g).clamp_(-eps, eps)
+                candidate = (x + eta * d - a).clamp_(0, 1)
+            else:
+                candidate = (x + eta * d).clamp_(0, 1)
+            with torch.no_grad():  # evaluation 2: acceptance test at the candidate
+                p_c = _source_log_prob(model, candidate, y).exp()
+            ok = (p0 - p_c) < delta
+            x = torch.where(ok.view(-1, 1, 1, 1), candidate, x)
+            decisions.append(ok)
+    return x.detach(), torch.stack(decisions) if decisions else torch.zeros(0, n, dtype=torch.bool)
+
+
+def floor_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iterations: int) -> torch.Tensor:
+    """`iterations` bare forward+backward passes w.r.t. the input (parameter gradients off); returns the last gradient."""
+    g = torch.zeros_like(x)
+    with probing(model), torch.enable_grad():
+        for _ in range(iterations):
+            xg = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(-_source_log_prob(model, xg, y).sum(), xg)
+    return g
+
+
+def build_model(name: str, size: int, seed: int = 0) -> Classifier:
+    """A timm model with random weights (no download) for `size`-px inputs, wrapped with ImageNet normalisation."""
+    import timm
+
+    torch.manual_seed(seed)
+    kwargs = {"img_size": size} if ("deit" in name or "vit" in name) else {}
+    net = timm.create_model(name, pretrained=False, **kwargs)
+    return Classifier(net, IMAGENET_MEAN, IMAGENET_STD, name=name).eval()
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_one(name: str, size: int, batch: int, iterations: int, repeats: int, seed: int = 0) -> dict:
+    """Interleaved timings of (a) engine, (b) reference structure, (c) floor for one model and input size."""
+    model = build_model(name, size, seed)
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.rand(batch, 3, size, size, generator=gen)
+    xt = torch.rand(batch, 3, size, size, generator=gen)
+    config = LSTConfig.paper(iterations=iterations)
+    with torch.no_grad():
+        y = model(xs).argmax(1)
+
+    runs = {
+        "a": lambda: level_set_traversal(model, xs, xt, y, config=config, seed=seed),
+        "b": lambda: reference_lst(model, xs, xt, y, config=config, seed=seed),
+        "c": lambda: floor_passes(model, xs, y, iterations),
+    }
+    # warm-up (allocator, oneDNN primitive caches), short
+    warm = LSTConfig.paper(iterations=2)
+    level_set_traversal(model, xs, xt, y, config=warm, seed=seed)
+    reference_lst(model, xs, xt, y, config=warm, seed=seed)
+    floor_passes(model, xs, y, 2)
+
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    outputs: dict[str, object] = {}
+    order = list(runs)
+    for r in range(repeats):
+        rot = order[r % 3:] + order[:r % 3]  # rotate the order so drifts in machine load hit all three alike
+        for k in rot:
+            dt, out = _timed(runs[k])
+            times[k].append(dt / (batch * iterations))
+            outputs[k] = out
+
+    res_a, (img_b, dec_b) = outputs["a"], outputs["b"]
+    max_diff = float((res_a.images - img_b.cpu()).abs().max())
+    acc_a = (res_a.acceptance_rate * iterations).round().long()
+    acc_b = dec_b.sum(0).cpu()
+    ba = [b / a for a, b in zip(times["a"], times["b"])]
+    ac = [a / c for a, c in zip(times["a"], times["c"])]
+    return {
+        "model": name, "size": size, "batch": batch, "iterations": iterations, "repeats": repeats,
+        "sec_per_sample_iter": {k: statistics.median(v) for k, v in times.items()},
+        "spread": {k: [min(v), max(v)] for k, v in times.items()},
+        "b_over_a": statistics.median(ba), "b_over_a_range": [min(ba), max(ba)],
+        "a_over_c": statistics.median(ac), "a_over_c_range": [min(ac), max(ac)],
+        "max_abs_diff_a_b": max_diff,
+        "same_accept_counts": bool(torch.equal(acc_a, acc_b)),
+        "mean_acceptance": float(res_a.acceptance_rate.mean()),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _print_row(r: dict) -> None:
+    t, s = r["sec_per_sample_iter"], r["spread"]
+    print(f"{r['model']:>24} {r['size']:>4}px  "
+          + "  ".join(f"{k}={t[k] * 1e3:7.2f}ms [{s[k][0] * 1e3:.2f}-{s[k][1] * 1e3:.2f}]" for k in "abc")
+          + f"  b/a={r['b_over_a']:.3f} [{r['b_over_a_range'][0]:.2f}-{r['b_over_a_range'][1]:.2f}]"
+          + f"  a/c={r['a_over_c']:.3f} [{r['a_over_c_range'][0]:.2f}-{r['a_over_c_range'][1]:.2f}]"
+          + f"  max|a-b|={r['max_abs_diff_a_b']:.1e} accepts_equal={r['same_accept_counts']}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns 0 if every configuration meets the targets and the outputs agree, else 1."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed_lst", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["resnet18", "deit_tiny_patch16_224"], help="timm model names")
+    p.add_argument("--sizes", nargs="+", type=int, default=[64, 224], help="input sizes in px")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--iterations", type=int, default=20, help="LST iterations T per timed run")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are reported)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--out", type=Path, default=None, help="append one JSON line per configuration to this file")
+    p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |engine - reference| on final images")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"seconds per sample-iteration (median [min-max] over {args.repeats} interleaved repeats), batch "
+          f"{args.batch}, T={args.iterations}, {torch.get_num_threads()} threads; a=engine b=reference c=floor")
+    ok = True
+    for name in args.models:
+        for size in args.sizes:
+            r = bench_one(name, size, args.batch, args.iterations, args.repeats, args.seed)
+            _print_row(r)
+            if args.out is not None:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+            good = (r["b_over_a"] >= 1.35 and r["a_over_c"] <= 1.10 and r["max_abs_diff_a_b"] <= args.atol
+                    and r["same_accept_counts"])
+            ok &= good
+            if not good:
+                print(f"  -> target missed (b/a >= 1.35, a/c <= 1.10, max|a-b| <= {args.atol}, equal accepts)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
