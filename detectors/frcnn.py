@@ -22,7 +22,7 @@ from torchvision.ops import MultiScaleRoIAlign, nms
 
 from .backbones import build_backbone
 
-__all__ = ["DetectorPreset", "PRESETS", "ClumpDetector", "build_detector", "CLASS_NAMES"]
+__all__ = ["DetectorPreset", "PRESETS", "ClumpDetector", "build_detector", "detect", "agnostic_nms", "CLASS_NAMES"]
 
 CLASS_NAMES = ("background", "clump", "odd clump")
 
@@ -165,3 +165,24 @@ def build_detector(
     if device is not None:
         model.to(device)
     return model
+
+
+@torch.no_grad()
+def detect(detector: nn.Module, images: torch.Tensor, batch_size: int = 16,
+           device: str | torch.device | None = None) -> list[dict[str, torch.Tensor]]:
+    """Run the detector in eval mode on float (N, 3, H, W) images in [0, 1]; one dict of "boxes", "scores",
+    "labels" per image, on CPU. The detector's training mode is restored afterwards."""
+    from blindspots.validation import check_images
+
+    check_images(images, "images")
+    device = torch.device(device) if device is not None else next(detector.parameters()).device
+    was_training = detector.training
+    detector.eval()
+    try:
+        out = []
+        for i in range(0, images.shape[0], batch_size):
+            batch = [im.to(device) for im in images[i:i + batch_size]]
+            out += [{k: v.cpu() for k, v in d.items()} for d in detector(batch)]
+    finally:
+        detector.train(was_training)
+    return out
