@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-import numpy as np
 import torch
 
 from blindspots.data import IMAGE_SUFFIXES, prepare, to_tensor

@@ -257,7 +257,6 @@ class GalaxyParams:
         return dataclasses.replace(self, **{k: getattr(self, k)[keep] for k in _SOURCE_FIELDS})
 
 
-
 _SOURCE_FIELDS = ("x", "y", "sigma", "flux_fraction", "g_r", "label", "box")
 
 

@@ -12,7 +12,6 @@ import torch
 
 from detectors.data import BoxTable, collate, load_cutouts, read_boxes_csv, read_coco, write_boxes_csv, write_coco
 from detectors.evaluate import (
-    STRICT,
     MatchRule,
     ap50,
     average_precision,
@@ -396,6 +395,11 @@ def test_average_precision_hand_computed():
     assert average_precision([p1, p2], [t1, t2]) == pytest.approx(5 / 9)
     res = ap50([pred], [target])
     assert res["clump"] == pytest.approx(5 / 9) and math.isnan(res["odd_clump"]) and res["mAP50"] == res["clump"]
+    # the envelope matters: TP, FP, FP, TP, TP -> precision 1, 1/2, 1/3, 1/2, 3/5 at recall 1/3 .. 1;
+    # the step to recall 2/3 is credited with the later, higher precision 3/5
+    pred = _p([[0, 0, 10, 10], [60, 0, 70, 10], [80, 0, 90, 10], [20, 0, 30, 10], [40, 0, 50, 10]],
+              [0.9, 0.8, 0.7, 0.6, 0.5])
+    assert average_precision([pred], [target]) == pytest.approx((1 + 3 / 5 + 3 / 5) / 3)
     assert average_precision([_p([], [])], [target]) == 0.0
     perfect = _p(target["boxes"].tolist(), [0.3, 0.2, 0.1])
     assert average_precision([perfect], [target]) == 1.0
