@@ -10,6 +10,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("blindspots.demo", "LST on the offline ImageNet model and scikit-image's photos (no downloads)"),
+    "detect": ("detectors.cli", "simulate clumpy galaxies, train a clump detector (resumable), evaluate and draw"),
     "geometry": ("blindspots.geometry_cli", "level-set geometry (paths, triangle hulls, tube width) of saved LST results"),
 }
 

@@ -179,9 +179,10 @@ def train(
         resume: continue from the checkpoint in `out_dir` if there is one (its settings must match); False starts
             over and overwrites it.
         checkpoint_every: also checkpoint every this many steps (an epoch end always checkpoints; so does Ctrl-C).
-        max_seconds: stop (with a checkpoint) once this much training time has been spent in this call; call again
-            to continue.
-    Returns a `TrainResult`; ``completed`` is False when stopped by `max_seconds`.
+        max_seconds: a budget for the run's total training time (all calls on `out_dir`, as recorded in its
+            checkpoints): stop with a checkpoint once it is spent; raise it (or pass None) and call again to continue.
+    Returns a `TrainResult`; ``completed`` is False when stopped by `max_seconds`. A fresh run seeds torch's global
+    RNG with `seed` (torchvision's anchor and proposal samplers draw from it); a resumed one restores it.
     """
     preset = getattr(detector, "preset", None)
     lr = lr if lr is not None else getattr(preset, "lr", 1e-4)
@@ -228,10 +229,11 @@ def train(
     start = time.perf_counter()
     session_start = spent
     completed = step >= total
+    out_of_time = max_seconds is not None and spent >= max_seconds
     detector.train()
     bar = tqdm(total=total, initial=min(step, total), disable=not progress, desc="train", unit="step")
     try:
-        while step < total:
+        while step < total and not out_of_time:
             epoch, k = divmod(step, steps_per_epoch)
             order, flips = _epoch_plan(n, seed, epoch)
             idx = order[k * batch_size:(k + 1) * batch_size]
@@ -263,12 +265,11 @@ def train(
                 checkpoint()
             elif checkpoint_every and step % checkpoint_every == 0:
                 checkpoint()
-            if max_seconds is not None and time.perf_counter() - start >= max_seconds and step < total:
+            if max_seconds is not None and spent >= max_seconds and step < total:
                 if step % steps_per_epoch:
                     checkpoint()
                 break
-        else:
-            completed = True
+        completed = step >= total
     except KeyboardInterrupt:
         checkpoint()  # the step in flight is lost, every finished one is kept
         raise

@@ -186,18 +186,20 @@ def test_one_training_step_lowers_the_loss(tiny_data, tmp_path):
 
 
 def test_resume_restores_optimiser_state_epoch_and_continues_exactly(tiny_data, tmp_path):
-    kw = dict(batch_size=2, lr=1e-3, progress=False, seed=5)
+    data = [(tiny_data.images[i], tiny_data.targets[i]) for i in range(2)]  # 2 steps of 1 image per epoch
+    kw = dict(batch_size=1, lr=1e-3, progress=False, seed=5)
     straight = _tiny_detector(seed=2)
-    train(straight, tiny_data, 2, tmp_path / "straight", **kw)
-    # interrupted after its first step (mid-epoch), then resumed in a fresh process-like setting
+    train(straight, data, 2, tmp_path / "straight", **kw)
+    # out of time budget after its first step (mid-epoch), then resumed with a fresh detector
     first = _tiny_detector(seed=2)
-    r1 = train(first, tiny_data, 2, tmp_path / "resumed", max_seconds=0, **kw)
+    r1 = train(first, data, 2, tmp_path / "resumed", max_seconds=1e-9, **kw)
     assert (r1.step, r1.completed) == (1, False)
     info = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert (info["step"], info["epoch"]) == (1, 0)
     torch.manual_seed(123)  # resuming must restore the RNG, whatever the state now
     resumed = _tiny_detector(seed=99)  # other init: the checkpoint must overwrite it
-    r2 = train(resumed, tiny_data, 2, tmp_path / "resumed", **kw)
+    assert train(resumed, data, 2, tmp_path / "resumed", max_seconds=1e-9, **kw).step == 1  # budget spent: no step
+    r2 = train(resumed, data, 2, tmp_path / "resumed", **kw)
     assert (r2.step, r2.epoch, r2.completed) == (4, 2, True) and len(r2.history) == 2
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
@@ -207,7 +209,7 @@ def test_resume_restores_optimiser_state_epoch_and_continues_exactly(tiny_data, 
     assert info["epoch"] == 2 and info["step"] == 4
     assert all(float(s["step"]) == 4 for s in opt.state_dict()["state"].values())
     with pytest.raises(ValueError, match="other settings"):
-        train(resumed, tiny_data, 3, tmp_path / "resumed", batch_size=4, progress=False)
+        train(resumed, data, 3, tmp_path / "resumed", batch_size=2, progress=False)
 
 
 # --------------------------------------------------------------------------------------------------- classifier
