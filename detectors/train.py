@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -167,6 +167,7 @@ def train(
     max_seconds: float | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TrainResult:
     """Train `detector` (a torchvision detection model) on `dataset` for `epochs` epochs, checkpointing in `out_dir`.
 
@@ -181,6 +182,8 @@ def train(
         checkpoint_every: also checkpoint every this many steps (an epoch end always checkpoints; so does Ctrl-C).
         max_seconds: a budget for the run's total training time (all calls on `out_dir`, as recorded in its
             checkpoints): stop with a checkpoint once it is spent; raise it (or pass None) and call again to continue.
+        clock: measures training time (default wall time; on a shared machine, e.g.
+            ``lambda: time.process_time() / torch.get_num_threads()`` counts this process's CPU time per core).
     Returns a `TrainResult`; ``completed`` is False when stopped by `max_seconds`. A fresh run seeds torch's global
     RNG with `seed` (torchvision's anchor and proposal samplers draw from it); a resumed one restores it.
     """
@@ -226,7 +229,7 @@ def train(
             "history": history, "running": running, "seconds": spent, "settings": settings})
 
     total = epochs * steps_per_epoch
-    start = time.perf_counter()
+    start = clock()
     session_start = spent
     completed = step >= total
     out_of_time = max_seconds is not None and spent >= max_seconds
@@ -251,7 +254,7 @@ def train(
             loss.backward()
             optimizer.step()
             step += 1
-            spent = session_start + time.perf_counter() - start
+            spent = session_start + clock() - start
             for name, v in losses.items():
                 running[name] = running.get(name, 0.0) + float(v.detach())
             running["loss"] = running.get("loss", 0.0) + float(loss.detach())
