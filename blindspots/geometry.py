@@ -807,6 +807,7 @@ def geometry_report(
     triangle_figures: int = 3,
     trajectory: Trajectory | LSTResult | None = None,
     batch_size: int = 64,
+    chunk_sources: int = 32,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -817,7 +818,9 @@ def geometry_report(
     and the LST trajectory when given), `triangle_<s>_<i>_<j>.png` (the first `triangle_figures` triangles,
     needs K >= 2), `tube_width.png` (along the straight path source 0 -> output 0 at `tube_points` positions,
     `tube_directions` directions), and `geometry.json` with every statistic (hull: the paper's Table 2).
-    Each finished stage is also cached in `out_dir/geometry_cache.pt`, so an interrupted run resumes.
+    Each finished stage (hull and simplex: per chunk of `chunk_sources` sources) is cached in
+    `out_dir/geometry_cache.pt`, keyed by the inputs, the model's weights and the settings, so an interrupted run
+    resumes where it stopped.
     Returns the JSON content.
     """
     from . import plots
@@ -838,8 +841,9 @@ def geometry_report(
     settings = {"grid_step": grid_step, "deltas": list(deltas), "path_steps": path_steps,
                 "simplex_samples": simplex_samples, "tube_radii": [float(r) for r in tube_radii],
                 "tube_directions": tube_directions, "tube_points": tube_points, "seed": seed,
+                "chunk_sources": chunk_sources,
                 "sources": n, "rounds": k}
-    cache = _StageCache(out / "geometry_cache.pt", settings, sources, outputs)
+    cache = _StageCache(out / "geometry_cache.pt", settings, model, sources, outputs, labels)
     report: dict[str, Any] = {"settings": settings, "model": getattr(model, "name", type(model).__name__)}
     figures: list[str] = []
 
@@ -856,8 +860,9 @@ def geometry_report(
     figures.append("path_confidence.png")
 
     if k >= 2:
-        hull = cache.get("hull", lambda: hull_statistics(model, sources, outputs, labels, grid_step, deltas,
-                                                         progress=progress, **common))
+        hull = _merge_sources([cache.get(f"hull:{lo}", lambda sl=sl: hull_statistics(
+            model, sources[sl], outputs[sl], labels[sl], grid_step, deltas, progress=progress, **common))
+            for lo, sl in _source_chunks(n, chunk_sources)])
         report["hull"] = hull.summary()
         report["hull_per_source"] = {key: v.tolist() for key, v in hull.per_source().items()}
         for s, p in itertools.islice(itertools.product(range(n), range(hull.pairs.shape[0])), triangle_figures):
@@ -869,8 +874,9 @@ def geometry_report(
                                 title=f"source {s}, outputs {i} and {j}", path=out / name)
             figures.append(name)
         if simplex_samples > 0:
-            simplex = cache.get("simplex", lambda: simplex_statistics(
-                model, sources, outputs, labels, simplex_samples, deltas, seed=seed, progress=progress, **common))
+            simplex = _merge_sources([cache.get(f"simplex:{lo}", lambda lo=lo, sl=sl: simplex_statistics(
+                model, sources[sl], outputs[sl], labels[sl], simplex_samples, deltas, seed=seed + lo,
+                progress=progress, **common)) for lo, sl in _source_chunks(n, chunk_sources)])
             report["simplex"] = simplex.summary()
     else:
         report["hull"] = None
@@ -897,9 +903,10 @@ class _StageCache:
     """Finished stages of `geometry_report`, saved as plain tensors (weights_only-safe) and reused on a rerun
     with the same inputs and settings."""
 
-    def __init__(self, path: Path, settings: dict, sources: torch.Tensor, outputs: torch.Tensor) -> None:
+    def __init__(self, path: Path, settings: dict, model: nn.Module, *tensors: torch.Tensor) -> None:
         self.path = path
-        self.key = json.dumps(settings, sort_keys=True) + f"|{_fingerprint(sources)}|{_fingerprint(outputs)}"
+        self.key = "|".join([json.dumps(settings, sort_keys=True), _model_fingerprint(model),
+                             *(_fingerprint(t) for t in tensors)])
         self.data: dict[str, Any] = {}
         if path.is_file():
             try:
@@ -911,19 +918,51 @@ class _StageCache:
 
     def get(self, name: str, compute: Callable[[], Any]) -> Any:
         classes = {"paths": PathResult, "hull": HullResult, "simplex": SimplexResult, "tube": TubeResult}
+        cls = classes[name.split(":")[0]]
         if name in self.data:
             fields = dict(self.data[name])
             if "deltas" in fields:
                 fields["deltas"] = tuple(fields["deltas"])
             if "levels" in fields:
                 fields["levels"] = tuple(fields["levels"])
-            return classes[name](**fields)
+            return cls(**fields)
         result = compute()
         self.data[name] = {f: getattr(result, f) for f in result.__dataclass_fields__}
         tmp = self.path.with_name(self.path.name + ".tmp")
         torch.save({"key": self.key, "stages": self.data}, tmp)
         os.replace(tmp, self.path)
         return result
+
+
+def _model_fingerprint(model: nn.Module) -> str:
+    parts = [type(model).__name__, str(getattr(model, "name", ""))]
+    for k, v in model.state_dict().items():
+        v = v.detach()
+        parts.append(f"{k}:{tuple(v.shape)}:{float(v.double().sum()) if v.is_floating_point() else int(v.sum())}")
+    return ";".join(parts)
+
+
+def _source_chunks(n: int, chunk: int) -> list[tuple[int, slice]]:
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk_sources must be a positive int, got {chunk!r}")
+    return [(lo, slice(lo, min(n, lo + chunk))) for lo in range(0, n, chunk)]
+
+
+def _merge_sources(parts: list[Any]) -> Any:
+    """Concatenate per-source results (HullResult / SimplexResult) computed on consecutive chunks of sources."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    fields: dict[str, Any] = {}
+    for f in first.__dataclass_fields__:
+        values = [getattr(p, f) for p in parts]
+        if f in ("evaluations", "forward_passes"):
+            fields[f] = sum(values)
+        elif f in ("pairs", "grid", "deltas", "samples"):
+            fields[f] = values[0]
+        else:
+            fields[f] = torch.cat(values)
+    return type(first)(**fields)
 
 
 def _fingerprint(t: torch.Tensor) -> str:

@@ -73,8 +73,16 @@ def plot_triangle(
         ax.tricontour(tri, c, levels=[p_src], colors="white", linestyles="--", linewidths=1.2)
     ax.plot(*np.vstack([corners, corners[:1]]).T, color="black", linewidth=1)
     ax.scatter(xy[:, 0], xy[:, 1], s=3, color="black", alpha=0.35)
-    for (x, y), name in zip(corners, vertex_names):
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    centroid = corners.mean(0)
+    for corner, name in zip(corners, vertex_names):
+        away = corner - centroid
+        away = away / (np.linalg.norm(away) or 1.0)
+        ax.annotate(name, corner, textcoords="offset points", xytext=tuple(10 * away), fontsize=9,
+                    ha="left" if away[0] > 0.3 else "right" if away[0] < -0.3 else "center",
+                    va="bottom" if away[1] > 0.3 else "top" if away[1] < -0.3 else "center")
+    span = np.ptp(corners, axis=0).max()
+    ax.set_xlim(corners[:, 0].min() - 0.12 * span, corners[:, 0].max() + 0.12 * span)
+    ax.set_ylim(corners[:, 1].min() - 0.12 * span, corners[:, 1].max() + 0.12 * span)
     ax.set_aspect("equal")
     ax.set_xlabel("l2 distance in [0, 1] pixel space")
     cbar = fig.colorbar(filled, ax=ax, shrink=0.85)
