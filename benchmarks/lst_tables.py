@@ -59,7 +59,7 @@ def hull_metric(grid_step: float = 0.1, deltas: Sequence[float] = (0.0, 0.1, 0.2
     """Per-source triangle-hull statistics (paper Table 2) as a source metric for `run_pair_protocol`."""
     from blindspots.geometry import hull_statistics
 
-    def metric(model: nn.Module, sources: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor):
+    def metric(model: nn.Module, sources: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor, **_: Any):
         res = hull_statistics(model, sources, outputs, labels, grid_step, deltas, batch_size=batch_size)
         per = res.per_source()
         return [{k: float(v[i]) for k, v in per.items()} | {"pairs": int(res.pairs.shape[0]),

@@ -332,7 +332,8 @@ class ProtocolConfig:
 
 # A per-pair metric: (model, sources, outputs, targets, labels) -> {column: (n,) tensor}, stored in the pair record.
 PairMetric = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]]
-# A per-source metric: (model, sources (S,C,H,W), outputs (S,K,C,H,W), labels (S,)) -> one dict per source.
+# A per-source metric: (model, sources (S,C,H,W), outputs (S,K,C,H,W), labels (S,), *, source_ids (S indices into
+# the image set)) -> one dict per source.
 SourceMetric = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], Sequence[Mapping[str, Any]]]
 
 
@@ -465,7 +466,7 @@ def run_pair_protocol(
             for kind, fn in source_metrics.items():
                 if not any(missing_src[kind]):
                     continue
-                rows = fn(model, images[src_t], per_source, labels[src_t])
+                rows = fn(model, images[src_t], per_source, labels[src_t], source_ids=sources)
                 new = []
                 for j, (s, row) in enumerate(zip(sources, rows)):
                     if missing_src[kind][j]:
