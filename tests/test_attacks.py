@@ -1,0 +1,252 @@
+"""Attacks: closed forms on linear classifiers, one contract over every attack on a tiny seeded CNN, parity with
+torchattacks, and the sensitivity profile / CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import attacks
+from blindspots import Classifier
+from blindspots.metrics import l2 as l2_dist
+from blindspots.metrics import linf as linf_dist
+from conftest import LinearBinary, TinyCNN
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.25, 0.3, 0.2)
+
+
+def _linear_setup(n: int = 6, seed: int = 0):
+    """Two-class linear classifier with normalisation inside; images well inside [0, 1] so clipping never binds.
+
+    Logits (z, 0) with z = <w, (x - mean) / std>: in pixel space the margin is z and its gradient w / std, so the
+    minimal l2 flip is |z| / ||w / std||_2 and the minimal l-inf flip |z| / ||w / std||_1.
+    """
+    model = Classifier(LinearBinary(seed=seed), MEAN, STD).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = 0.5 + 0.1 * (torch.rand(n, 3, 8, 8, generator=gen) - 0.5)
+    with torch.no_grad():
+        z = model(x)[:, 0]
+    w = model.model.w.detach() / torch.tensor(STD).view(3, 1, 1)
+    return model, x, z.abs(), w
+
+
+def test_deepfool_and_minimal_epsilon_match_the_closed_form_on_a_linear_classifier():
+    model, x, margin, w = _linear_setup()
+    exact_l2 = margin / w.norm()
+    exact_linf = margin / w.abs().sum()
+
+    df = attacks.DeepFool(model)(x)
+    assert df.success.all()
+    ratio = df.l2 / exact_l2
+    assert (ratio >= 1.0).all() and (ratio <= 1.05).all(), ratio
+    # one linearisation step lands past the boundary: clean forward + one step, one backward (1 candidate class)
+    assert df.backwards.tolist() == [1] * len(x)
+
+    for norm, exact, max_eps in (("l2", exact_l2, 1.0), ("linf", exact_linf, 0.1)):
+        res = attacks.minimal_epsilon(model, x, norm=norm, max_eps=max_eps, search_steps=10, steps=20, seed=0)
+        assert res.success.all()
+        # success at eps implies eps >= the exact minimum; bisection resolution max_eps / 2**10
+        assert (res.epsilon >= exact * (1 - 1e-4)).all(), (res.epsilon, exact)
+        assert (res.epsilon <= exact * 1.05 + max_eps / 2**10).all(), (res.epsilon, exact)
+        dist = res.l2 if norm == "l2" else res.linf
+        assert (dist <= res.epsilon * (1 + 1e-5) + 1e-7).all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_stays_in_its_ball_and_flips_exactly_when_the_budget_allows(norm):
+    model, x, margin, w = _linear_setup()
+    exact = margin / (w.abs().sum() if norm == "linf" else w.norm())
+    # per-sample budgets: half just below the minimal flip (must fail), half 20 % above (must succeed)
+    factor = torch.tensor([0.95, 1.2] * (len(x) // 2))
+    eps = exact * factor
+    for early_stop in (True, False):
+        res = attacks.PGD(model, eps, norm, steps=30, early_stop=early_stop, seed=0)(x)
+        assert res.images.min() >= 0 and res.images.max() <= 1
+        dist = res.linf if norm == "linf" else res.l2
+        assert (dist <= eps * (1 + 1e-5) + 1e-7).all(), (dist, eps)
+        assert res.success.tolist() == (factor > 1).tolist()
+        with torch.no_grad():
+            assert ((model(res.images).argmax(1) != 0) == res.success).all()  # z > 0 ... class 0 is never flipped
+        if not early_stop:
+            # 30 steps + the final iterate + the clean forward that predicted the labels
+            assert (res.backwards == 30).all() and (res.forwards == 32).all()
+
+
+def test_targeted_pgd_reaches_the_target_when_the_budget_allows():
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    with torch.no_grad():
+        lin[1].weight.normal_(0, 0.05)
+        lin[1].bias.zero_()
+    model = Classifier(lin).eval()
+    x = 0.5 + 0.1 * (torch.rand(8, 3, 8, 8) - 0.5)
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    t = logits.argmin(1)  # the least likely class: the hardest target, not where an untargeted attack goes
+    W = lin[1].weight.detach().view(3, 3, 8, 8)
+    gap = (logits.gather(1, y[:, None]) - logits.gather(1, t[:, None])).squeeze(1)
+    w_ty = W[t] - W[y]
+    lower = gap / w_ty.flatten(1).abs().sum(1)  # no l-inf perturbation below this makes z_t >= z_y
+    eps_big = 3 * lower
+    corner = (x + eps_big.view(-1, 1, 1, 1) * w_ty.sign()).clamp(0, 1)
+    with torch.no_grad():
+        assert (model(corner).argmax(1) == t).all()  # so the budget eps_big allows the target
+    res = attacks.PGD(model, eps_big, "linf", steps=40, seed=0)(x, y, targets=t)
+    assert res.success.all() and (res.predictions == t).all()
+    assert (res.linf <= eps_big * (1 + 1e-5)).all()
+    res = attacks.PGD(model, 0.9 * lower, "linf", steps=40, seed=0)(x, y, targets=t)
+    assert not res.success.any()
+    assert (res.targets == t).all()
+
+
+# ------------------------------------------------------------------------------------------------- the contract
+
+EPS = 0.05
+
+
+def _attacks(model):
+    return {
+        "fgsm": (attacks.FGSM(model, EPS), ("linf", EPS)),
+        "pgd-linf": (attacks.PGD(model, EPS, "linf", steps=5, seed=0), ("linf", EPS)),
+        "pgd-l2-restarts": (attacks.PGD(model, 0.5, "l2", steps=5, restarts=2, early_stop=False, seed=0), ("l2", 0.5)),
+        "pgd-margin": (attacks.PGD(model, EPS, "linf", steps=5, loss="margin", random_start=False), ("linf", EPS)),
+        "apgd-linf": (attacks.APGD(model, EPS, "linf", steps=8, seed=0), ("linf", EPS)),
+        "apgd-l2": (attacks.APGD(model, 0.5, "l2", steps=8, restarts=2, early_stop=False, seed=0), ("l2", 0.5)),
+        "deepfool": (attacks.DeepFool(model, steps=10, candidates=3), None),
+        "minimal-eps": (attacks.MinimalEpsilon(model, max_eps=EPS, search_steps=3, steps=5, seed=0), ("linf", EPS)),
+    }
+
+
+@pytest.fixture(scope="module")
+def cnn_batch():
+    model = Classifier(TinyCNN(num_classes=4, seed=0), MEAN, STD)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(8, 3, 16, 16, generator=gen)
+    model.eval()
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    labels = pred.clone()
+    labels[:2] = (pred[:2] + 1) % 4  # two samples misclassified from the start
+    model.train()
+    return model, x, labels
+
+
+@pytest.mark.parametrize("name", list(_attacks(nn.Identity())))
+def test_every_attack_keeps_the_contract(cnn_batch, name):
+    model, x, labels = cnn_batch
+    model.train()
+    flags = {p: p.requires_grad for p in model.parameters()}
+    attack, ball = _attacks(model)[name]
+    res = attack(x, labels)
+    # model mode and parameter flags restored, no gradients left on parameters
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad == f for p, f in flags.items()) and all(p.grad is None for p in model.parameters())
+    # shape / dtype / device kept, values in [0, 1], inside the budget
+    assert res.images.shape == x.shape and res.images.dtype == x.dtype and res.images.device == x.device
+    assert res.images.min() >= 0 and res.images.max() <= 1
+    assert torch.allclose(res.l2, l2_dist(res.images, x)) and torch.allclose(res.linf, linf_dist(res.images, x))
+    if ball is not None:
+        norm, eps = ball
+        dist = res.linf if norm == "linf" else res.l2
+        assert (dist <= eps * (1 + 1e-5) + 1e-7).all()
+    if res.epsilon is not None:
+        assert torch.isinf(res.epsilon[~res.success]).all()
+        assert (res.linf[res.success] <= res.epsilon[res.success] * (1 + 1e-5) + 1e-7).all()
+    # the success mask and predictions are the model's verdict (eval mode) on the returned images
+    model.eval()
+    with torch.no_grad():
+        pred_adv, pred_clean = model(res.images).argmax(1), model(x).argmax(1)
+    model.train()
+    assert (res.predictions == pred_adv).all()
+    assert (res.success == (pred_adv != labels)).all()
+    # accuracy never increases: already-misclassified samples stay misclassified; those found so before the attack
+    # (always with early stop; otherwise checked only if the attack failed) come back unchanged
+    assert (pred_adv == labels).sum() <= (pred_clean == labels).sum()
+    wrong = pred_clean != labels
+    assert res.success[wrong].all()
+    assert torch.equal(res.images[res.clean_success], x[res.clean_success])
+    assert (res.clean_success == wrong).all() or not attack.early_stop
+    # passes are counted: every attacked sample cost at least one forward and one backward
+    attacked = ~wrong
+    assert (res.forwards >= 1).all() and (res.backwards[attacked] >= 1).all()
+    assert (res.backwards <= res.forwards * max(getattr(attack, "candidates", 1), 1)).all()
+    assert len(res.records()) == len(x) and json.dumps(res.summary())
+
+
+def test_early_stop_spends_passes_only_on_samples_not_yet_fooled(cnn_batch):
+    model, x, labels = cnn_batch
+    steps = 6
+    full = attacks.PGD(model, EPS, steps=steps, early_stop=False, seed=0)(x, labels)
+    early = attacks.PGD(model, EPS, steps=steps, early_stop=True, seed=0)(x, labels)
+    attacked = ~early.clean_success
+    assert (full.backwards[2:] == steps).all() and (full.forwards[2:] == steps + 1).all()
+    # a sample not fooled runs every step (+ clean and final forwards); a fooled one stops at its first fooled iterate
+    never = attacked & ~early.success
+    assert (early.backwards[never] == steps).all() and (early.forwards[never] == steps + 2).all()
+    fooled = attacked & early.success
+    assert (early.backwards[fooled] < steps + 1).all()
+    assert (early.backwards[early.clean_success] == 0).all() and (early.forwards[early.clean_success] == 1).all()
+    assert early.backwards.sum() <= full.backwards.sum()
+
+
+def test_random_starts_do_not_depend_on_batch_mates():
+    model, x, _, _ = _linear_setup(n=6)
+    seeds = torch.arange(100, 106)
+    for cls, kw in ((attacks.PGD, {"norm": "l2", "eps": 0.3}), (attacks.APGD, {"norm": "linf", "eps": 0.02})):
+        whole = cls(model, steps=5, seed=seeds, **kw)(x)
+        part = cls(model, steps=5, seed=seeds[3:5], **kw)(x[3:5])
+        assert torch.allclose(whole.images[3:5], part.images, atol=1e-6)
+        assert torch.equal(whole.backwards[3:5], part.backwards)
+        again = cls(model, steps=5, seed=seeds, **kw)(x)
+        assert torch.equal(whole.images, again.images)
+
+
+def test_bad_inputs_give_clear_errors(cnn_batch):
+    model, x, labels = cnn_batch
+    pgd = attacks.PGD(model, EPS, steps=2)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pgd(x * 2, labels)
+    with pytest.raises(ValueError, match="shape"):
+        pgd(x, labels[:3])
+    with pytest.raises(ValueError, match="targets equal the labels"):
+        pgd(x, labels, targets=labels)
+    with pytest.raises(ValueError, match="untargeted"):
+        attacks.DeepFool(model)(x, labels, targets=(labels + 1) % 4)
+    with pytest.raises(ValueError, match="norm"):
+        attacks.PGD(model, EPS, "l1")
+    with pytest.raises(ValueError, match="random_start"):
+        attacks.PGD(model, EPS, restarts=3, random_start=False)
+    with pytest.raises(ValueError, match="eps"):
+        attacks.PGD(model, -1.0)
+    with pytest.raises(TypeError, match="nn.Module"):
+        attacks.APGD(lambda t: t)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_matches_torchattacks_from_the_same_random_start(cnn_batch, norm):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, _ = cnn_batch
+    model.eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps, alpha, steps = (8 / 255, 2 / 255, 10) if norm == "linf" else (0.5, 0.1, 10)
+    torch.manual_seed(0)
+    if norm == "linf":
+        ref = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps)(x, y)
+        torch.manual_seed(0)  # torchattacks' start: x + U(-eps, eps), clipped
+        init = torch.clamp(x + torch.empty_like(x).uniform_(-eps, eps), 0, 1)
+    else:
+        ref = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps)(x, y)
+        torch.manual_seed(0)  # torchattacks' start: a normal direction scaled to eps * U(0, 1), clipped
+        delta = torch.empty_like(x).normal_()
+        n = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        r = torch.zeros_like(n).uniform_(0, 1)
+        init = torch.clamp(x + delta * r / n * eps, 0, 1)
+    ours = attacks.PGD(model, eps, norm, steps, alpha, early_stop=False)(x, y, init=init)
+    assert (ours.images - ref).abs().max() <= 1e-5
+    with torch.no_grad():
+        assert torch.equal(ours.success, model(ref).argmax(1) != y)
