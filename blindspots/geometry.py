@@ -816,8 +816,11 @@ def geometry_report(
 
     outputs: (N, C, H, W) or (N, K, C, H, W). Writes: `path_confidence.png` (straight segments source -> output,
     and the LST trajectory when given), `triangle_<s>_<i>_<j>.png` (the first `triangle_figures` triangles,
-    needs K >= 2), `tube_width.png` (along the straight path source 0 -> output 0 at `tube_points` positions,
+    needs K >= 2), `tube_width.png` (at `tube_points` points of the LST path of source 0 when `trajectory` holds
+    snapshots (`LSTConfig(log_every=k, log_snapshots=True)`), else of the straight path source 0 -> output 0, with
     `tube_directions` directions), and `geometry.json` with every statistic (hull: the paper's Table 2).
+    `trajectory` (an LSTResult or Trajectory of the traversal from `sources`) adds the confidence along the LST
+    path to `path_confidence.png`.
     Each finished stage (hull and simplex: per chunk of `chunk_sources` sources) is cached in
     `out_dir/geometry_cache.pt`, keyed by the inputs, the model's weights and the settings, so an interrupted run
     resumes where it stopped.
@@ -841,8 +844,10 @@ def geometry_report(
     settings = {"grid_step": grid_step, "deltas": list(deltas), "path_steps": path_steps,
                 "simplex_samples": simplex_samples, "tube_radii": [float(r) for r in tube_radii],
                 "tube_directions": tube_directions, "tube_points": tube_points, "seed": seed,
-                "chunk_sources": chunk_sources,
-                "sources": n, "rounds": k}
+                "chunk_sources": chunk_sources, "sources": n, "rounds": k}
+    snaps = _trajectory_snapshots(trajectory)
+    if snaps is not None:
+        settings["trajectory_snapshots"] = _fingerprint(snaps)
     cache = _StageCache(out / "geometry_cache.pt", settings, model, sources, outputs, labels)
     report: dict[str, Any] = {"settings": settings, "model": getattr(model, "name", type(model).__name__)}
     figures: list[str] = []
@@ -883,20 +888,41 @@ def geometry_report(
         report["notes"] = ["one LST output per source: the hull statistics need K >= 2 rounds"]
 
     if tube_points > 0 and tube_directions > 0:
-        t = torch.linspace(0, 1, tube_points, dtype=torch.float64)
-        seg = torch.stack([sources[0], outputs[0, 0]])
-        pts = ((torch.stack([1 - t, t], 1).to(seg.dtype)) @ seg.flatten(1)).view(-1, *sources.shape[1:]).clamp(0, 1)
-        dirs = (outputs[0, 0] - sources[0]).expand_as(pts).contiguous()
-        tube = cache.get("tube", lambda: tube_width(model, pts, dirs, labels[:1].expand(tube_points), tube_radii,
+        if snaps is not None:  # the paper's way: logged points of the LST path of sample 0, step direction removed
+            rows = torch.linspace(0, snaps.shape[0] - 1, tube_points).round().long().unique()
+            pts = snaps[rows, 0].contiguous()
+            nxt, prev = snaps[(rows + 1).clamp(max=snaps.shape[0] - 1), 0], snaps[(rows - 1).clamp(min=0), 0]
+            dirs = (nxt - prev).contiguous()
+            steps = _trajectory_steps(trajectory)
+            positions, where = steps[rows].tolist(), "LST path of source 0 (logged iterations)"
+        else:  # straight path source 0 -> its first output, direction removed
+            t = torch.linspace(0, 1, tube_points, dtype=torch.float64)
+            seg = torch.stack([sources[0], outputs[0, 0]]).flatten(1)
+            pts = (torch.stack([1 - t, t], 1).to(seg.dtype) @ seg).view(-1, *sources.shape[1:]).clamp(0, 1)
+            dirs = (outputs[0, 0] - sources[0]).expand_as(pts).contiguous()
+            positions, where = t.tolist(), "straight path source 0 -> output 0 (t)"
+        tube = cache.get("tube", lambda: tube_width(model, pts, dirs, labels[:1].expand(pts.shape[0]), tube_radii,
                                                     tube_directions, seed=seed, progress=progress, **common))
-        report["tube"] = {**tube.summary(), "positions": t.tolist()}
-        plots.plot_tube_width(tube, positions=t.tolist(), path=out / "tube_width.png")
+        report["tube"] = {**tube.summary(), "positions": positions, "path": where}
+        plots.plot_tube_width(tube, positions=positions, path=out / "tube_width.png")
         figures.append("tube_width.png")
 
     report["figures"] = figures
     with open(out / "geometry.json", "w") as fh:
         json.dump(report, fh, indent=2)
     return report
+
+
+def _trajectory_snapshots(trajectory: Trajectory | LSTResult | None) -> torch.Tensor | None:
+    if isinstance(trajectory, LSTResult):
+        trajectory = trajectory.trajectory
+    if isinstance(trajectory, Trajectory) and trajectory.snapshots is not None and trajectory.snapshots.shape[0] > 1:
+        return trajectory.snapshots
+    return None
+
+
+def _trajectory_steps(trajectory: Trajectory | LSTResult) -> torch.Tensor:
+    return (trajectory.trajectory if isinstance(trajectory, LSTResult) else trajectory).steps
 
 
 class _StageCache:

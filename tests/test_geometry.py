@@ -289,7 +289,7 @@ def test_path_confidence_linear_closed_form():
     assert res.evaluations == 22
 
 
-def test_trajectory_confidence_from_lst_result():
+def test_trajectory_confidence_from_lst_result(tmp_path):
     model = tiny_cnn(seed=1)
     src = rand_images(2, 3, 8, 8, seed=3)
     tgt = rand_images(2, 3, 8, 8, seed=4)
@@ -302,6 +302,14 @@ def test_trajectory_confidence_from_lst_result():
     assert bool((traj.fraction[:, 1] == 1.0).all())  # LST only accepts p0 - p < 0.2
     with pytest.raises(ValueError, match="log_every"):
         trajectory_confidence(level_set_traversal(model, src, tgt, None, LSTConfig(iterations=1), seed=0))
+    # the report measures the tube at logged points of the LST path when snapshots are recorded
+    cfg = LSTConfig(iterations=6, log_every=2, log_snapshots=True)
+    result = level_set_traversal(model, src, tgt, None, cfg, seed=0)
+    report = geometry_report(model, src, result.images, result.labels, tmp_path, tube_points=3, tube_directions=4,
+                             tube_radii=(0.1,), triangle_figures=0, trajectory=result)
+    assert report["hull"] is None and "K >= 2" in report["notes"][0]
+    assert report["tube"]["path"].startswith("LST path") and report["tube"]["positions"] == [0, 4, 6]
+    assert report["trajectory"]["points"] == 4
 
 
 def test_tube_width_ball_centre_and_linear_tangent():
