@@ -6,6 +6,7 @@ from .traversal import LSTConfig, LSTResult, Trajectory, derangement_pairs, leve
 from .geometry import (HullResult, PathResult, SimplexResult, TubeResult, geometry_report, hull_statistics,
                        load_lst_results, path_confidence, save_lst_results, simplex_statistics, trajectory_confidence,
                        tube_width)
+from .sensitivity import SensitivityProfile, plot_sensitivity, sensitivity_profile
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,7 @@ __all__ = [
     "geometry_report",
     "save_lst_results",
     "load_lst_results",
+    "SensitivityProfile",
+    "sensitivity_profile",
+    "plot_sensitivity",
 ]

@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("blindspots.demo", "LST on the offline ImageNet model and scikit-image's photos (no downloads)"),
     "detect": ("detectors.cli", "simulate clumpy galaxies, train a clump detector (resumable), evaluate and draw"),
     "geometry": ("blindspots.geometry_cli", "level-set geometry (paths, triangle hulls, tube width) of saved LST results"),
+    "attack": ("attacks.cli", "over- vs under-sensitivity: minimal flipping budget (PGD bisection) beside LST, per image"),
 }
 
 

@@ -1,0 +1,202 @@
+"""Over- and under-sensitivity side by side, per image.
+
+Over-sensitivity: the smallest budget that flips the model (`attacks.minimal_epsilon`, bisection over PGD).
+Under-sensitivity: how far Level Set Traversal gets towards images of other classes while the model keeps its
+confidence in the source class (the RMS-l2 distance left to the target, and the confidence kept).
+
+A model is doubly brittle where both are small: tiny perturbations flip it, yet large changes towards another
+class's image go unnoticed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .models import Classifier, probing
+from .traversal import LSTConfig, LSTResult, derangement_pairs, level_set_traversal
+from .validation import check_images, check_labels
+
+__all__ = ["SensitivityProfile", "sensitivity_profile", "plot_sensitivity"]
+
+
+@dataclass
+class SensitivityProfile:
+    """One row per image (`rows`), with the underlying results: `attack` (an `attacks.AttackResult` from
+    `minimal_epsilon`), `lst` (one `LSTResult` per round) and `pairs` ((rounds, N) target indices)."""
+
+    rows: list[dict[str, Any]]
+    attack: Any
+    lst: list[LSTResult] = field(default_factory=list)
+    pairs: torch.Tensor | None = None
+    norm: str = "linf"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.rows]
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return path
+
+    def to_json(self, path: str | os.PathLike, **meta: Any) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                 for r in self.rows]
+        payload = {"norm": self.norm, "attack": self.attack.params, **meta, "rows": clean}
+        if self.lst:
+            payload["lst_config"] = self.lst[0].config.to_dict()
+        path.write_text(json.dumps(payload, indent=2))
+        return path
+
+    def plot(self, path: str | os.PathLike | None = None, title: str | None = None):
+        return plot_sensitivity(self, path=path, title=title)
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def sensitivity_profile(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | Sequence[int] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    norm: str = "linf",
+    max_eps: float | None = None,
+    search_steps: int = 8,
+    steps: int = 20,
+    rounds: int = 1,
+    config: LSTConfig | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> SensitivityProfile:
+    """Per image: the minimal adversarial distance and the LST distance/confidence to other-class targets.
+
+    Args:
+        model: a `Classifier` (images in [0, 1]).
+        images: (N, C, H, W) in [0, 1]; labels: (N,) classes (default: the model's predictions).
+        names: one name per image for the table and figure (default: the index).
+        norm, max_eps, search_steps, steps: settings of `attacks.minimal_epsilon` (PGD steps per budget).
+        rounds: LST targets per image, drawn by `derangement_pairs` (each image's target is an image of another
+            class); 0 skips the under-sensitivity side (its columns are then NaN).
+        config: LST settings (default `LSTConfig()`); seed: seeds both sides (LST round r uses seed + r * N).
+        device, progress: where to compute; show progress bars.
+
+    Row columns: index, name, label, class_name, min_eps (in `norm`; 0 if misclassified, inf if `max_eps` does not
+    flip it), adv_rms_l2, adv_linf (the perturbation found at min_eps), adv_success; lst_rms_l2 (RMS-l2 left to the
+    target after LST, mean over rounds; smaller = a larger blind spot), lst_rms_l2_min, lst_linf, lst_start_rms_l2
+    (source-target distance), lst_fraction_left (lst_rms_l2 / lst_start_rms_l2), lst_confidence (source-class
+    confidence at the end), lst_initial_confidence, lst_misclassified.
+    """
+    import attacks
+
+    check_images(images, "images")
+    n = images.shape[0]
+    if names is not None and len(names) != n:
+        raise ValueError(f"names must hold one name per image ({n}), got {len(names)}")
+    if not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+    num_classes = model.num_classes if isinstance(model, Classifier) else None
+    dev = torch.device(device) if device is not None else None
+    if labels is None:
+        with probing(model), torch.no_grad():
+            target_dev = dev or next((p.device for p in model.parameters()), torch.device("cpu"))
+            labels = torch.cat([model(images[i:i + 64].to(target_dev)).argmax(1).cpu() for i in range(0, n, 64)])
+    labels = check_labels(labels, n, num_classes)
+    pairs = None
+    if rounds > 0:
+        pairs = derangement_pairs(labels.cpu(), rounds, seed)  # clear error when no other-class targets exist
+
+    adv = attacks.minimal_epsilon(model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps,
+                                  steps=steps, seed=seed, device=device, progress=progress)
+    lst_results: list[LSTResult] = []
+    if pairs is not None:
+        for r in range(rounds):
+            tgt = pairs[r]
+            lst_results.append(level_set_traversal(
+                model, images, images[tgt], labels, config or LSTConfig(), target_labels=labels[tgt],
+                seed=seed + r * n, progress=progress, device=device))
+
+    class_names = model.class_names if isinstance(model, Classifier) else None
+    rows = []
+    for i in range(n):
+        lab = int(labels[i])
+        row: dict[str, Any] = {
+            "index": i, "name": names[i] if names is not None else str(i), "label": lab,
+            "class_name": class_names[lab] if class_names is not None else "",
+            "min_eps": float(adv.epsilon[i]), "adv_rms_l2": float(adv.rms_l2[i]), "adv_linf": float(adv.linf[i]),
+            "adv_success": bool(adv.success[i]),
+        }
+        rms = [float(res.rms_l2[i]) for res in lst_results]
+        start = [float(res.start_rms_l2[i]) for res in lst_results]
+        row.update({
+            "lst_rms_l2": _mean(rms), "lst_rms_l2_min": min(rms) if rms else float("nan"),
+            "lst_linf": _mean([float(res.linf[i]) for res in lst_results]),
+            "lst_start_rms_l2": _mean(start),
+            "lst_fraction_left": _mean([a / b if b > 0 else float("nan") for a, b in zip(rms, start)]),
+            "lst_confidence": _mean([float(res.final_confidence[i]) for res in lst_results]),
+            "lst_initial_confidence": _mean([float(res.initial_confidence[i]) for res in lst_results]),
+            "lst_misclassified": bool(lst_results[0].misclassified[i]) if lst_results else False,
+        })
+        rows.append(row)
+    return SensitivityProfile(rows=rows, attack=adv, lst=lst_results, pairs=pairs, norm=norm)
+
+
+def plot_sensitivity(profile: SensitivityProfile, *, path: str | os.PathLike | None = None,
+                     title: str | None = None):
+    """Scatter: x = smallest flipping budget (over-sensitivity), y = RMS-l2 distance LST leaves to other-class
+    targets (under-sensitivity), colour = source confidence kept by LST. Images not flipped within the search range
+    are drawn at its edge with a '>' marker. Returns the Figure (saved as PNG when `path` is given)."""
+    import numpy as np
+
+    from .plots import _figure, _save
+
+    rows = profile.rows
+    x = np.array([r["min_eps"] for r in rows], dtype=float)
+    y = np.array([r["lst_rms_l2"] for r in rows], dtype=float)
+    c = np.array([r["lst_confidence"] for r in rows], dtype=float)
+    fig = _figure(6.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    finite = np.isfinite(x)
+    edge = float(profile.attack.params.get("max_eps", np.nanmax(x[finite]) if finite.any() else 1.0))
+    xs = np.where(finite, x, edge)
+    has_c = np.isfinite(c).any()
+    kw = dict(c=c, cmap="viridis", vmin=0.0, vmax=1.0) if has_c else dict(color="tab:blue")
+    sc = None
+    for mask, marker in ((finite, "o"), (~finite, ">")):
+        if mask.any():
+            sc = ax.scatter(xs[mask], np.nan_to_num(y[mask], nan=0.0), marker=marker, s=40, edgecolors="k",
+                            linewidths=0.5, **({k: (v[mask] if k == "c" else v) for k, v in kw.items()}))
+    for r, xi, yi in zip(rows, xs, y):
+        ax.annotate(str(r["name"]), (xi, 0.0 if not np.isfinite(yi) else yi), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    if has_c and sc is not None:
+        fig.colorbar(sc, ax=ax, label="source confidence kept by LST")
+    norm_name = "l-inf" if profile.norm == "linf" else "l2"
+    ax.set_xlabel(f"over-sensitivity: smallest flipping budget ({norm_name}, [0, 1] pixels)")
+    ax.set_ylabel("under-sensitivity: RMS-l2 left to other-class target")
+    if np.all(xs > 0):
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Over- vs under-sensitivity per image")
+    _save(fig, path)
+    return fig
