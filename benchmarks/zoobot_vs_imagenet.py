@@ -245,12 +245,19 @@ def _verdict(rows: Sequence[dict[str, Any]]) -> str:
         sub = [r for r in rows if r["domain"] == domain and "rms_l2_mean" in r]
         if not sub:
             continue
-        best = min(sub, key=lambda r: r["rms_l2_mean"])
+        ranked = sorted(sub, key=lambda r: r["rms_l2_mean"])
+        best = ranked[0]
+        tie = len(ranked) > 1 and ranked[1]["rms_l2_mean"] <= best["rms_l2_mean"] * 1.01
         parts = [f"{r['backbone']} {r['rms_l2_mean']:.4f}" + (f" ({r['rms_l2_vs_imagenet']:.2f}x ImageNet)"
                                                               if "rms_l2_vs_imagenet" in r else "") for r in sub]
         lines.append(f"{domain} pairs: mean RMS-l2 left to the target with the source class kept: " + ", ".join(parts)
-                     + f". Most under-sensitive (gets closest to other galaxies while keeping its class): "
-                       f"{best['backbone']}.")
+                     + (f". No clear winner: {best['backbone']} and {ranked[1]['backbone']} are within 1%."
+                        if tie else f". Most under-sensitive (gets closest to other galaxies while keeping its "
+                                    f"class): {best['backbone']}."))
+    weak = [r["backbone"] for r in rows if (r.get("accuracy_mean") or 1) < 0.7]
+    if weak:
+        lines.append(f"Caution: {', '.join(sorted(set(weak)))} reached < 70% test accuracy on simulated galaxies; "
+                     "scale up --train/--epochs before reading the comparison.")
     return "\n\n".join(lines) + ("\n\n'galaxy-proxy' is pretrained here on simulated galaxies: a proxy for Zoobot, "
                                  "not Zoobot." if any(r["backbone"] == "galaxy-proxy" for r in rows) else "")
 
