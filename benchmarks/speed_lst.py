@@ -9,8 +9,11 @@ Measured side by side in one run, on the same model and batch, in seconds per sa
                per-sample start noise as the engine, so its final images must equal the engine's;
 (c) floor:     T bare forward+backward passes of the model with respect to its input.
 
-Targets: (b)/(a) >= 1.35 with identical outputs, (a)/(c) <= 1.10. The three are interleaved (rotating order) over
-several repeats; medians and the min-max spread are reported, since other processes may share the cores.
+Targets: (b)/(a) >= 1.35 with identical outputs, (a)/(c) <= 1.10, on whole-call times (conservative: the engine's
+fixed costs -- clean forward, first gradient, final distances -- weigh ~1/T). A second line gives the per-iteration
+(steady-state) ratios, from the difference to 2-iteration runs, which is what a long (T=400) traversal sees. All runs
+are interleaved (rotating order) over several repeats; medians and the min-max spread are reported, since other
+processes may share the cores (on an oversubscribed machine, --threads 1 avoids OpenMP barrier stalls).
 
     python -m benchmarks.speed_lst                       # resnet18 + deit_tiny at 64 and 224 px
     python -m benchmarks.speed_lst --models resnet18 --sizes 64 --batch 8 --iterations 20 --repeats 5
@@ -122,6 +125,9 @@ def build_model(name: str, size: int, seed: int = 0) -> Classifier:
     return Classifier(net, IMAGENET_MEAN, IMAGENET_STD, name=name).eval()
 
 
+SHORT = 2  # iterations of the short runs whose time, subtracted, removes the fixed costs
+
+
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn()
@@ -138,26 +144,35 @@ def bench_one(name: str, size: int, batch: int, iterations: int, repeats: int, s
     with torch.no_grad():
         y = model(xs).argmax(1)
 
+    short = LSTConfig.paper(iterations=SHORT)
     runs = {
         "a": lambda: level_set_traversal(model, xs, xt, y, config=config, seed=seed),
         "b": lambda: reference_lst(model, xs, xt, y, config=config, seed=seed),
         "c": lambda: floor_passes(model, xs, y, iterations),
+        # short runs: their difference to the long ones gives the per-iteration (steady-state) cost
+        "a_short": lambda: level_set_traversal(model, xs, xt, y, config=short, seed=seed),
+        "b_short": lambda: reference_lst(model, xs, xt, y, config=short, seed=seed),
     }
-    # warm-up (allocator, oneDNN primitive caches), short
-    warm = LSTConfig.paper(iterations=2)
-    level_set_traversal(model, xs, xt, y, config=warm, seed=seed)
-    reference_lst(model, xs, xt, y, config=warm, seed=seed)
-    floor_passes(model, xs, y, 2)
+    # warm-up (allocator, oneDNN primitive caches)
+    level_set_traversal(model, xs, xt, y, config=short, seed=seed)
+    reference_lst(model, xs, xt, y, config=short, seed=seed)
+    floor_passes(model, xs, y, SHORT)
 
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
     outputs: dict[str, object] = {}
     order = list(runs)
     for r in range(repeats):
-        rot = order[r % 3:] + order[:r % 3]  # rotate the order so drifts in machine load hit all three alike
+        rot = order[r % len(order):] + order[:r % len(order)]  # rotate, so drifts in load hit all runs alike
         for k in rot:
             dt, out = _timed(runs[k])
-            times[k].append(dt / (batch * iterations))
+            seconds[k].append(dt)
             outputs[k] = out
+    per = batch * iterations
+    times = {k: [t / per for t in seconds[k]] for k in "abc"}
+    # marginal cost of one iteration (fixed costs -- clean forward, first gradient, final distances -- removed)
+    steady = {k: [(lt - st) / (batch * (iterations - SHORT)) for lt, st in zip(seconds[k], seconds[k + "_short"])]
+              for k in "ab"}
+    steady["c"] = times["c"]
 
     res_a, (img_b, dec_b) = outputs["a"], outputs["b"]
     max_diff = float((res_a.images - img_b.cpu()).abs().max())
@@ -165,12 +180,17 @@ def bench_one(name: str, size: int, batch: int, iterations: int, repeats: int, s
     acc_b = dec_b.sum(0).cpu()
     ba = [b / a for a, b in zip(times["a"], times["b"])]
     ac = [a / c for a, c in zip(times["a"], times["c"])]
+    ba_s = [b / a for a, b in zip(steady["a"], steady["b"])]
+    ac_s = [a / c for a, c in zip(steady["a"], steady["c"])]
     return {
         "model": name, "size": size, "batch": batch, "iterations": iterations, "repeats": repeats,
         "sec_per_sample_iter": {k: statistics.median(v) for k, v in times.items()},
         "spread": {k: [min(v), max(v)] for k, v in times.items()},
         "b_over_a": statistics.median(ba), "b_over_a_range": [min(ba), max(ba)],
         "a_over_c": statistics.median(ac), "a_over_c_range": [min(ac), max(ac)],
+        "steady_sec_per_sample_iter": {k: statistics.median(v) for k, v in steady.items()},
+        "steady_b_over_a": statistics.median(ba_s), "steady_b_over_a_range": [min(ba_s), max(ba_s)],
+        "steady_a_over_c": statistics.median(ac_s), "steady_a_over_c_range": [min(ac_s), max(ac_s)],
         "max_abs_diff_a_b": max_diff,
         "same_accept_counts": bool(torch.equal(acc_a, acc_b)),
         "mean_acceptance": float(res_a.acceptance_rate.mean()),
@@ -184,7 +204,11 @@ def _print_row(r: dict) -> None:
           + "  ".join(f"{k}={t[k] * 1e3:7.2f}ms [{s[k][0] * 1e3:.2f}-{s[k][1] * 1e3:.2f}]" for k in "abc")
           + f"  b/a={r['b_over_a']:.3f} [{r['b_over_a_range'][0]:.2f}-{r['b_over_a_range'][1]:.2f}]"
           + f"  a/c={r['a_over_c']:.3f} [{r['a_over_c_range'][0]:.2f}-{r['a_over_c_range'][1]:.2f}]"
-          + f"  max|a-b|={r['max_abs_diff_a_b']:.1e} accepts_equal={r['same_accept_counts']}", flush=True)
+          + f"  max|a-b|={r['max_abs_diff_a_b']:.1e} accepts_equal={r['same_accept_counts']}")
+    print(f"{'':>24} {'':>4}    per-iteration (long minus {SHORT}-iteration runs): "
+          f"b/a={r['steady_b_over_a']:.3f} [{r['steady_b_over_a_range'][0]:.2f}-{r['steady_b_over_a_range'][1]:.2f}]"
+          f"  a/c={r['steady_a_over_c']:.3f} [{r['steady_a_over_c_range'][0]:.2f}-{r['steady_a_over_c_range'][1]:.2f}]",
+          flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -202,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.iterations <= SHORT:
+        p.error(f"--iterations must exceed {SHORT} (the short runs' length)")
 
     print(f"seconds per sample-iteration (median [min-max] over {args.repeats} interleaved repeats), batch "
           f"{args.batch}, T={args.iterations}, {torch.get_num_threads()} threads; a=engine b=reference c=floor")
