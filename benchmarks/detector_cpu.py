@@ -7,8 +7,10 @@ completeness-vs-flux curves and the training time of each; writes everything to 
 training runs instead of repeating them).
 
 Run: python -m benchmarks.detector_cpu [--minutes 15] [--n-test 300] [--out bench-detector]
-By default the budget is counted in this process's CPU time per core (`--wall` for wall time), so that other jobs
-on a shared machine do not eat the budget; on an idle 2-core machine both clocks agree.
+By default the budget is counted in this process's CPU time per torch thread (`--wall` for wall time), so that
+other jobs on a shared machine do not eat the budget; on an idle machine both clocks agree. On a busy machine two
+threads mostly spin (one step of batch 4 cost 3-6 CPU-s with 2 threads vs 0.35 CPU-s with 1, measured with other
+jobs running); then run the two backbones side by side with --threads 1 --only imagenet / --only random.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", choices=["imagenet", "random"], default=None, help="run one backbone only")
     parser.add_argument("--wall", action="store_true", help="count the budget in wall time")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is far more efficient when the "
+                        "cores are shared with other jobs: run --only imagenet and --only random side by side)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
 
     from detectors.cli import DetectRun, format_summary, run_detection
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results = {}
     for name, weights in [("imagenet", "imagenet"), ("random", None)]:
         if args.only and name != args.only:
