@@ -126,15 +126,19 @@ def build_detector(
         preset = PRESETS[preset]
     if not isinstance(preset, DetectorPreset):
         raise TypeError(f"preset must be a name or a DetectorPreset, got {type(preset).__name__}")
+    if not (backbone is None or isinstance(backbone, (str, nn.Module))):
+        raise TypeError(f"backbone must be a name or a module from build_backbone, got {type(backbone).__name__}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(DetectorPreset)}
     if unknown:
         raise TypeError(f"unknown detector settings {sorted(unknown)}; see detectors.DetectorPreset")
     if isinstance(backbone, str) or backbone is None:
         overrides.setdefault("backbone", backbone or preset.backbone)
+    else:  # record what was actually used
+        overrides.setdefault("backbone", str(getattr(backbone, "arch", type(backbone).__name__)))
     preset = preset.replace(**overrides)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (background + at least one class), got {num_classes!r}")
-    if isinstance(backbone, str) or backbone is None:
+    if not isinstance(backbone, nn.Module):
         backbone = build_backbone(preset.backbone, weights, trainable_layers, fpn_channels=preset.fpn_channels)
     elif weights is not None or trainable_layers is not None:
         raise ValueError("weights/trainable_layers apply only when the backbone is given by name")
