@@ -3,7 +3,6 @@ naive per-triangle loop, saved results, the report and the CLI."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
