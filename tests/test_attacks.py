@@ -18,6 +18,15 @@ from conftest import LinearBinary, TinyCNN
 MEAN, STD = (0.4, 0.5, 0.6), (0.25, 0.3, 0.2)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models here are tiny: one thread avoids thread-pool synchronisation costing more than the maths."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _linear_setup(n: int = 6, seed: int = 0):
     """Two-class linear classifier with normalisation inside; images well inside [0, 1] so clipping never binds.
 
@@ -250,3 +259,57 @@ def test_pgd_matches_torchattacks_from_the_same_random_start(cnn_batch, norm):
     assert (ours.images - ref).abs().max() <= 1e-5
     with torch.no_grad():
         assert torch.equal(ours.success, model(ref).argmax(1) != y)
+
+
+# ------------------------------------------------------------------------------------------------- sensitivity profile
+
+def test_sensitivity_profile_matches_closed_forms_on_a_linear_classifier(tmp_path):
+    """Linear model, LST without adversarial term or start noise: LST moves orthogonally to w, so it ends at the
+    target's projection onto the source's level set, RMS-l2 |z_s - z_t| / (||w|| sqrt(d)) away from the target;
+    the minimal l-inf flip is |z_s| / ||w||_1."""
+    from blindspots import LSTConfig, sensitivity_profile
+
+    model, pool, _, w = _linear_setup(n=40, seed=2)
+    with torch.no_grad():
+        model.model.b -= model(pool)[:, 0].median()  # centre the margins: both classes occur
+        z_pool = model(pool)[:, 0]
+    order = z_pool.argsort()
+    idx = torch.cat([order[-3:], order[:3]])
+    x, z = pool[idx], z_pool[idx]
+    config = LSTConfig(step_size=0.05, iterations=200, adv_eps=0.0, init_noise=0.0)
+    prof = sensitivity_profile(model, x, names=[f"img{i}" for i in range(6)], norm="linf", max_eps=0.1,
+                               search_steps=10, steps=20, rounds=2, config=config, seed=0)
+    assert len(prof) == 6 and prof.pairs.shape == (2, 6)
+    eps = torch.tensor([r["min_eps"] for r in prof.rows])
+    exact = z.abs() / w.abs().sum()
+    assert (eps >= exact * (1 - 1e-4)).all() and (eps <= exact * 1.05 + 0.1 / 2**10).all()
+    d = x[0].numel()
+    for r, res in enumerate(prof.lst):
+        t = prof.pairs[r]
+        expected = (z - z[t]).abs() / (w.norm() * d ** 0.5)
+        assert torch.allclose(res.rms_l2, expected, rtol=0.02, atol=1e-4), (res.rms_l2, expected)
+    lst_mean = torch.tensor([r["lst_rms_l2"] for r in prof.rows])
+    assert torch.allclose(lst_mean, torch.stack([res.rms_l2 for res in prof.lst]).mean(0), atol=1e-6)
+    assert all(abs(r["lst_confidence"] - r["lst_initial_confidence"]) < 1e-3 for r in prof.rows)
+    csv_path, json_path = prof.to_csv(tmp_path / "s.csv"), prof.to_json(tmp_path / "s.json")
+    assert csv_path.read_text().count("\n") == 7 and len(json.loads(json_path.read_text())["rows"]) == 6
+    fig = prof.plot(tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 0 and fig.axes
+
+
+def test_attack_cli_writes_table_and_figure(tmp_path):
+    from skimage import data, io
+
+    from blindspots.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    io.imsave(folder / "a.png", data.chelsea()[:120, :120])
+    io.imsave(folder / "b.png", data.rocket()[:120, :120])
+    out = tmp_path / "out"
+    code = main(["attack", "--images", str(folder), "--size", "32", "--steps", "2", "--search-steps", "2",
+                 "--lst-iterations", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = json.loads((out / "sensitivity.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["a.png", "b.png"]
+    assert (out / "sensitivity.csv").exists() and (out / "sensitivity.png").stat().st_size > 0
