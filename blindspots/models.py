@@ -129,7 +129,7 @@ class Classifier(nn.Module):
             raise ValueError(f"{self.name} must return logits of shape ({n}, C), got {tuple(out.shape)}")
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors could not be used later as labels of a gradient step
     def predict(self, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted class and its softmax probability for each image, in eval mode."""
         with probing(self):

@@ -44,6 +44,8 @@ def check_labels(labels: object, n: int, num_classes: int | None, name: str = "l
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
     labels = labels.long()
+    if labels.is_inference():  # made under torch.inference_mode: autograd could not save it
+        labels = labels.clone()
     if num_classes is not None and n > 0:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:

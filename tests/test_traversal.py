@@ -272,3 +272,14 @@ def test_derangements_with_repeated_classes_use_fallback():
         assert not bool((labels[row] == labels).any())
     with pytest.raises(ValueError, match="more than half"):
         derangement_pairs(torch.tensor([0, 0, 0, 1]))
+
+
+def test_labels_from_inference_mode_are_accepted():
+    model = TinyCNN()
+    xs, xt = _cnn_batch(n=2)
+    with torch.inference_mode():
+        labels = model.eval()(xs).argmax(1)
+    res = level_set_traversal(model, xs, xt, labels=labels, config=LSTConfig(iterations=2), seed=0)
+    assert torch.equal(res.labels, labels.clone())
+    pred, _ = bs.Classifier(model).predict(xs)
+    assert not pred.is_inference()
