@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cpu, or the model's)")
     p.add_argument("--out", type=Path, default=Path("blindspots-out/attack"), help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-resume", action="store_true",
+                   help="recompute everything (default: finished stages saved in OUT/checkpoint are reused)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     config = LSTConfig(iterations=args.lst_iterations)
     profile = sensitivity_profile(model, images, None, names=names, norm=args.norm, max_eps=args.max_eps,
                                   search_steps=args.search_steps, steps=args.steps, rounds=args.rounds,
-                                  config=config, seed=args.seed, device=args.device, progress=not args.quiet)
+                                  config=config, seed=args.seed, device=args.device, progress=not args.quiet,
+                                  checkpoint=None if args.no_resume else args.out / "checkpoint")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     csv_path = profile.to_csv(out / "sensitivity.csv")

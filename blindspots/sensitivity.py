@@ -14,7 +14,7 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,6 +69,25 @@ class SensitivityProfile:
         return plot_sensitivity(self, path=path, title=title)
 
 
+def _save_stage(path: Path, fingerprint: str, obj: Any, **meta: Any) -> None:
+    """Save a dataclass result's tensors (plus plain metadata) atomically; readable with weights_only=True."""
+    tensors = {f.name: getattr(obj, f.name) for f in fields(obj) if isinstance(getattr(obj, f.name), torch.Tensor)}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"fingerprint": fingerprint, "tensors": {k: v.detach().cpu() for k, v in tensors.items()}, **meta}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_stage(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """A saved stage if it exists and was computed with the same inputs and settings, else None."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a corrupt or foreign file is recomputed
+        return None
+    return data if isinstance(data, dict) and data.get("fingerprint") == fingerprint else None
+
+
 def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
@@ -88,6 +107,7 @@ def sensitivity_profile(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> SensitivityProfile:
     """Per image: the minimal adversarial distance and the LST distance/confidence to other-class targets.
 
@@ -100,6 +120,8 @@ def sensitivity_profile(
             class); 0 skips the under-sensitivity side (its columns are then NaN).
         config: LST settings (default `LSTConfig()`); seed: seeds both sides (LST round r uses seed + r * N).
         device, progress: where to compute; show progress bars.
+        checkpoint: a folder where each stage (the budget search, every LST round) is saved as it completes; a
+            rerun with the same images and settings loads finished stages instead of recomputing them.
 
     Row columns: index, name, label, class_name, min_eps (in `norm`; 0 if misclassified, inf if `max_eps` does not
     flip it), adv_rms_l2, adv_linf (the perturbation found at min_eps), adv_success; lst_rms_l2 (RMS-l2 left to the
@@ -126,15 +148,37 @@ def sensitivity_profile(
     if rounds > 0:
         pairs = derangement_pairs(labels.cpu(), rounds, seed)  # clear error when no other-class targets exist
 
-    adv = attacks.minimal_epsilon(model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps,
-                                  steps=steps, seed=seed, device=device, progress=progress)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    base = {"n": n, "shape": list(images.shape), "checksum": float(images.double().sum()),
+            "labels": labels.tolist(), "model": getattr(model, "name", type(model).__name__), "seed": seed}
+    fp_adv = json.dumps({**base, "norm": norm, "max_eps": max_eps, "search_steps": search_steps, "steps": steps},
+                        sort_keys=True)
+    saved = _load_stage(ckpt / "adversarial.pt", fp_adv) if ckpt is not None else None
+    if saved is not None:
+        adv = attacks.AttackResult(**saved["tensors"], attack=saved["attack"], params=saved["params"])
+    else:
+        adv = attacks.minimal_epsilon(model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps,
+                                      steps=steps, seed=seed, device=device, progress=progress)
+        if ckpt is not None:
+            _save_stage(ckpt / "adversarial.pt", fp_adv, adv, attack=adv.attack, params=adv.params)
     lst_results: list[LSTResult] = []
+    config = config or LSTConfig()
     if pairs is not None:
         for r in range(rounds):
             tgt = pairs[r]
-            lst_results.append(level_set_traversal(
-                model, images, images[tgt], labels, config or LSTConfig(), target_labels=labels[tgt],
-                seed=seed + r * n, progress=progress, device=device))
+            fp = json.dumps({**base, "round": r, "targets": tgt.tolist(), "config": config.to_dict()}, sort_keys=True)
+            path = ckpt / f"lst_round{r}.pt" if ckpt is not None else None
+            saved = _load_stage(path, fp) if path is not None else None
+            if saved is not None:
+                lst_results.append(LSTResult(**{"ssim": None, **saved["tensors"]}, config=config))  # no trajectory
+                continue
+            res = level_set_traversal(model, images, images[tgt], labels, config, target_labels=labels[tgt],
+                                      seed=seed + r * n, progress=progress, device=device)
+            if path is not None:
+                _save_stage(path, fp, res)
+            lst_results.append(res)
 
     class_names = model.class_names if isinstance(model, Classifier) else None
     rows = []

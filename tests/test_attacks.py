@@ -4,6 +4,7 @@ torchattacks, and the sensitivity profile / CLI end to end."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -277,8 +278,10 @@ def test_sensitivity_profile_matches_closed_forms_on_a_linear_classifier(tmp_pat
     idx = torch.cat([order[-3:], order[:3]])
     x, z = pool[idx], z_pool[idx]
     config = LSTConfig(step_size=0.05, iterations=200, adv_eps=0.0, init_noise=0.0)
-    prof = sensitivity_profile(model, x, names=[f"img{i}" for i in range(6)], norm="linf", max_eps=0.1,
-                               search_steps=10, steps=20, rounds=2, config=config, seed=0)
+    kw = dict(names=[f"img{i}" for i in range(6)], norm="linf", max_eps=0.1, search_steps=10, steps=20, rounds=2,
+              config=config, seed=0, checkpoint=tmp_path / "ckpt")
+    labels = (z < 0).long()  # logits (z, 0)
+    prof = sensitivity_profile(model, x, labels, **kw)
     assert len(prof) == 6 and prof.pairs.shape == (2, 6)
     eps = torch.tensor([r["min_eps"] for r in prof.rows])
     exact = z.abs() / w.abs().sum()
@@ -295,6 +298,13 @@ def test_sensitivity_profile_matches_closed_forms_on_a_linear_classifier(tmp_pat
     assert csv_path.read_text().count("\n") == 7 and len(json.loads(json_path.read_text())["rows"]) == 6
     fig = prof.plot(tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 0 and fig.axes
+    # resume: saved stages are reused (no model pass at all), a changed setting recomputes
+    with torch.no_grad():
+        model.model.w.mul_(1.5)  # any recomputation would now give different numbers
+    again = sensitivity_profile(model, x, labels, **kw)
+    assert again.rows == prof.rows
+    changed = sensitivity_profile(model, x, labels, **{**kw, "search_steps": 4, "rounds": 0})
+    assert changed.rows[0]["min_eps"] != prof.rows[0]["min_eps"] and math.isnan(changed.rows[0]["lst_rms_l2"])
 
 
 def test_attack_cli_writes_table_and_figure(tmp_path):
