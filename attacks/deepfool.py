@@ -30,7 +30,7 @@ class DeepFool(Attack):
         steps: at most this many linearisation steps per sample.
         overshoot: the final perturbation is (1 + overshoot) times the accumulated one.
         candidates: number of other classes considered (the highest clean logits), each costing one backward.
-        device, progress: see `attacks.base.Attack`. There is no budget: read `result.l2` for the distance.
+        device, progress, channels_last: see `attacks.base.Attack`. No budget: read `result.l2` for the distance.
     """
 
     name = "deepfool"
@@ -38,8 +38,9 @@ class DeepFool(Attack):
     supports_targeted = False
 
     def __init__(self, model: nn.Module, steps: int = 50, overshoot: float = 0.02, candidates: int = 10, *,
-                 device: str | torch.device | None = None, progress: bool = False) -> None:
-        super().__init__(model, early_stop=True, seed=0, device=device, progress=progress)
+                 device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True) -> None:
+        super().__init__(model, early_stop=True, seed=0, device=device, progress=progress,
+                         channels_last=channels_last)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         if not overshoot >= 0:
@@ -66,7 +67,7 @@ class DeepFool(Attack):
                 ids = idx[pos]
                 with torch.enable_grad():
                     xg = x.detach().requires_grad_(True)
-                    logits = run.model(xg).float()
+                    logits = run.forward(xg)
                 run.forwards[ids] += 1
                 out = logits.detach()
                 if it == 0:

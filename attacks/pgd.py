@@ -80,7 +80,7 @@ class PGD(Attack):
         random_start: start each restart at a random point of the budget (per-sample seeds, see `seed`).
         restarts: independent runs; with early stop a restart only runs the samples not fooled yet.
         loss: "ce" (cross-entropy) or "margin" (Carlini-Wagner logit margin).
-        early_stop, seed, device, progress: see `attacks.base.Attack`.
+        early_stop, seed, device, progress, channels_last: see `attacks.base.Attack`.
 
     Call: ``PGD(model, eps=8/255)(images, labels, targets=None, init=None) -> AttackResult``.
     """
@@ -90,8 +90,9 @@ class PGD(Attack):
     def __init__(self, model: nn.Module, eps: float | Sequence[float] | torch.Tensor = 8 / 255, norm: str = "linf",
                  steps: int = 10, step_size: float | None = None, *, random_start: bool = True, restarts: int = 1,
                  loss: str = "ce", early_stop: bool = True, seed: int | Sequence[int] | None = None,
-                 device: str | torch.device | None = None, progress: bool = False) -> None:
-        super().__init__(model, early_stop=early_stop, seed=seed, device=device, progress=progress)
+                 device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True) -> None:
+        super().__init__(model, early_stop=early_stop, seed=seed, device=device, progress=progress,
+                         channels_last=channels_last)
         self.eps = check_budget(eps, "eps")
         self.norm = check_choice(norm, NORMS, "norm")
         self.loss = check_choice(loss, LOSSES, "loss")
@@ -183,9 +184,10 @@ class FGSM(PGD):
     name = "fgsm"
 
     def __init__(self, model: nn.Module, eps: float | Sequence[float] | torch.Tensor = 8 / 255, *, loss: str = "ce",
-                 early_stop: bool = True, device: str | torch.device | None = None, progress: bool = False) -> None:
+                 early_stop: bool = True, device: str | torch.device | None = None, progress: bool = False,
+                 channels_last: bool = True) -> None:
         super().__init__(model, eps, "linf", steps=1, step_size=eps, random_start=False, restarts=1, loss=loss,
-                         early_stop=early_stop, seed=0, device=device, progress=progress)
+                         early_stop=early_stop, seed=0, device=device, progress=progress, channels_last=channels_last)
 
     def params(self) -> dict[str, Any]:
         return {"eps": self.eps if isinstance(self.eps, float) else "per-sample", "loss": self.loss}
@@ -199,8 +201,9 @@ class MinimalEpsilon(Attack):
     def __init__(self, model: nn.Module, *, norm: str = "linf", max_eps: float | None = None,
                  search_steps: int = 10, steps: int = 20, restarts: int = 1, random_start: bool = True,
                  loss: str = "ce", seed: int | Sequence[int] | None = None, device: str | torch.device | None = None,
-                 progress: bool = False) -> None:
-        super().__init__(model, early_stop=True, seed=seed, device=device, progress=progress)
+                 progress: bool = False, channels_last: bool = True) -> None:
+        super().__init__(model, early_stop=True, seed=seed, device=device, progress=progress,
+                         channels_last=channels_last)
         self.norm = check_choice(norm, NORMS, "norm")
         if max_eps is None:
             max_eps = 0.1 if self.norm == "linf" else 10.0
@@ -223,7 +226,8 @@ class MinimalEpsilon(Attack):
         return True  # an already-fooled sample has minimal budget 0
 
     def _pgd_round(self, run: _Run, idx: torch.Tensor, eps: torch.Tensor) -> _Run:
-        sub = _Run(run.model, run.x[idx], run.y[idx], None if run.t is None else run.t[idx], run.seeds[idx.cpu()])
+        sub = _Run(run.model, run.x[idx], run.y[idx], None if run.t is None else run.t[idx], run.seeds[idx.cpu()],
+                   run.channels_last)
         sub.clean_known[:] = True  # checked once by the caller
         self.pgd.eps = eps
         self.pgd._run(sub, torch.arange(idx.numel(), device=idx.device), None)
@@ -266,7 +270,8 @@ def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     norm: str = "linf", max_eps: float | None = None, search_steps: int = 10, steps: int = 20,
                     restarts: int = 1, random_start: bool = True, loss: str = "ce",
                     targets: torch.Tensor | Sequence[int] | None = None, seed: int | Sequence[int] | None = None,
-                    device: str | torch.device | None = None, progress: bool = False) -> AttackResult:
+                    device: str | torch.device | None = None, progress: bool = False,
+                    channels_last: bool = True) -> AttackResult:
     """Per-sample smallest flipping budget: PGD (early stop) at `max_eps`, then `search_steps` rounds of bisection
     on the samples it fooled, each round halving the interval [lo, hi] whose upper end is known to flip.
 
@@ -277,6 +282,6 @@ def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     """
     attack = MinimalEpsilon(model, norm=norm, max_eps=max_eps, search_steps=search_steps, steps=steps,
                             restarts=restarts, random_start=random_start, loss=loss, seed=seed, device=device,
-                            progress=progress)
+                            progress=progress, channels_last=channels_last)
     return attack(images, labels, targets=targets)
 

@@ -157,6 +157,7 @@ def test_every_attack_keeps_the_contract(cnn_batch, name):
     assert all(p.requires_grad == f for p, f in flags.items()) and all(p.grad is None for p in model.parameters())
     # shape / dtype / device kept, values in [0, 1], inside the budget
     assert res.images.shape == x.shape and res.images.dtype == x.dtype and res.images.device == x.device
+    assert res.images.is_contiguous()  # the inputs' layout, whatever layout the model was fed
     assert res.images.min() >= 0 and res.images.max() <= 1
     assert torch.allclose(res.l2, l2_dist(res.images, x)) and torch.allclose(res.linf, linf_dist(res.images, x))
     if ball is not None:
@@ -236,8 +237,8 @@ def test_bad_inputs_give_clear_errors(cnn_batch):
         attacks.APGD(lambda t: t)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_pgd_matches_torchattacks_from_the_same_random_start(cnn_batch, norm):
+@pytest.mark.parametrize("norm,channels_last", [("linf", True), ("linf", False), ("l2", True)])
+def test_pgd_matches_torchattacks_from_the_same_random_start(cnn_batch, norm, channels_last):
     torchattacks = pytest.importorskip("torchattacks")
     model, x, _ = cnn_batch
     model.eval()
@@ -256,7 +257,7 @@ def test_pgd_matches_torchattacks_from_the_same_random_start(cnn_batch, norm):
         n = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         r = torch.zeros_like(n).uniform_(0, 1)
         init = torch.clamp(x + delta * r / n * eps, 0, 1)
-    ours = attacks.PGD(model, eps, norm, steps, alpha, early_stop=False)(x, y, init=init)
+    ours = attacks.PGD(model, eps, norm, steps, alpha, early_stop=False, channels_last=channels_last)(x, y, init=init)
     assert (ours.images - ref).abs().max() <= 1e-5
     with torch.no_grad():
         assert torch.equal(ours.success, model(ref).argmax(1) != y)
