@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=224, help="image size in pixels")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-geometry", action="store_true",
+                        help="skip the level-set geometry (paths, triangle hulls, tube width) of the outputs")
 
 
 def default_device() -> torch.device:
@@ -85,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(records)
     _save_figures(out, images, names, class_names, rows)
+    if not args.no_geometry:
+        _geometry(model, images, classes, rows, out, args)
     if not args.quiet:
         _print_table(records)
         print(f"results and figures in {out.resolve()}")
@@ -123,6 +127,27 @@ def run_rows(model, images: torch.Tensor, classes: torch.Tensor, config: LSTConf
         meta.write_text(json.dumps({"fingerprint": fingerprint, "targets": targets}))  # written last: marks done
         rows[i] = (targets, result)
     return rows
+
+
+def _geometry(model, images, classes, rows, out: Path, args) -> None:
+    """Save the outputs for `blindspots geometry` and run its report: K = the smallest number of targets per
+    source, so that every source has as many LST outputs (K >= 2 gives triangles)."""
+    from .geometry import geometry_report, save_lst_results
+
+    k = min(len(targets) for targets, _ in rows.values())
+    sources = sorted(rows)
+    outputs = torch.stack([rows[i][1].images[:k] for i in sources])
+    targets = torch.stack([images[rows[i][0][:k]] for i in sources])
+    spec = args.model if isinstance(args.model, str) else None
+    save_lst_results(out / "lst_results.pt", images[sources], targets, outputs, classes[sources], model=spec,
+                     **({"weights": str(args.weights)} if args.weights else {}))
+    report = geometry_report(model, images[sources], outputs, classes[sources], out / "geometry",
+                             trajectory=rows[sources[0]][1],  # LST paths of source 0, for the path figure
+                             triangle_figures=min(3, len(sources)) if k >= 2 else 0, tube_directions=32,
+                             tube_points=3, seed=args.seed,
+                             progress=not args.quiet)
+    if not args.quiet and "hull" in report:
+        print("triangle hulls (mean +- std over sources):", report["hull"])
 
 
 def _print_table(records: list[dict]) -> None:

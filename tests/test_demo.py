@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from blindspots import LSTResult
+from blindspots import LSTResult, load_lst_results
 from blindspots.cli import main
 from blindspots.data import prepare, to_tensor
 
@@ -19,11 +19,11 @@ from conftest import REPO, subprocess_env
 def test_demo_writes_results_and_resumes(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--iterations", "3", "--size", "64", "--quiet",
-            "--photos", "chelsea,coffee"]
+            "--photos", "chelsea,coffee,rocket"]
     assert main(args) == 0
     data = json.loads((out / "results.json").read_text())
     classes = data["meta"]["classes"]
-    n_pairs = sum(1 for i in range(2) for j in range(2) if i != j and classes[i] != classes[j])
+    n_pairs = sum(1 for i in range(3) for j in range(3) if i != j and classes[i] != classes[j])
     assert n_pairs > 0 and len(data["pairs"]) == n_pairs
     for pair in data["pairs"]:
         assert pair["source"] != pair["target"] and pair["source_class"] != pair["target_class"]
@@ -31,6 +31,10 @@ def test_demo_writes_results_and_resumes(tmp_path):
         assert pair["rms_l2"] < pair["start_rms_l2"]  # three steps already moved towards the target
     assert (out / "grid.png").stat().st_size > 10_000 and (out / "curves.png").stat().st_size > 10_000
     assert (out / "results.csv").read_text().count("\n") == n_pairs + 1
+    saved_for_geometry = load_lst_results(out / "lst_results.pt")
+    assert saved_for_geometry["outputs"].shape[:2] == (3, 2) and saved_for_geometry["model"] == "imagenet-lite0"
+    geometry = json.loads((out / "geometry" / "geometry.json").read_text())
+    assert 0 <= geometry["hull"]["hull_mean"]["mean"] <= 1 and (out / "geometry" / "triangle_0_0_1.png").exists()
 
     # resume: saved rows are reused, not recomputed (their files stay untouched) and give the same records
     rows = sorted((out / "rows").glob("row_*.pt"))
