@@ -70,11 +70,13 @@ def hull_metric(grid_step: float = 0.1, deltas: Sequence[float] = (0.0, 0.1, 0.2
 
 
 def lpips_metric(weights: str | Path) -> st.PairMetric:
-    """LPIPS (AlexNet) between LST outputs and targets, from a local weights file."""
-    lp = st.LPIPS(weights)
+    """LPIPS (AlexNet) between LST outputs and targets, with AlexNet weights from a local file."""
+    from blindspots.metrics import load_lpips, lpips
+
+    load_lpips(weights)  # fail now, not after the first batch of LST, when the file is wrong
 
     def metric(model, sources, outputs, targets, labels):
-        return {"lpips": lp(outputs, targets)}
+        return {"lpips": lpips(outputs, targets, weights)}
 
     return metric
 
@@ -275,7 +277,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adv-eps", type=float, default=None)
     p.add_argument("--no-hull", action="store_true", help="skip Table 2")
     p.add_argument("--grid-step", type=float, default=0.1)
-    p.add_argument("--lpips-weights", default=None, help="LPIPS(net='alex') state dict file (lpips package format)")
+    p.add_argument("--lpips-weights", default=None, help="ImageNet AlexNet weights for LPIPS (torchvision's alexnet checkpoint, "
+                   "or an lpips state dict)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="runs/lst_tables")
     p.add_argument("--progress", action="store_true")

@@ -1,15 +1,18 @@
 """Per-sample image distances in [0, 1] pixel space: RMS-l2 (l2 / sqrt(d)), l-inf and SSIM.
 
 SSIM comes from scikit-image (`skimage.metrics.structural_similarity`, data range 1, colour channels averaged) rather
-than a hand-written copy.
+than a hand-written copy; LPIPS from the `lpips` package (optional extra) with AlexNet weights from a local file.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
-__all__ = ["rms_l2", "l2", "linf", "ssim", "distances"]
+__all__ = ["rms_l2", "l2", "linf", "ssim", "distances", "lpips", "load_lpips"]
 
 
 def _flat_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -54,3 +57,66 @@ def distances(a: torch.Tensor, b: torch.Tensor, *, with_ssim: bool = True) -> di
     if with_ssim and min(a.shape[-2:]) >= 7:  # SSIM is undefined below its 7x7 window: left out, not NaN
         out["ssim"] = ssim(a, b)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------- LPIPS
+
+_LPIPS_CACHE: dict[tuple[str, str], "torch.nn.Module"] = {}
+
+
+def load_lpips(weights: str | os.PathLike, device: str | torch.device | None = None) -> "torch.nn.Module":
+    """The `lpips` package's LPIPS(net='alex') module with its AlexNet backbone read from a local file.
+
+    `lpips` ships its learned linear layers; the ImageNet AlexNet backbone is the user's file: torchvision's
+    `alexnet` checkpoint (keys `features.*`, e.g. alexnet-owt-7be5be79.pth) or a full LPIPS state dict (keys
+    `net.slice*`), as .safetensors or a plain torch file. Nothing is downloaded.
+    """
+    try:
+        import lpips as lpips_pkg
+    except ImportError as exc:
+        raise ImportError("LPIPS needs the lpips package: pip install 'blindspots[lpips]' (or pip install lpips)"
+                          ) from exc
+    from .models import load_state_dict_file
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (str(Path(weights).resolve()), str(device))
+    if key in _LPIPS_CACHE:
+        return _LPIPS_CACHE[key]
+    state = load_state_dict_file(weights)
+    net = lpips_pkg.LPIPS(net="alex", pnet_rand=True, verbose=False)  # pnet_rand: do not download AlexNet
+    if any(k.startswith("net.slice") for k in state):
+        backbone = {k: v for k, v in state.items() if k.startswith("net.")}
+    else:  # torchvision alexnet: features.{i}.* sits in net.slice{s}.{i}.*
+        backbone = {}
+        for name in net.state_dict():
+            if name.startswith("net.slice"):
+                index_and_kind = name.split(".", 2)[2]
+                if f"features.{index_and_kind}" not in state:
+                    raise ValueError(f"{weights} is not an AlexNet checkpoint: no tensor features.{index_and_kind} "
+                                     "(LPIPS needs torchvision's ImageNet alexnet weights)")
+                backbone[name] = state[f"features.{index_and_kind}"]
+    wanted = {k for k in net.state_dict() if k.startswith("net.")}
+    if set(backbone) != wanted:
+        raise ValueError(f"{weights}: LPIPS backbone tensors missing {sorted(wanted - set(backbone))[:4]}, "
+                         f"unexpected {sorted(set(backbone) - wanted)[:4]}")
+    net.load_state_dict(backbone, strict=False)
+    net = net.eval().requires_grad_(False).to(device)
+    _LPIPS_CACHE[key] = net
+    return net
+
+
+def lpips(a: torch.Tensor, b: torch.Tensor, weights: str | os.PathLike | None = None, *,
+          device: str | torch.device | None = None, batch_size: int = 32) -> torch.Tensor:
+    """Per-sample LPIPS (AlexNet, v0.1) between images in [0, 1]; `weights` is a local AlexNet file (see
+    `load_lpips`). Without weights this raises a clear error instead of downloading anything."""
+    if weights is None:
+        raise ValueError("LPIPS needs ImageNet AlexNet weights: pass weights=PATH to a local copy of torchvision's "
+                         "alexnet checkpoint (nothing is downloaded)")
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    net = load_lpips(weights, device)
+    dev = next(net.parameters()).device
+    with torch.no_grad():
+        out = [net(a[i:i + batch_size].to(dev).float(), b[i:i + batch_size].to(dev).float(), normalize=True)
+               for i in range(0, a.shape[0], batch_size)]
+    return torch.cat(out).flatten().cpu()

@@ -54,7 +54,6 @@ __all__ = [
     "write_csv",
     "write_html_report",
     "figure_to_png",
-    "LPIPS",
     "slug",
 ]
 
@@ -612,69 +611,3 @@ def write_html_report(path: str | os.PathLike, title: str, sections: Sequence[Ma
     path = Path(path)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
-
-
-# ----------------------------------------------------------------------------------------------- LPIPS
-
-
-class LPIPS(nn.Module):
-    """LPIPS distance (Zhang et al. 2018, AlexNet variant v0.1) from a local weights file; nothing is downloaded.
-
-    The file is the state dict of the `lpips` package's `LPIPS(net='alex')` module (keys `scaling_layer.*`,
-    `net.slice{1..5}.*`, `lin{0..4}.model.1.weight`), as .safetensors or a plain torch file. Inputs are images in
-    [0, 1], mapped to [-1, 1] as LPIPS expects. Returns one distance per sample.
-    """
-
-    _CUTS = (0, 2, 5, 8, 10, 12)
-    _CHANNELS = (64, 192, 384, 256, 256)
-
-    def __init__(self, weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None) -> None:
-        super().__init__()
-        import torchvision
-
-        features = torchvision.models.alexnet(weights=None).features
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
-        self.slices = nn.ModuleList(
-            nn.Sequential(*[features[i] for i in range(a, b)]) for a, b in zip(self._CUTS[:-1], self._CUTS[1:]))
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self._CHANNELS)
-        if weights is not None:
-            self.load_lpips_state(weights)
-        self.eval().requires_grad_(False)
-
-    def load_lpips_state(self, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
-        from .models import load_state_dict_file
-
-        state = load_state_dict_file(weights) if not isinstance(weights, Mapping) else dict(weights)
-        mapped: dict[str, torch.Tensor] = {}
-        for k, v in state.items():
-            if k.startswith("scaling_layer."):
-                mapped[k.split(".", 1)[1]] = v.view(1, 3, 1, 1)
-            elif k.startswith("net.slice"):
-                m = re.fullmatch(r"net\.slice(\d)\.(\d+)\.(weight|bias)", k)
-                if m is None:
-                    raise ValueError(f"unexpected LPIPS key {k!r}")
-                s, idx = int(m.group(1)) - 1, int(m.group(2)) - self._CUTS[int(m.group(1)) - 1]
-                mapped[f"slices.{s}.{idx}.{m.group(3)}"] = v
-            elif re.fullmatch(r"lin\d\.model\.1\.weight", k):
-                mapped[f"lins.{k[3]}.weight"] = v
-            else:
-                raise ValueError(f"unexpected LPIPS key {k!r} (expected the lpips package's LPIPS(net='alex') "
-                                 "state dict)")
-        missing = set(self.state_dict()) - set(mapped)
-        if missing:
-            raise ValueError(f"LPIPS weights are missing {sorted(missing)[:5]}")
-        self.load_state_dict(mapped)
-
-    @torch.no_grad()
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        dev = self.shift.device
-        xa = ((a.to(dev) * 2 - 1) - self.shift) / self.scale
-        xb = ((b.to(dev) * 2 - 1) - self.shift) / self.scale
-        total = torch.zeros(a.shape[0], device=dev)
-        for sl, lin in zip(self.slices, self.lins):
-            xa, xb = sl(xa), sl(xb)
-            na = xa / (xa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            nb = xb / (xb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total += lin((na - nb) ** 2).mean((1, 2, 3))
-        return total.cpu()

@@ -256,28 +256,6 @@ def test_store_torn_lines_and_summaries(tmp_path: Path) -> None:
     assert len(seeds) == 250 and st.pair_seed(0, 1, 2) == st.pair_seed(0, 1, 2) != st.pair_seed(1, 1, 2)
 
 
-def test_lpips_from_package_format_state() -> None:
-    torch.manual_seed(0)
-    ref = st.LPIPS()
-    for lin in ref.lins:  # LPIPS's linear weights are non-negative
-        lin.weight.data.abs_()
-    # Re-key our module's tensors in the lpips package's layout, then load them into a fresh module.
-    state = {"scaling_layer.shift": ref.shift.flatten(), "scaling_layer.scale": ref.scale.flatten()}
-    for s, sl in enumerate(ref.slices):
-        for name, v in sl.state_dict().items():
-            idx, kind = name.split(".")
-            state[f"net.slice{s + 1}.{int(idx) + st.LPIPS._CUTS[s]}.{kind}"] = v
-    for i, lin in enumerate(ref.lins):
-        state[f"lin{i}.model.1.weight"] = lin.weight
-    lp = st.LPIPS(state)
-    a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    assert torch.equal(lp(a, b), ref(a, b))
-    assert torch.allclose(lp(a, a), torch.zeros(2)) and bool((lp(a, b) > 0).all())
-    assert torch.allclose(lp(a, b), lp(b, a))
-    with pytest.raises(ValueError, match="unexpected LPIPS key"):
-        st.LPIPS({**state, "extra.weight": torch.zeros(1)})
-
-
 if __name__ == "__main__":  # the subprocess side of the kill and distributed tests
     info = st.init_distributed()
     try:
