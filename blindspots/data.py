@@ -66,11 +66,19 @@ def demo_photos(names: Sequence[str] = DEMO_PHOTOS, size: int = 224) -> tuple[to
     return torch.stack(images), list(names)
 
 
-def load_image_folder(folder: str | os.PathLike, size: int = 224, limit: int | None = None
-                      ) -> tuple[torch.Tensor, list[str]]:
-    """All images in a folder (sorted by name) as a (N, 3, size, size) batch, with their file names."""
+def load_image_folder(folder: str | os.PathLike, size: int | None = 224, limit: int | None = None,
+                      crop_fraction: float = 224 / 256) -> tuple[torch.Tensor, list[str]]:
+    """All images in a folder (sorted by name) as a float (N, 3, size, size) batch in [0, 1], with their file names.
+
+    Each image is centre-cropped to `crop_fraction` of its shorter side and resized to `size` (None: keep the
+    cropped size; the images must then agree in size). The defaults are ImageNet's Resize 256 + CenterCrop 224.
+    """
     from skimage import io
 
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
+        raise ValueError(f"size must be an integer >= 8 or None, got {size!r}")
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
@@ -79,4 +87,14 @@ def load_image_folder(folder: str | os.PathLike, size: int = 224, limit: int | N
         files = files[:limit]
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return torch.stack([prepare(to_tensor(io.imread(p)), size) for p in files]), [p.name for p in files]
+    images = []
+    for p in files:
+        x = to_tensor(io.imread(p))
+        if size is None and crop_fraction == 1.0 and x.shape[-1] == x.shape[-2]:
+            images.append(x)
+        else:
+            images.append(prepare(x, size or max(1, int(round(min(x.shape[-2:]) * crop_fraction))), crop_fraction))
+    shapes = {tuple(x.shape) for x in images}
+    if len(shapes) > 1:
+        raise ValueError(f"images in {folder} have different sizes {sorted(shapes)[:4]}; pass size= to resize them")
+    return torch.stack(images), [p.name for p in files]

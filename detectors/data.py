@@ -22,7 +22,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 
-from blindspots.data import IMAGE_SUFFIXES, prepare, to_tensor
+from blindspots.data import load_image_folder
 
 __all__ = [
     "BoxTable",
@@ -264,29 +264,4 @@ def load_cutouts(folder: str | os.PathLike, size: int | None = None, crop_fracti
     """Galaxy cutouts (PNG/JPG...) of a folder, sorted by name, as a float (N, 3, size, size) batch in [0, 1] and
     their file names. Each image is centre-cropped to `crop_fraction` of its shorter side (the paper used the central
     200 px of 400-px cutouts: 0.5) and resized to `size` (None: keep the cropped size; all must then agree)."""
-    from skimage import io
-
-    if not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
-        raise ValueError(f"size must be an integer >= 8 or None, got {size!r}")
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cutout folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if limit is not None:
-        files = files[:limit]
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    images = []
-    for p in files:
-        x = to_tensor(io.imread(p))
-        s = size if size is not None else max(1, int(round(min(x.shape[-2:]) * crop_fraction)))
-        if crop_fraction == 1.0 and size is None and x.shape[-1] == x.shape[-2]:
-            images.append(x)
-        else:
-            images.append(prepare(x, s, crop_fraction))
-    shapes = {tuple(x.shape) for x in images}
-    if len(shapes) > 1:
-        raise ValueError(f"cutouts in {folder} have different sizes {sorted(shapes)[:4]}; pass size= to resize them")
-    return torch.stack(images), [p.name for p in files]
+    return load_image_folder(folder, size, limit, crop_fraction)
