@@ -17,6 +17,7 @@ from torch import nn
 __all__ = [
     "Classifier",
     "load_classifier",
+    "create_timm_model",
     "load_state_dict_file",
     "load_weights",
     "probing",
@@ -292,19 +293,24 @@ def _imagenet_lite0(weights: str | os.PathLike | None, pretrained: bool, num_cla
     return Classifier(model, IMAGENET_MEAN, IMAGENET_STD, class_names=names, name="imagenet-lite0")
 
 
-def _timm(arch: str, weights, pretrained: bool, num_classes: int | None) -> Classifier:
+def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """`timm.create_model` with clear errors: an unknown name, or pretrained weights that cannot be downloaded."""
     import timm
 
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
-        model = timm.create_model(arch, pretrained=pretrained and weights is None, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ValueError(f"timm has no model {arch!r} (see timm.list_models())") from exc
+            raise ValueError(f"timm has no model {name!r} (see timm.list_models())") from exc
         raise
     except OSError as exc:  # huggingface_hub / urllib errors when offline
-        raise RuntimeError(f"could not download pretrained weights for timm:{arch} (offline?); download them "
-                           f"elsewhere and pass weights=PATH to a local .safetensors/.pth file: {exc}") from exc
+        raise RuntimeError(f"could not download pretrained weights for {name} (offline?); download them elsewhere "
+                           f"and pass weights=PATH to a local .safetensors/.pth file: {exc}") from exc
+
+
+def _timm(arch: str, weights, pretrained: bool, num_classes: int | None) -> Classifier:
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = create_timm_model(arch, pretrained=pretrained and weights is None, **kwargs)
     if weights is not None:
         load_weights(model, weights)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -347,23 +353,13 @@ class ZoobotClassifier(nn.Sequential):
 
 def _zoobot(arch: str, weights, pretrained: bool, num_classes: int | None) -> Classifier:
     """Zoobot encoder (`hf_hub:mwalmsley/zoobot-encoder-<arch>`) + linear head; inputs [0, 1], no mean/std."""
-    import timm
-
     if weights is None and not pretrained:
         raise ValueError(f"zoobot:{arch} needs weights=PATH (a local copy of hf_hub:mwalmsley/zoobot-encoder-{arch},"
                          " .safetensors or .bin/.pth) or pretrained=True when online")
-    try:
-        if weights is None:
-            encoder = timm.create_model(f"hf_hub:mwalmsley/zoobot-encoder-{arch}", pretrained=True, num_classes=0)
-        else:
-            encoder = timm.create_model(arch, pretrained=False, num_classes=0)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise ValueError(f"timm has no architecture {arch!r} for a Zoobot encoder") from exc
-        raise
-    except OSError as exc:
-        raise RuntimeError(f"could not download hf_hub:mwalmsley/zoobot-encoder-{arch} (offline?); download it "
-                           f"elsewhere and pass weights=PATH: {exc}") from exc
+    if weights is None:
+        encoder = create_timm_model(f"hf_hub:mwalmsley/zoobot-encoder-{arch}", pretrained=True, num_classes=0)
+    else:
+        encoder = create_timm_model(arch, num_classes=0)
     if weights is not None:
         # Zoobot files hold the encoder only; tolerate a head in the file (fine-tuned checkpoints) but nothing else.
         head = getattr(encoder, "pretrained_cfg", {}).get("classifier", "head")

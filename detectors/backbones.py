@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from blindspots.models import IMAGENET_MEAN, IMAGENET_STD, imagenet_lite0_state_dict, load_state_dict_file, load_weights
+from blindspots.models import (IMAGENET_MEAN, IMAGENET_STD, create_timm_model, imagenet_lite0_state_dict,
+                               load_state_dict_file, load_weights)
 
 __all__ = ["build_backbone", "TimmFPNBackbone", "TORCHVISION_RESNETS", "ZOOBOT_MEAN", "ZOOBOT_STD"]
 
@@ -212,14 +213,7 @@ def _torchvision_resnet(name, state, trainable_layers, fpn_channels, frozen_bn, 
 
 
 def _timm_encoder(name, state, trainable_layers, fpn_channels, frozen_bn, min_stride):
-    import timm
-
-    try:
-        full = timm.create_model(name, pretrained=False, num_classes=0)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise ValueError(f"timm has no model {name!r} (see timm.list_models())") from exc
-        raise
+    full = create_timm_model(name, num_classes=0)
     report = {"missing": [], "unexpected": []}
     if state is not None:
         head = (getattr(full, "pretrained_cfg", None) or {}).get("classifier") or "classifier"
