@@ -390,12 +390,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-clump-flux", type=float, default=0.03,
                    help="clumpy class: 2-8 clumps each of at least this fraction of the host's flux (up to 0.08)")
     p.add_argument("--crop", type=float, default=0.5, help="central fraction of the real cutouts kept")
-    p.add_argument("--pretrain", type=int, default=768, help="simulated galaxies for the proxy's pretraining")
-    p.add_argument("--pretrain-epochs", type=int, default=2)
-    p.add_argument("--train", type=int, default=768, help="simulated galaxies for fine-tuning")
+    p.add_argument("--pretrain", type=int, default=2048, help="simulated galaxies for the proxy's pretraining")
+    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--train", type=int, default=2048, help="simulated galaxies for fine-tuning")
     p.add_argument("--test", type=int, default=256, help="held-out simulated galaxies (accuracy, sim pairs)")
-    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of the pretrained backbones")
-    p.add_argument("--scratch-epochs", type=int, default=6,
+    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs of the pretrained backbones")
+    p.add_argument("--scratch-epochs", type=int, default=12,
                    help="epochs of the random-init backbone (from scratch it needs more steps to leave chance)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (warm-up, cosine decay)")
     p.add_argument("--batch-size", type=int, default=32)
