@@ -23,8 +23,8 @@ from torch import nn
 
 from blindspots.metrics import l2 as l2_distance
 from blindspots.metrics import linf as linf_distance
-from blindspots.models import Classifier, probing
-from blindspots.traversal import _model_device, sample_seeds
+from blindspots.models import Classifier, model_device, probing
+from blindspots.traversal import sample_seeds
 from blindspots.validation import check_images, check_labels, check_same_shape
 
 __all__ = ["AttackResult", "Attack", "per_sample_noise", "NORMS", "LOSSES"]
@@ -319,7 +319,7 @@ class Attack:
         if init is not None:
             check_images(init, "init")
             check_same_shape(images, init, "images", "init")
-        device = torch.device(self.device) if self.device is not None else _model_device(self.model)
+        device = torch.device(self.device) if self.device is not None else model_device(self.model)
         seeds = sample_seeds(self.seed, n)
         x = images.detach().to(device)
         everyone = torch.arange(n, device=device)

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import Classifier, probing
-from .traversal import LSTResult, Trajectory, _model_device
+from .models import Classifier, model_device, probing
+from .traversal import LSTResult, Trajectory
 from .validation import check_images, check_labels, check_same_shape
 
 __all__ = [
@@ -181,7 +181,7 @@ def _combination_confidence(
 
 
 def _setup(model: nn.Module, device, batch_size: int) -> _Confidence:
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     return _Confidence(model, device, batch_size)
 
 

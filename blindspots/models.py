@@ -7,6 +7,7 @@ distances) is measured in [0, 1] pixel space whatever the model expects.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -21,6 +22,7 @@ __all__ = [
     "load_state_dict_file",
     "load_weights",
     "probing",
+    "model_device",
     "imagenet_class_names",
     "imagenet_lite0_state_dict",
     "IMAGENET_MEAN",
@@ -82,11 +84,7 @@ class Classifier(nn.Module):
     @property
     def device(self) -> torch.device:
         """Device of the wrapped model's first parameter or buffer (CPU for a parameter-free model)."""
-        for t in self.model.parameters():
-            return t.device
-        for t in self.model.buffers():
-            return t.device
-        return torch.device("cpu")
+        return model_device(self.model)
 
     @property
     def num_classes(self) -> int | None:
@@ -142,6 +140,15 @@ class Classifier(nn.Module):
     def extra_repr(self) -> str:
         norm = "none" if self.mean is None else f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
         return f"name={self.name!r}, normalisation: {norm}"
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model computes: its first parameter's or buffer's device (CPU for a parameter-free model)."""
+    if isinstance(model, Classifier):
+        return model.device
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .metrics import distances
-from .models import Classifier, probing
+from .models import Classifier, model_device, probing
 from .validation import check_images, check_labels, check_same_shape
 
 __all__ = ["LSTConfig", "LSTResult", "Trajectory", "level_set_traversal", "derangement_pairs", "sample_seeds"]
@@ -274,7 +274,7 @@ def level_set_traversal(
     check_images(targets, "targets")
     check_same_shape(sources, targets, "sources", "targets")
     n = sources.shape[0]
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     seeds = sample_seeds(seed, n)
     num_classes = model.num_classes if isinstance(model, Classifier) else None
     if labels is not None:
@@ -295,14 +295,6 @@ def level_set_traversal(
                 None if target_labels is None else target_labels[sl].to(device),
                 seeds[sl], config, device, bar))
     return _merge(parts, seeds, config)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    if isinstance(model, Classifier):
-        return model.device
-    for t in model.parameters():
-        return t.device
-    return torch.device("cpu")
 
 
 def _traverse_chunk(model, xs, xt, labels, target_labels, seeds, config: LSTConfig, device, bar) -> dict[str, Any]:
