@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import LOSSES, NORMS, Attack, _Run, _view, check_budget, check_choice, per_sample_noise
+from .base import (LOSSES, NORMS, Attack, _Run, _view, check_budget, check_choice, check_positive_int,
+                   per_sample_noise)
 from .pgd import project
 
 __all__ = ["APGD"]
@@ -63,10 +64,8 @@ class APGD(Attack):
         self.eps = check_budget(eps, "eps")
         self.norm = check_choice(norm, NORMS, "norm")
         self.loss = check_choice(loss, LOSSES, "loss")
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts must be a positive int, got {restarts!r}")
+        check_positive_int(steps, "steps")
+        check_positive_int(restarts, "restarts")
         if not 0 < rho <= 1:
             raise ValueError(f"rho must be in (0, 1], got {rho}")
         self.steps, self.restarts, self.rho = steps, restarts, float(rho)

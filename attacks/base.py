@@ -375,6 +375,13 @@ def check_budget(eps: float | Sequence[float] | torch.Tensor, name: str = "eps")
     return t
 
 
+def check_positive_int(value: object, name: str) -> int:
+    """A count (steps, restarts, ...) is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def check_choice(value: str, choices: Sequence[str], name: str) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

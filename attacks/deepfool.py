@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import Attack, _Run, _view
+from .base import Attack, _Run, _view, check_positive_int
 
 __all__ = ["DeepFool"]
 
@@ -41,12 +41,10 @@ class DeepFool(Attack):
                  device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True) -> None:
         super().__init__(model, early_stop=True, seed=0, device=device, progress=progress,
                          channels_last=channels_last)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        check_positive_int(steps, "steps")
         if not overshoot >= 0:
             raise ValueError(f"overshoot must be >= 0, got {overshoot}")
-        if not isinstance(candidates, int) or candidates < 1:
-            raise ValueError(f"candidates must be a positive int, got {candidates!r}")
+        check_positive_int(candidates, "candidates")
         self.steps, self.overshoot, self.candidates = steps, float(overshoot), candidates
 
     def params(self) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import LOSSES, NORMS, Attack, AttackResult, _Run, _view, check_budget, check_choice, per_sample_noise
+from .base import (LOSSES, NORMS, Attack, AttackResult, _Run, _view, check_budget, check_choice, check_positive_int,
+                   per_sample_noise)
 
 __all__ = ["PGD", "FGSM", "MinimalEpsilon", "minimal_epsilon", "project", "random_start"]
 
@@ -96,10 +97,8 @@ class PGD(Attack):
         self.eps = check_budget(eps, "eps")
         self.norm = check_choice(norm, NORMS, "norm")
         self.loss = check_choice(loss, LOSSES, "loss")
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts must be a positive int, got {restarts!r}")
+        check_positive_int(steps, "steps")
+        check_positive_int(restarts, "restarts")
         if restarts > 1 and not random_start:
             raise ValueError("restarts > 1 need random_start=True (without it every restart is the same run)")
         self.steps, self.restarts, self.random_start = steps, restarts, bool(random_start)
