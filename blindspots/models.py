@@ -234,11 +234,10 @@ def load_weights(
         raise ValueError(f"{len(mismatched)} tensors have the wrong shape for {type(module).__name__}: "
                          + "; ".join(mismatched[:5]))
     result = module.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(tuple(allow_missing))] if allow_missing else list(
-        result.missing_keys)
-    unexpected = [k for k in result.unexpected_keys if not k.startswith(tuple(allow_unexpected))] if \
-        allow_unexpected else list(result.unexpected_keys)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    # str.startswith(()) is False, so empty allowances tolerate nothing
+    missing = [k for k in result.missing_keys
+               if not k.startswith(tuple(allow_missing)) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(tuple(allow_unexpected))]
     if missing or unexpected:
         raise ValueError(f"weights do not match {type(module).__name__}: {len(missing)} missing keys "
                          f"{missing[:6]}, {len(unexpected)} unexpected keys {unexpected[:6]}")
