@@ -2,13 +2,13 @@
 
 # model side: backbones, Faster R-CNN, training, classifier wrappers
 from .backbones import build_backbone
-from .classifier import as_classifier
+from .classifier import as_classifier, clumpy_labels, fit_head
 from .frcnn import PRESETS, ClumpDetector, DetectorPreset, build_detector, detect
 from .train import TrainResult, load_checkpoint, train
 
 # data side: simulator and injection, box tables, figures of merit
 from .data import collate, load_cutouts, read_boxes_csv, read_coco, write_boxes_csv, write_coco
 from .evaluate import (STRICT, MatchRule, ap50, average_precision, completeness_vs_flux, draw_detections,
-                       evaluate_detections, loose_rule, score_sweep)
+                       evaluate_detections, loose_rule, score_sweep, select_threshold)
 from .simulate import SimConfig, SimulatedBatch, SimulatedClumps, inject_batch, inject_clumps  # not `simulate`:
 # re-exporting the function would shadow the submodule `detectors.simulate`

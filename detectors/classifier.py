@@ -20,9 +20,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from blindspots.models import Classifier
+from blindspots.models import Classifier, model_device, probing
 
-__all__ = ["as_classifier", "BackboneClumpNet", "DetectorRegionScore"]
+__all__ = ["as_classifier", "fit_head", "clumpy_labels", "BackboneClumpNet", "DetectorRegionScore"]
 
 _HEADS = {"clump": (1,), "odd": (2,), "any": (1, 2)}
 
@@ -110,6 +110,7 @@ def as_classifier(
             `build_backbone` (anything with `body` and `body_channels`; a detector's `.backbone` works).
         head: for a detector, which score: "clump" (default), "odd" or "any"; for a backbone, the module mapping
             pooled features (N, C) to 2 logits (default: a fresh `nn.Linear(C, 2)` to be trained).
+            Train a new head with `fit_head` (a linear probe on the frozen backbone).
         region: detector only: (x0, y0, x1, y1) in pixels where the clump is sought (default: the whole image).
         temperature: detector only: temperature of the soft maximum over proposals.
 
@@ -144,3 +145,70 @@ def as_classifier(
         raise TypeError(f"as_classifier needs a detector (with rpn and roi_heads) or a backbone (with body), got "
                         f"{type(model).__name__}")
     return clf.eval()
+
+
+def clumpy_labels(targets: Sequence[Mapping], min_flux: float = 0.03) -> torch.Tensor:
+    """1 for an image with at least one clump (label 1) of flux fraction >= `min_flux`, else 0 (Clump Scout's
+    relaxed 3% limit by default): labels for a clumpy / not-clumpy head, from simulated or injected targets."""
+    out = []
+    for i, t in enumerate(targets):
+        if "labels" not in t or "flux_fraction" not in t:
+            raise ValueError(f"targets[{i}] needs 'labels' and 'flux_fraction' (simulated or injected targets)")
+        out.append(bool(((t["labels"] == 1) & (t["flux_fraction"] >= min_flux)).any()))
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def fit_head(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 200,
+             lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 64, seed: int = 0,
+             progress: bool = True) -> list[float]:
+    """Train the head of `as_classifier(backbone)` on the frozen backbone (a linear probe): the pooled features of
+    `images` are computed once, then the head alone is fit by Adam on cross-entropy. The backbone is untouched, so
+    LST then probes the blind spots of the backbone's own features. Returns the mean loss of every epoch.
+
+    Args:
+        classifier: from `as_classifier(backbone)` (its model is a `BackboneClumpNet`).
+        images: (N, 3, H, W) in [0, 1]; labels: (N,) class indices of the head (e.g. `clumpy_labels(targets)`).
+    """
+    from tqdm.auto import tqdm
+
+    from blindspots.validation import check_images, check_labels
+
+    net = classifier.model if isinstance(classifier, Classifier) else None
+    if not isinstance(net, BackboneClumpNet):
+        raise TypeError("fit_head needs a classifier from as_classifier(backbone); a detector's score has no head")
+    check_images(images, "images")
+    labels = check_labels(labels, images.shape[0], net.num_classes)
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    device = model_device(classifier)
+    with torch.no_grad(), probing(classifier):
+        feats = []
+        for i in range(0, images.shape[0], batch_size):
+            x = classifier.normalize(images[i:i + batch_size].to(device))
+            out = net.body(x)
+            last = list(out.values())[-1] if isinstance(out, Mapping) else out[-1]
+            feats.append(last.mean((-2, -1)))
+        feats = torch.cat(feats)
+    labels = labels.to(device)
+    head = net.head
+    head.train()
+    params = [p for p in head.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in tqdm(range(epochs), disable=not progress, desc="fit head", unit="epoch"):
+        order = torch.randperm(feats.shape[0], generator=gen).to(device)
+        total = 0.0
+        for i in range(0, feats.shape[0], batch_size):
+            idx = order[i:i + batch_size]
+            loss = nn.functional.cross_entropy(head(feats[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * idx.numel()
+        history.append(total / feats.shape[0])
+    classifier.eval()
+    return history

@@ -34,6 +34,7 @@ __all__ = [
     "DetectionScores",
     "evaluate_detections",
     "score_sweep",
+    "select_threshold",
     "completeness_vs_flux",
     "average_precision",
     "ap50",
@@ -198,6 +199,19 @@ def score_sweep(predictions: Sequence[Mapping], targets: Sequence[Mapping],
         "n_matched": n_matched,
         "n_true": np.asarray(n_true),
     }
+
+
+def select_threshold(predictions: Sequence[Mapping], targets: Sequence[Mapping],
+                     thresholds: Sequence[float] | np.ndarray | None = None, rule: MatchRule = STRICT, *,
+                     label: int | None = None, class_aware: bool = True) -> tuple[float, dict[str, np.ndarray]]:
+    """The score threshold with the highest F1 (the lowest such threshold on ties), and the sweep behind it.
+
+    Meant for a validation set held out from both training and test, so that the operating point of a detector is
+    chosen without looking at the data it is scored on. Arguments as in `score_sweep`.
+    """
+    sweep = score_sweep(predictions, targets, thresholds, rule, label=label, class_aware=class_aware)
+    f1 = np.nan_to_num(sweep["f1"], nan=-1.0)
+    return float(sweep["threshold"][f1 == f1.max()].min()), sweep
 
 
 def evaluate_detections(predictions: Sequence[Mapping], targets: Sequence[Mapping], rule: MatchRule = STRICT, *,

@@ -1,4 +1,5 @@
-"""Resumable detector training: Adam, random flips, a checkpoint every epoch (and every `checkpoint_every` steps).
+"""Resumable detector training: Adam, random flips, an optional warm-up and cosine decay of the learning rate, a
+checkpoint every epoch (and every `checkpoint_every` steps).
 
 A run in `out_dir` is reproducible step by step: epoch e visits the data in a permutation and with flips drawn
 from a generator seeded by (seed, e), and the global torch / numpy / random states (used by torchvision's
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["train", "TrainResult", "load_checkpoint", "flip_sample", "CHECKPOINT_POINTER"]
+__all__ = ["train", "TrainResult", "load_checkpoint", "flip_sample", "lr_factor", "LR_SCHEDULES", "CHECKPOINT_POINTER"]
 
 CHECKPOINT_POINTER = "checkpoint.json"
 
@@ -59,6 +60,21 @@ def flip_sample(image: torch.Tensor, target: dict[str, torch.Tensor], horizontal
         image = image.flip(-2)
         boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
     return image, {**target, "boxes": boxes}
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, total: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """Multiplier of the base learning rate at optimiser step `step` (0-based) of a run of `total` steps: linear
+    warm-up over the first `warmup_steps`, then constant or cosine-decayed to 0 at `total`. A pure function of the
+    step, so a resumed run follows the same schedule without any scheduler state."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {schedule!r}; choose from {LR_SCHEDULES}")
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if schedule == "cosine" and total > 0:
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return factor
 
 
 def _epoch_plan(n: int, seed: int, epoch: int) -> tuple[list[int], torch.Tensor]:
@@ -158,6 +174,8 @@ def train(
     batch_size: int = 4,
     *,
     lr: float | None = None,
+    lr_schedule: str | None = None,
+    warmup_steps: int | None = None,
     weight_decay: float | None = None,
     hflip: bool | None = None,
     vflip: bool | None = None,
@@ -175,7 +193,9 @@ def train(
         dataset: items ``(image (3, H, W) in [0, 1], {"boxes": (K, 4) xyxy, "labels": (K,)})``, e.g.
             `detectors.SimulatedClumps`, or a `SimulatedBatch`.
         epochs: the total number of epochs of the run (a resumed run continues up to it).
-        lr, weight_decay, hflip, vflip: default to the detector's preset (the paper: Adam 1e-4, 5e-5, both flips).
+        lr, lr_schedule, warmup_steps, weight_decay, hflip, vflip: default to the detector's preset (the paper:
+            Adam 1e-4 constant, weight decay 5e-5, both flips). "cosine" decays to 0 at the end of `epochs`
+            (see `lr_factor`); a run stopped early by `max_seconds` stops with the rate not yet decayed.
         seed: fixes the visiting order and flips of every epoch.
         resume: continue from the checkpoint in `out_dir` if there is one (its settings must match); False starts
             over and overwrites it.
@@ -189,6 +209,8 @@ def train(
     """
     preset = getattr(detector, "preset", None)
     lr = lr if lr is not None else getattr(preset, "lr", 1e-4)
+    lr_schedule = lr_schedule if lr_schedule is not None else getattr(preset, "lr_schedule", "constant")
+    warmup_steps = warmup_steps if warmup_steps is not None else getattr(preset, "warmup_steps", 0)
     weight_decay = weight_decay if weight_decay is not None else getattr(preset, "weight_decay", 5e-5)
     hflip = hflip if hflip is not None else getattr(preset, "hflip", True)
     vflip = vflip if vflip is not None else getattr(preset, "vflip", True)
@@ -196,6 +218,9 @@ def train(
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps!r}")
+    lr_factor(0, 1, lr_schedule)  # rejects an unknown schedule before any work
     n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty")
@@ -208,8 +233,8 @@ def train(
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"n": n, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "hflip": hflip,
-                "vflip": vflip, "seed": seed}
+    settings = {"n": n, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "warmup_steps": warmup_steps,
+                "weight_decay": weight_decay, "hflip": hflip, "vflip": vflip, "seed": seed}
 
     info = load_checkpoint(out, detector, optimizer) if resume else None
     if info is not None:
@@ -250,6 +275,8 @@ def train(
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in losses.items()})}")
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(step, total, lr_schedule, warmup_steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -21,6 +21,7 @@ from detectors.evaluate import (
     loose_rule,
     match_image,
     score_sweep,
+    select_threshold,
 )
 from detectors.simulate import (
     SimConfig,
@@ -381,6 +382,18 @@ def test_score_sweep_matches_thresholded_evaluation():
         assert (sweep["n_pred"][i], sweep["n_matched"][i]) == (s.n_pred, s.n_matched)
         assert np.isclose(sweep["completeness"][i], s.completeness, equal_nan=True)
     assert np.all(np.diff(sweep["completeness"]) <= 0) and np.all(np.diff(sweep["n_pred"]) <= 0)
+
+
+def test_select_threshold_maximises_f1_and_prefers_the_lowest_on_ties():
+    target = _t([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]])
+    # scores (exact in float32): TP 7/8, FP 6/8, TP 5/8, FP 4/8, FP 3/8.
+    # F1 at t = 3/8 .. 7/8: 4/8, 4/7, 4/6, 2/5, 2/4
+    pred = _p([[0, 0, 10, 10], [60, 0, 70, 10], [20, 0, 30, 10], [80, 0, 90, 10], [100, 0, 110, 10]],
+              [0.875, 0.75, 0.625, 0.5, 0.375])
+    best, sweep = select_threshold([pred], [target], [0.375, 0.5, 0.625, 0.75, 0.875])
+    assert best == 0.625 and sweep["f1"] == pytest.approx([4 / 8, 4 / 7, 4 / 6, 2 / 5, 2 / 4])
+    # F1 ties between 0.6 and 0.625 (the same detections survive both): the lower threshold wins, in any order
+    assert select_threshold([pred], [target], [0.875, 0.625, 0.6])[0] == 0.6
 
 
 def test_average_precision_hand_computed():

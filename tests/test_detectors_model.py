@@ -4,16 +4,19 @@ training (a step lowers the loss, exact resume), and the Classifier wrappers und
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torchvision.ops import box_iou
 
 import blindspots
-from detectors import as_classifier, build_backbone, build_detector, detect, load_checkpoint, train
+from detectors import (as_classifier, build_backbone, build_detector, clumpy_labels, detect, fit_head, load_checkpoint,
+                       train)
 from detectors.frcnn import agnostic_nms
 from detectors.simulate import SimConfig, simulate
-from detectors.train import flip_sample
+from detectors.train import flip_sample, lr_factor
 
 timm = pytest.importorskip("timm")
 
@@ -179,15 +182,43 @@ def _loss(det, data, seed=7):
 def test_one_training_step_lowers_the_loss(tiny_data, tmp_path):
     det = _tiny_detector()
     before = _loss(det, tiny_data)
-    result = train(det, tiny_data, 1, tmp_path, batch_size=4, lr=1e-3, hflip=False, vflip=False, progress=False)
+    result = train(det, tiny_data, 1, tmp_path, batch_size=4, lr=1e-3, warmup_steps=0, hflip=False, vflip=False,
+                   progress=False)
     assert result.step == 1 and result.completed
     after = _loss(det, tiny_data)
     assert after < before - 0.01, (before, after)
 
 
+def test_lr_schedule_warms_up_then_decays_by_cosine():
+    assert [lr_factor(s, 10, "constant") for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, 10, "constant", 4) for s in (0, 1, 3, 9)] == [0.25, 0.5, 1.0, 1.0]
+    cosine = [lr_factor(s, 10, "cosine") for s in range(11)]
+    assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and cosine[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert lr_factor(1, 10, "cosine", 4) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi / 10)))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(0, 10, "linear")
+
+
+def test_training_follows_the_schedule(tiny_data, tmp_path):
+    """The optimiser's rate at each step is the base rate times `lr_factor` (recorded by a global step hook)."""
+    det = _tiny_detector()
+    seen = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        train(det, tiny_data, 2, tmp_path, batch_size=2, lr=1e-3, lr_schedule="cosine", warmup_steps=2,
+              progress=False)
+    finally:
+        handle.remove()
+    assert seen == pytest.approx([1e-3 * lr_factor(s, 4, "cosine", 2) for s in range(4)])
+    with pytest.raises(ValueError, match="warmup_steps"):
+        train(det, tiny_data, 1, tmp_path / "bad", warmup_steps=-1, progress=False)
+
+
 def test_resume_restores_optimiser_state_epoch_and_continues_exactly(tiny_data, tmp_path):
     data = [(tiny_data.images[i], tiny_data.targets[i]) for i in range(2)]  # 2 steps of 1 image per epoch
-    kw = dict(batch_size=1, lr=1e-3, progress=False, seed=5)
+    kw = dict(batch_size=1, lr=1e-3, lr_schedule="cosine", warmup_steps=2, progress=False, seed=5)
     straight = _tiny_detector(seed=2)
     train(straight, data, 2, tmp_path / "straight", **kw)
     # out of time budget after its first step (mid-epoch), then resumed with a fresh detector
@@ -250,3 +281,52 @@ def test_backbone_classifier_is_a_clumpy_head_with_the_right_normalisation(zoobo
     assert torch.all(res.final_confidence >= res.initial_confidence - 0.2)
     with pytest.raises(TypeError, match="detector .* or a backbone"):
         as_classifier(torch.nn.Linear(2, 2))
+
+
+def test_fit_head_is_a_linear_probe_that_leaves_the_backbone_alone():
+    backbone = build_backbone("efficientnet_lite0")
+    clf = as_classifier(backbone)
+    gen = torch.Generator().manual_seed(0)
+    # two classes a linear probe can separate: faint vs bright frames with noise
+    labels = torch.arange(16) % 2
+    images = (0.25 + 0.5 * labels.view(-1, 1, 1, 1) + 0.05 * torch.randn(16, 3, 32, 32, generator=gen)).clamp(0, 1)
+    body = {k: v.clone() for k, v in clf.model.body.state_dict().items()}
+    history = fit_head(clf, images, labels, epochs=60, lr=5e-2, batch_size=8, progress=False)
+    assert len(history) == 60 and history[-1] < 0.5 * history[0]
+    assert torch.equal(clf.predict(images)[0], labels)
+    for k, v in clf.model.body.state_dict().items():
+        torch.testing.assert_close(v, body[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="labels"):
+        fit_head(clf, images, labels + 2, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="as_classifier\\(backbone\\)"):
+        fit_head(as_classifier(_tiny_detector()), images, labels, epochs=1, progress=False)
+
+
+def test_clumpy_labels_follow_the_brightest_clump():
+    targets = [{"labels": torch.tensor([1, 1]), "flux_fraction": torch.tensor([0.01, 0.05])},
+               {"labels": torch.tensor([2, 1]), "flux_fraction": torch.tensor([0.2, 0.02])},  # a star does not count
+               {"labels": torch.zeros(0, dtype=torch.int64), "flux_fraction": torch.zeros(0)}]
+    assert clumpy_labels(targets).tolist() == [1, 0, 0]
+    assert clumpy_labels(targets, min_flux=0.015).tolist() == [1, 1, 0]
+    with pytest.raises(ValueError, match="flux_fraction"):
+        clumpy_labels([{"labels": torch.tensor([1])}])
+
+
+# --------------------------------------------------------------------------------------------------- CLI run
+
+
+def test_detect_run_chooses_its_threshold_on_validation_and_resumes(tmp_path):
+    from detectors.cli import DetectRun, format_summary, run_detection
+
+    cfg = DetectRun(out=str(tmp_path), weights=None, image_size=64, n_train=4, n_val=6, n_test=4, epochs=1,
+                    batch_size=2, n_draw=1, progress=False)
+    s = run_detection(cfg)
+    val = s["validation"]
+    assert val["n_images"] == 6 and val["threshold"][0] == s["at_preset_threshold"]["score_threshold"] == 0.3
+    f1 = [-1.0 if v is None else v for v in val["f1"]]
+    assert s["score_threshold"] == min(t for t, v in zip(val["threshold"], f1) if v == max(f1))
+    assert s["n_pred"] <= s["at_preset_threshold"]["n_pred"]  # a threshold at least the preset's keeps fewer
+    assert json.loads((tmp_path / "metrics.json").read_text())["score_threshold"] == s["score_threshold"]
+    assert (tmp_path / "detections_0.png").is_file() and "validation images" in format_summary(s)
+    again = run_detection(cfg)  # resumes: the finished training is not repeated
+    assert again["train"]["steps"] == s["train"]["steps"] == 2 and again["train"]["seconds"] == s["train"]["seconds"]
