@@ -5,7 +5,8 @@ Trains the `cpu` preset twice with the same architecture, efficientnet_lite0 + F
 (`imagenet-lite0`) and from random init, same data, same seed, same budget: 2 epochs of 4,000 simulated images
 (2,000 steps of batch 4, about 11 minutes on 2 idle cores) with the preset's warm-up and cosine decay, so the
 schedule ends inside the budget. The score threshold is chosen on 300 held-out validation images (best clump F1);
-the test figures at the paper's threshold 0.3 are printed beside it. Prints the figures, the
+the test figures at the paper's threshold 0.3 are printed beside it, and so is the completeness of simulated clumps
+injected into real SDSS and DECaLS cutouts (10 injections per host; `--hosts`). Prints the figures, the
 completeness-vs-flux curves and the training time of each; writes everything to --out (re-running resumes the
 training runs instead of repeating them).
 
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+SHARED_GALAXIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "galaxies"
+
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,18 +43,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is far more efficient when the "
                         "cores are shared with other jobs: run --only imagenet and --only random side by side)")
+    parser.add_argument("--hosts", nargs="*", default=None, metavar="DIR",
+                        help="real cutout folders for injected-clump completeness (default: the sdss and decals "
+                        "folders of ../shared/data/galaxies beside the repository, if present)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
 
     from detectors.cli import DetectRun, format_summary, run_detection
 
     torch.set_num_threads(args.threads)
+    hosts = args.hosts if args.hosts is not None else [
+        str(p) for p in (SHARED_GALAXIES / "sdss", SHARED_GALAXIES / "decals") if p.is_dir()]
     results = {}
     for name, weights in [("imagenet", "imagenet"), ("random", None)]:
         if args.only and name != args.only:
             continue
         cfg = DetectRun(out=str(Path(args.out) / name), backbone="efficientnet_lite0", weights=weights,
-                        preset="cpu", n_train=args.n_train, n_test=args.n_test, n_val=args.n_val, epochs=args.epochs,
+                        preset="cpu", n_train=args.n_train, n_test=args.n_test, n_val=args.n_val,
+                        hosts=tuple(hosts), epochs=args.epochs,
                         seed=args.seed, minutes=args.minutes, n_draw=4, progress=args.progress,
                         cpu_clock=not args.wall)
         s = run_detection(cfg)

@@ -34,6 +34,9 @@ class DetectRun:
     n_train: int = 400
     n_test: int = 100
     n_val: int = 0  # > 0: choose the score threshold on this many validation images (best F1)
+    hosts: tuple[str, ...] = ()  # folders of real cutouts: completeness of clumps injected into them
+    injections: int = 10  # injected copies of each real host (different clumps)
+    host_crop: float = 0.5  # centre crop of the real cutouts before resizing (the paper: 0.5 of 400 px)
     epochs: int = 3
     batch_size: int = 4
     lr: float | None = None
@@ -101,12 +104,38 @@ def run_detection(cfg: DetectRun) -> dict[str, Any]:
                   "n_true": [int(v) for v in curve["n_true"]]},
         "ap50": ap50(preds, test.targets),
         "eval_seconds_per_image": eval_seconds / cfg.n_test,
+        "real_hosts": _real_host_completeness(det, cfg, sim, rule, threshold) if cfg.hosts else None,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     for i in range(min(cfg.n_draw, cfg.n_test)):
         draw_detections(test.images[i], test.targets[i], preds[i], out / f"detections_{i}.png",
                         score_threshold=threshold, title=f"test {i}: {det.backbone.arch} ({det.backbone.weights})")
     return summary
+
+
+def _real_host_completeness(det: Any, cfg: DetectRun, sim: Any, rule: Any, threshold: float) -> dict[str, Any]:
+    """Completeness of simulated clumps injected (`cfg.injections` times, no stars) into the real cutouts of
+    `cfg.hosts`, centre-cropped to `cfg.host_crop` and resized to the training size. Purity is not measured on real
+    hosts: their own clumps carry no labels, so a detection of one would count as false."""
+    import dataclasses
+
+    from .data import load_cutouts
+    from .evaluate import completeness_vs_flux
+    from .frcnn import detect
+    from .simulate import inject_batch
+
+    cutouts = torch.cat([load_cutouts(folder, cfg.image_size, cfg.host_crop)[0] for folder in cfg.hosts])
+    inject_sim = dataclasses.replace(sim, star_rate=0.0)
+    batches = [inject_batch(cutouts, inject_sim, seed=cfg.seed + 30_000 + k) for k in range(cfg.injections)]
+    images = torch.cat([b.images for b in batches])
+    targets = [t for b in batches for t in b.targets]
+    preds = detect(det, images, batch_size=16, device=cfg.device)
+    bright = completeness_vs_flux(preds, targets, [cfg.min_flux, 1.0], rule, score_threshold=threshold, label=1)
+    curve = completeness_vs_flux(preds, targets, None, rule, score_threshold=threshold, label=1)
+    return {"n_hosts": int(cutouts.shape[0]), "n_images": int(images.shape[0]),
+            "completeness_bright": _num(bright["completeness"][0]), "n_bright": int(bright["n_true"][0]),
+            "curve": {**{k: [_num(v) for v in curve[k]] for k in ("bin_edges", "completeness")},
+                      "n_true": [int(v) for v in curve["n_true"]]}}
 
 
 def _figures(preds: list, targets: list, rule: Any, threshold: float, min_flux: float) -> dict[str, Any]:
@@ -150,12 +179,21 @@ def format_summary(s: dict[str, Any]) -> str:
              f"  {s['rule']}, {figures(s)} [threshold: {s['threshold_from']}]"]
     if s["validation"] is not None:
         lines.append(f"  at the preset's threshold, {figures(s['at_preset_threshold'])}")
-    lines += [f"  AP50 clump {_fmt(s['ap50'].get('clump'))}, odd clump {_fmt(s['ap50'].get('odd_clump'))}",
-              "  completeness vs clump/host flux (at the threshold above):"]
+    lines.append(f"  AP50 clump {_fmt(s['ap50'].get('clump'))}, odd clump {_fmt(s['ap50'].get('odd_clump'))}")
+    real = s.get("real_hosts")
+    if real is not None:
+        lines.append(f"  clumps injected into {real['n_hosts']} real hosts ({real['n_images']} images): completeness "
+                     f"(flux >= {100 * s['settings']['min_flux']:g}%) {_fmt(real['completeness_bright'])} of "
+                     f"{real['n_bright']}")
+    lines.append("  completeness vs clump/host flux (at the threshold above)"
+                 + (": simulated | injected into real hosts" if real is not None else ":"))
     c = s["curve"]
     for i, comp in enumerate(c["completeness"]):
-        lines.append(f"    {100 * c['bin_edges'][i]:5.2f}-{100 * c['bin_edges'][i + 1]:5.2f}%: {_fmt(comp)} "
-                     f"(n={c['n_true'][i]})")
+        line = (f"    {100 * c['bin_edges'][i]:5.2f}-{100 * c['bin_edges'][i + 1]:5.2f}%: {_fmt(comp)} "
+                f"(n={c['n_true'][i]})")
+        if real is not None and real["curve"]["bin_edges"] == c["bin_edges"]:
+            line += f" | {_fmt(real['curve']['completeness'][i])} (n={real['curve']['n_true'][i]})"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -185,6 +223,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iou", type=float, default=d.iou, help="IoU for a match")
     parser.add_argument("--min-flux", type=float, default=d.min_flux, help="flux fraction of 'bright' clumps")
     parser.add_argument("--n-draw", type=int, default=d.n_draw, help="test images drawn with their detections")
+    parser.add_argument("--hosts", nargs="*", default=list(d.hosts), metavar="DIR",
+                        help="folders of real galaxy cutouts: also measure completeness of clumps injected into them")
+    parser.add_argument("--injections", type=int, default=d.injections, help="injected copies of each real host")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -192,7 +233,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = DetectRun(out=args.out, backbone=args.backbone, weights=args.weights, weights_file=args.weights_file,
                     preset=args.preset, image_size=args.image_size, n_train=args.n_train, n_test=args.n_test,
-                    n_val=args.n_val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                    n_val=args.n_val, hosts=tuple(args.hosts), injections=args.injections, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                     minutes=args.minutes, iou=args.iou, min_flux=args.min_flux, n_draw=args.n_draw,
                     progress=not args.no_progress, device=args.device)
     summary = run_detection(cfg)

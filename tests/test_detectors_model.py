@@ -315,11 +315,11 @@ def test_clumpy_labels_follow_the_brightest_clump():
 # --------------------------------------------------------------------------------------------------- CLI run
 
 
-def test_detect_run_chooses_its_threshold_on_validation_and_resumes(tmp_path):
+def test_detect_run_chooses_its_threshold_on_validation_and_resumes(tmp_path, galaxies_dir):
     from detectors.cli import DetectRun, format_summary, run_detection
 
     cfg = DetectRun(out=str(tmp_path), weights=None, image_size=64, n_train=4, n_val=6, n_test=4, epochs=1,
-                    batch_size=2, n_draw=1, progress=False)
+                    batch_size=2, n_draw=1, progress=False, hosts=(str(galaxies_dir / "sdss"),), injections=2)
     s = run_detection(cfg)
     val = s["validation"]
     assert val["n_images"] == 6 and val["threshold"][0] == s["at_preset_threshold"]["score_threshold"] == 0.3
@@ -328,5 +328,8 @@ def test_detect_run_chooses_its_threshold_on_validation_and_resumes(tmp_path):
     assert s["n_pred"] <= s["at_preset_threshold"]["n_pred"]  # a threshold at least the preset's keeps fewer
     assert json.loads((tmp_path / "metrics.json").read_text())["score_threshold"] == s["score_threshold"]
     assert (tmp_path / "detections_0.png").is_file() and "validation images" in format_summary(s)
+    real = s["real_hosts"]  # the 3 SDSS cutouts, each with clumps injected twice
+    assert (real["n_hosts"], real["n_images"]) == (3, 6) and sum(real["curve"]["n_true"]) > 0
+    assert "real hosts" in format_summary(s)
     again = run_detection(cfg)  # resumes: the finished training is not repeated
     assert again["train"]["steps"] == s["train"]["steps"] == 2 and again["train"]["seconds"] == s["train"]["seconds"]
