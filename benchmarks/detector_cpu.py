@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
 def comparison(results: dict[str, dict]) -> str:
     """One column per row of the benchmark (same architecture, data and budget), one line per figure."""
     names = list(results)
-    lines = [f"{'':26s}" + "".join(f"{n:>14s}" for n in names)]
+    lines = [f"{'':30s}" + "".join(f"{n:>14s}" for n in names)]
 
     def line(label: str, values: list) -> None:
-        lines.append(f"  {label:24s}" + "".join(f"{'n/a' if v is None else f'{v:.3f}':>14s}" for v in values))
+        lines.append(f"  {label:28s}" + "".join(f"{'n/a' if v is None else f'{v:.3f}':>14s}" for v in values))
 
     for key in ("score_threshold", "completeness_bright", "purity", "completeness_all", "f1"):
         line(key, [results[n][key] for n in names])
@@ -116,7 +116,7 @@ def comparison(results: dict[str, dict]) -> str:
     line("AP50 clump", [results[n]["ap50"]["clump"] for n in names])
     line("real hosts completeness", [(results[n].get("real_hosts") or {}).get("completeness_bright")
                                      for n in names])
-    lines.append(f"  {'training steps':24s}" + "".join(f"{results[n]['train']['steps']:>14d}" for n in names))
+    lines.append(f"  {'training steps':28s}" + "".join(f"{results[n]['train']['steps']:>14d}" for n in names))
     return "\n".join(lines)
 
 
