@@ -193,7 +193,7 @@ def fit_head(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
     labels = labels.to(device)
     head = net.head
     head.train()
-    params = [p for p in head.parameters()]
+    params = list(head.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

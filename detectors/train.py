@@ -192,7 +192,8 @@ def train(
     Args:
         dataset: items ``(image (3, H, W) in [0, 1], {"boxes": (K, 4) xyxy, "labels": (K,)})``, e.g.
             `detectors.SimulatedClumps`, or a `SimulatedBatch`.
-        epochs: the total number of epochs of the run (a resumed run continues up to it).
+        epochs: the total number of epochs of the run (a resumed run continues up to it; with a decaying schedule it
+            must stay the same, since the schedule is laid out over it).
         lr, lr_schedule, warmup_steps, weight_decay, hflip, vflip: default to the detector's preset (the paper:
             Adam 1e-4 constant, weight decay 5e-5, both flips). "cosine" decays to 0 at the end of `epochs`
             (see `lr_factor`); a run stopped early by `max_seconds` stops with the rate not yet decayed.
@@ -242,6 +243,10 @@ def train(
             diff = {k: (info["settings"].get(k), v) for k, v in settings.items() if info["settings"].get(k) != v}
             raise ValueError(f"{out} holds a run with other settings (checkpoint vs now: {diff}); use another "
                              "out_dir or resume=False to start over")
+        if lr_schedule != "constant" and info.get("epochs") != epochs and info["step"] > 0:
+            raise ValueError(f"{out} holds a run whose {lr_schedule} schedule spans {info.get('epochs')} epochs; "
+                             f"resuming it with epochs={epochs} would bend the schedule mid-run (use another "
+                             "out_dir, resume=False, or lr_schedule='constant' to extend runs)")
         step, history, spent = info["step"], info["history"], info["seconds"]
         running = info.get("running", {})
     else:

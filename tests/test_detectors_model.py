@@ -241,6 +241,8 @@ def test_resume_restores_optimiser_state_epoch_and_continues_exactly(tiny_data, 
     assert all(float(s["step"]) == 4 for s in opt.state_dict()["state"].values())
     with pytest.raises(ValueError, match="other settings"):
         train(resumed, data, 3, tmp_path / "resumed", batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="schedule spans 2 epochs"):  # the cosine was laid out over 2 epochs
+        train(resumed, data, 3, tmp_path / "resumed", **kw)
 
 
 # --------------------------------------------------------------------------------------------------- classifier
