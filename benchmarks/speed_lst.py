@@ -218,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", type=int, default=[64, 224], help="input sizes in px")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--iterations", type=int, default=20, help="LST iterations T per timed run")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are reported)")
+    p.add_argument("--repeats", type=int, default=7, help="interleaved repeats (medians are reported; with 3, "
+                   "the 2-thread medians on an idle machine still swung across the targets)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per configuration to this file")
