@@ -79,7 +79,7 @@ def run_detection(cfg: DetectRun) -> dict[str, Any]:
     threshold, validation = preset_threshold, None
     if cfg.n_val > 0:
         val = simulate(cfg.n_val, sim, cfg.seed + 20_000, progress=cfg.progress)
-        candidates = np.round(np.arange(preset_threshold, 0.95 + 1e-9, 0.05), 4)
+        candidates = np.round(np.arange(preset_threshold, max(preset_threshold, 0.95) + 1e-9, 0.05), 4)
         threshold, sweep = select_threshold(detect(det, val.images, batch_size=16, device=cfg.device), val.targets,
                                             candidates, rule, label=1)
         validation = {"n_images": cfg.n_val, **{k: [_num(v) for v in sweep[k]]
@@ -124,6 +124,8 @@ def _real_host_completeness(det: Any, cfg: DetectRun, sim: Any, rule: Any, thres
     from .frcnn import detect
     from .simulate import inject_batch
 
+    if isinstance(cfg.injections, bool) or not isinstance(cfg.injections, int) or cfg.injections < 1:
+        raise ValueError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
     cutouts = torch.cat([load_cutouts(folder, cfg.image_size, cfg.host_crop)[0] for folder in cfg.hosts])
     inject_sim = dataclasses.replace(sim, star_rate=0.0)
     batches = [inject_batch(cutouts, inject_sim, seed=cfg.seed + 30_000 + k) for k in range(cfg.injections)]
