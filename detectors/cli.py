@@ -64,6 +64,8 @@ def run_detection(cfg: DetectRun) -> dict[str, Any]:
     from .simulate import SimConfig, SimulatedClumps, simulate
     from .train import train
 
+    if cfg.hosts and (isinstance(cfg.injections, bool) or not isinstance(cfg.injections, int) or cfg.injections < 1):
+        raise ValueError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     sim = SimConfig(image_size=cfg.image_size)
@@ -124,8 +126,6 @@ def _real_host_completeness(det: Any, cfg: DetectRun, sim: Any, rule: Any, thres
     from .frcnn import detect
     from .simulate import inject_batch
 
-    if isinstance(cfg.injections, bool) or not isinstance(cfg.injections, int) or cfg.injections < 1:
-        raise ValueError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
     cutouts = torch.cat([load_cutouts(folder, cfg.image_size, cfg.host_crop)[0] for folder in cfg.hosts])
     inject_sim = dataclasses.replace(sim, star_rate=0.0)
     batches = [inject_batch(cutouts, inject_sim, seed=cfg.seed + 30_000 + k) for k in range(cfg.injections)]
