@@ -30,12 +30,12 @@ import torch
 SHARED_GALAXIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "galaxies"
 
 
-def _backbone_spec(text: str) -> tuple[str, str | None]:
+def _backbone_spec(text: str) -> tuple[str, str]:
     name, sep, weights = text.partition("=")
     if not sep or not name or not weights:
         raise argparse.ArgumentTypeError(f"expected NAME=WEIGHTS (e.g. imagenet=imagenet, random=none, "
                                          f"zoobot=zoobot:FILE), got {text!r}")
-    return name, None if weights in ("none", "random") else weights
+    return name, weights
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="bench-detector")
     parser.add_argument("--arch", default="efficientnet_lite0", help="encoder of every row (timm or torchvision)")
     parser.add_argument("--backbones", nargs="+", type=_backbone_spec, metavar="NAME=WEIGHTS",
-                        default=[("imagenet", "imagenet"), ("random", None)],
+                        default=[("imagenet", "imagenet"), ("random", "none")],
                         help="the rows, each NAME=WEIGHTS with WEIGHTS as for `blindspots detect --weights`: "
                         "imagenet, none, imagenet:FILE, zoobot:FILE or FILE")
     parser.add_argument("--zoobot-weights", default=None, metavar="FILE",

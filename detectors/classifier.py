@@ -36,10 +36,17 @@ class BackboneClumpNet(nn.Module):
         self.head = head if head is not None else nn.Linear(channels, 2)
         self.num_classes = getattr(self.head, "out_features", 2)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pool of the deepest feature map: (N, C)."""
+        return _deepest(self.body(x)).mean((-2, -1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.body(x)
-        last = list(feats.values())[-1] if isinstance(feats, Mapping) else feats[-1]
-        return self.head(last.mean((-2, -1)))
+        return self.head(self.features(x))
+
+
+def _deepest(feats: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The last (deepest) map of an encoder's feature dict or list."""
+    return list(feats.values())[-1] if isinstance(feats, Mapping) else feats[-1]
 
 
 class DetectorRegionScore(nn.Module):
@@ -132,9 +139,7 @@ def as_classifier(
         channels = getattr(model, "body_channels", None)
         if channels is None:
             with torch.no_grad():
-                feats = model.body(torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device))
-            last = list(feats.values())[-1] if isinstance(feats, Mapping) else feats[-1]
-            channels = last.shape[1]
+                channels = _deepest(model.body(torch.zeros(1, 3, 64, 64, device=model_device(model)))).shape[1]
         net = BackboneClumpNet(model.body, int(channels), head)
         mean, std = getattr(model, "image_mean", None), getattr(model, "image_std", None)
         if mean is not None and all(m == 0 for m in mean) and all(s == 1 for s in std):
@@ -185,10 +190,7 @@ def fit_head(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
     with torch.no_grad(), probing(classifier):
         feats = []
         for i in range(0, images.shape[0], batch_size):
-            x = classifier.normalize(images[i:i + batch_size].to(device))
-            out = net.body(x)
-            last = list(out.values())[-1] if isinstance(out, Mapping) else out[-1]
-            feats.append(last.mean((-2, -1)))
+            feats.append(net.features(classifier.normalize(images[i:i + batch_size].to(device))))
         feats = torch.cat(feats)
     labels = labels.to(device)
     head = net.head
