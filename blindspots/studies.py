@@ -483,7 +483,8 @@ def run_pair_protocol(
 
 def summarize(records: Sequence[Mapping[str, Any]], by: Sequence[str], fields: Sequence[str]
               ) -> list[dict[str, Any]]:
-    """Mean, std (population, ddof=0) and count of each field per group, groups in order of first appearance.
+    """Mean, std (population, ddof=0), median and count of each field per group, groups in order of first
+    appearance. The median is there because a few stalled traversals can dominate a mean.
 
     Records missing a field (or holding None) are left out of that field's statistics. The records should come
     sorted (e.g. by key) so that sums run in the same order every time.
@@ -500,6 +501,7 @@ def summarize(records: Sequence[Mapping[str, Any]], by: Sequence[str], fields: S
             if vals.size:
                 row[f"{f}_mean"] = float(vals.mean())
                 row[f"{f}_std"] = float(vals.std())
+                row[f"{f}_median"] = float(np.median(vals))
                 row[f"{f}_n"] = int(vals.size)
         rows.append(row)
     return rows

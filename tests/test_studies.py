@@ -245,7 +245,7 @@ def test_store_torn_lines_and_summaries(tmp_path: Path) -> None:
     again = st.RecordStore(tmp_path, {"a": 1})
     assert [r["key"] for r in again.records()] == ["x|1", "x|2", "x|10"]  # numeric key order, torn line dropped
     rows = st.summarize(again.records(), ["g"], ["v", "absent"])
-    assert rows[0] == {"g": "a", "n": 2, "v_mean": 2.0, "v_std": 1.0, "v_n": 2}
+    assert rows[0] == {"g": "a", "n": 2, "v_mean": 2.0, "v_std": 1.0, "v_median": 2.0, "v_n": 2}
     assert rows[1]["v_mean"] == 5.0 and rows[1]["v_std"] == 0.0 and "absent_mean" not in rows[1]
     shown = st.display_rows(rows, ["g"], {"v": "V", "absent": "never"})
     assert list(shown[0]) == ["g", "n", "V"] and shown[0]["V"] == "2 ± 1"
