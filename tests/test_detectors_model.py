@@ -286,6 +286,7 @@ def test_backbone_classifier_is_a_clumpy_head_with_the_right_normalisation(zoobo
 
 
 def test_fit_head_is_a_linear_probe_that_leaves_the_backbone_alone():
+    torch.manual_seed(0)
     backbone = build_backbone("efficientnet_lite0")
     clf = as_classifier(backbone)
     gen = torch.Generator().manual_seed(0)
