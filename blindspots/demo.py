@@ -10,68 +10,77 @@ iterations), `results.json` / `results.csv` (one record per pair) and `lst_resul
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from .cli import UsageError, add_common_options, positive_int, resolve_device
 from .data import DEMO_PHOTOS, demo_photos, load_image_folder
 from .models import load_classifier
-from .traversal import LSTConfig, LSTResult, level_set_traversal
+from .store import RunStore
+from .studies.tables import write_csv
+from .traversal import LSTConfig, LSTResult, Trajectory, level_set_traversal
+
+HELP = "LST on the offline ImageNet model and scikit-image's photos (no downloads)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="imagenet-lite0",
-                        help="model spec: imagenet-lite0 (default, offline), timm:<name>, torchvision:<name>, "
-                             "zoobot:<arch>")
-    parser.add_argument("--weights", default=None, help="local .safetensors/.pth weights for --model")
     parser.add_argument("--images", default=None, help="folder of images to use instead of the bundled photos")
     parser.add_argument("--photos", default=",".join(DEMO_PHOTOS),
                         help="comma-separated scikit-image photo names (default: %(default)s)")
     parser.add_argument("--paper", action="store_true", help="the paper's settings (400 iterations, step 1e-2)")
-    parser.add_argument("--iterations", type=int, default=None, help="override the number of iterations")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
-    parser.add_argument("--out", default="blindspots-out/demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=224, help="image size in pixels")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--size", type=positive_int, default=224, help="image size in pixels (at least 32)")
     parser.add_argument("--no-geometry", action="store_true",
                         help="skip the level-set geometry (paths, triangle hulls, tube width) of the outputs")
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    add_common_options(parser, "demo", iterations=None, batch_size=64)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device) if args.device else default_device()
+    if args.size < 32:
+        raise UsageError(f"--size {args.size} is too small for an ImageNet model (use at least 32)")
+    device = resolve_device(args.device)
     config = LSTConfig.paper() if args.paper else LSTConfig()
+    overrides = {"log_every": max(1, (args.iterations or config.iterations) // 40), "amp": False}
     if args.iterations is not None:
-        config = LSTConfig(**{**config.to_dict(), "iterations": args.iterations})
-    config = LSTConfig(**{**config.to_dict(), "log_every": max(1, config.iterations // 40),
-                          "amp": device.type == "cuda"})
-
-    model = load_classifier(args.model, weights=args.weights, device=device)
+        overrides["iterations"] = args.iterations
+    config = LSTConfig(**{**config.to_dict(), **overrides})
     if args.images:
         images, names = load_image_folder(args.images, size=args.size)
     else:
         images, names = demo_photos(tuple(p.strip() for p in args.photos.split(",") if p.strip()), size=args.size)
-    classes, confidence = model.predict(images.to(device))
-    classes, confidence = classes.cpu(), confidence.cpu()
-    class_names = [model.class_names[c] if model.class_names else str(int(c)) for c in classes]
+    model = load_classifier(args.model, weights=args.weights, device=device)
+    out = Path(args.out)
+    settings = {"config": config.to_dict(), "seed": args.seed, "names": names, "geometry": not args.no_geometry}
+    with RunStore(out, "demo", model=model, settings=settings, inputs={"images": images},
+                  restart=args.restart) as store:
+        classes, confidence = model.predict(images.to(device))
+        classes, confidence = classes.cpu(), confidence.cpu()
+        class_names = [model.class_names[c] if model.class_names else str(int(c)) for c in classes]
+        if not args.quiet:
+            for n, c, p in zip(names, class_names, confidence):
+                print(f"  {n:>14}: {c} ({p:.3f})")
+        rows = run_rows(model, images, classes, config, store, seed=args.seed, progress=not args.quiet,
+                        device=device)
+        if not rows:
+            raise UsageError(f"the model puts all {len(names)} images in one class ({class_names[0]}): no pair of "
+                             "images in different classes to traverse")
+        records = _records(rows, names, class_names)
+        meta = {"model": model.name, "device": str(device), "config": config.to_dict(), "seed": args.seed,
+                "photos": names, "classes": [int(c) for c in classes], "class_names": class_names}
+        (out / "results.json").write_text(json.dumps({"meta": meta, "pairs": records}, indent=1))
+        write_csv(records, out / "results.csv")
+        _save_figures(out, images, names, class_names, rows)
+        if not args.no_geometry:
+            _geometry(model, images, classes, rows, out, args)
     if not args.quiet:
-        for n, c, p in zip(names, class_names, confidence):
-            print(f"  {n:>14}: {c} ({p:.3f})")
+        _print_table(records)
+        print(f"results and figures in {out.resolve()}")
+    return 0
 
-    rows = run_rows(model, images, classes, config, out / "rows", seed=args.seed, progress=not args.quiet,
-                    device=device)
-    if not rows:
-        print("no pair of photos in different classes: nothing to traverse")
-        return 1
+
+def _records(rows, names, class_names) -> list[dict]:
     records = []
     for i, (targets, result) in rows.items():
         for k, j in enumerate(targets):
@@ -79,52 +88,32 @@ def run(args: argparse.Namespace) -> int:
                    "target_class": class_names[j], **result.records()[k]}
             rec.pop("index")
             records.append(rec)
-    meta = {"model": model.name, "device": str(device), "config": config.to_dict(), "seed": args.seed,
-            "photos": names, "classes": [int(c) for c in classes], "class_names": class_names}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "pairs": records}, indent=1))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    _save_figures(out, images, names, class_names, rows)
-    if not args.no_geometry:
-        _geometry(model, images, classes, rows, out, args)
-    if not args.quiet:
-        _print_table(records)
-        print(f"results and figures in {out.resolve()}")
-    return 0
+    return records
 
 
-def run_rows(model, images: torch.Tensor, classes: torch.Tensor, config: LSTConfig, folder: Path, *, seed: int,
+def run_rows(model, images: torch.Tensor, classes: torch.Tensor, config: LSTConfig, store: RunStore, *, seed: int,
              progress: bool, device) -> dict[int, tuple[list[int], LSTResult]]:
-    """LST from each image to every image of another class, one source row at a time, each row saved to `folder`
-    as soon as it is done; rows already saved with the same settings are loaded instead of recomputed."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """LST from each image to every image of another class, one source row at a time, each row kept in the run
+    store as soon as it is done (a resumed run reloads finished rows)."""
     n = images.shape[0]
-    fingerprint = json.dumps({"config": config.to_dict(), "seed": seed, "n": n,
-                              "classes": [int(c) for c in classes],
-                              "images": float(images.double().sum())}, sort_keys=True)
     rows: dict[int, tuple[list[int], LSTResult]] = {}
     for i in range(n):
         targets = [j for j in range(n) if j != i and classes[j] != classes[i]]
         if not targets:
             continue
-        path = folder / f"row_{i:03d}.pt"
-        meta = path.with_suffix(".json")
-        if path.exists() and meta.exists():
-            saved = json.loads(meta.read_text())
-            if saved.get("fingerprint") == fingerprint:
-                rows[i] = (saved["targets"], LSTResult.load(path))
-                continue
-        started = time.perf_counter()
-        result = level_set_traversal(model, images[i].expand(len(targets), -1, -1, -1).contiguous(),
-                                     images[targets], classes[i].repeat(len(targets)), config,
-                                     target_labels=classes[targets], seed=[seed + n * i + j for j in targets],
-                                     progress=progress, device=device)
-        if progress:
-            print(f"  row {i + 1}/{n}: {len(targets)} pairs in {time.perf_counter() - started:.1f} s")
-        result.save(path)
-        meta.write_text(json.dumps({"fingerprint": fingerprint, "targets": targets}))  # written last: marks done
+
+        def traverse(i=i, targets=targets) -> LSTResult:
+            started = time.perf_counter()
+            result = level_set_traversal(model, images[i].expand(len(targets), -1, -1, -1).contiguous(),
+                                         images[targets], classes[i].repeat(len(targets)), config,
+                                         target_labels=classes[targets], seed=[seed + n * i + j for j in targets],
+                                         progress=progress, device=device)
+            if progress:
+                print(f"  row {i + 1}/{n}: {len(targets)} pairs in {time.perf_counter() - started:.1f} s")
+            return result
+
+        result = store.dataclass_stage(f"row-{i:03d}", LSTResult, traverse,
+                                       nested={"config": LSTConfig, "trajectory": Trajectory})
         rows[i] = (targets, result)
     return rows
 
@@ -144,8 +133,8 @@ def _geometry(model, images, classes, rows, out: Path, args) -> None:
     report = geometry_report(model, images[sources], outputs, classes[sources], out / "geometry",
                              trajectory=rows[sources[0]][1],  # LST paths of source 0, for the path figure
                              triangle_figures=min(3, len(sources)) if k >= 2 else 0, tube_directions=32,
-                             tube_points=3, seed=args.seed,
-                             progress=not args.quiet)
+                             tube_points=3, seed=args.seed, batch_size=args.batch_size, device=resolve_device(args.device),
+                             progress=not args.quiet, restart=args.restart)
     if not args.quiet and "hull" in report:
         print("triangle hulls (mean +- std over sources):", report["hull"])
 

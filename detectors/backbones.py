@@ -109,6 +109,27 @@ def _features_only(model: nn.Module, out_indices: Sequence[int]) -> nn.Module:
         return FeatureListNet(model, out_indices=out_indices, flatten_sequential=False)
 
 
+def backbone_spec(spec: str, weights_file: str | os.PathLike | None = None) -> tuple[str, str | None, str | None]:
+    """`(arch, weights, weights_file)` for `build_backbone` from a model spec in `load_classifier`'s grammar (the
+    command line's `--model SPEC --weights FILE`): ``imagenet-lite0``; ``timm:<name>`` / ``torchvision:<name>``
+    (ImageNet-normalised weights from FILE, random init without); ``zoobot:<arch>`` (needs FILE, a local copy of
+    ``hf_hub:mwalmsley/zoobot-encoder-<arch>``; [0, 1] inputs)."""
+    file = str(weights_file) if weights_file is not None else None
+    if spec == "imagenet-lite0":
+        return ("efficientnet_lite0", "imagenet", file)
+    family, _, name = spec.partition(":")
+    if family not in ("timm", "torchvision", "zoobot") or not name:
+        raise ValueError(f"model {spec!r} is not a backbone spec: use imagenet-lite0, timm:<name>, "
+                         "torchvision:<name> or zoobot:<arch>")
+    if family == "zoobot":
+        if file is None:
+            raise ValueError(f"model {spec!r} needs --weights FILE (a local copy of "
+                             f"hf_hub:mwalmsley/zoobot-encoder-{name})")
+        return (name, "zoobot", file)
+    arch = f"timm:{name}" if family == "timm" else name
+    return (arch, "imagenet" if file else None, file)
+
+
 def build_backbone(
     arch: str = "resnet50",
     weights: str | os.PathLike | None = None,

@@ -18,14 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DetectRun", "run_detection", "add_arguments", "run"]
+from blindspots.cli import OUT_ROOT, add_common_options, positive_int, resolve_device
+from blindspots.store import RunStore
+
+__all__ = ["DetectRun", "run_detection", "add_arguments", "run", "HELP"]
+
+HELP = "simulate clumpy galaxies, train a clump detector (resumable), evaluate and draw"
 
 
 @dataclass
 class DetectRun:
     """Settings of one simulate -> train -> evaluate run (the CLI's defaults)."""
 
-    out: str = "detect-run"
+    out: str = str(OUT_ROOT / "detect")
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
     weights_file: str | None = None
@@ -48,6 +53,7 @@ class DetectRun:
     progress: bool = True
     device: str | None = None
     cpu_clock: bool = False  # budget `minutes` in this process's CPU time per core (fair on a shared machine)
+    restart: bool = False  # discard a different earlier run in `out` instead of refusing it
 
 
 def run_detection(cfg: DetectRun) -> dict[str, Any]:
@@ -59,15 +65,24 @@ def run_detection(cfg: DetectRun) -> dict[str, Any]:
     The score threshold is the preset's (0.3, the paper's) unless `n_val` > 0: then it is the threshold with the
     best clump F1 on the validation images (from the preset's up to 0.95 in steps of 0.05), and the test figures at
     the preset's threshold are reported beside it. Returns (and writes to ``out/metrics.json``) the summary."""
+
+    if cfg.hosts and (isinstance(cfg.injections, bool) or not isinstance(cfg.injections, int) or cfg.injections < 1):
+        raise ValueError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
+    for folder in cfg.hosts:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"hosts folder {folder} does not exist")
+    out = Path(cfg.out)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "device", "restart", "minutes")}
+    with RunStore(out, "detect", settings=settings, restart=cfg.restart):
+        return _run_detection(cfg, out)
+
+
+def _run_detection(cfg: DetectRun, out: Path) -> dict[str, Any]:
     from .evaluate import MatchRule, ap50, completeness_vs_flux, draw_detections, select_threshold
     from .frcnn import build_detector, detect
     from .simulate import SimConfig, SimulatedClumps, simulate
     from .train import train
 
-    if cfg.hosts and (isinstance(cfg.injections, bool) or not isinstance(cfg.injections, int) or cfg.injections < 1):
-        raise ValueError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     sim = SimConfig(image_size=cfg.image_size)
     torch.manual_seed(cfg.seed)  # the detector's initial weights
     det = build_detector(cfg.backbone, preset=cfg.preset, weights=_weights(cfg), min_size=cfg.image_size,
@@ -205,41 +220,43 @@ def _fmt(v: Any) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DetectRun()
-    parser.add_argument("--out", default=d.out, help="output directory (re-use it to resume training)")
-    parser.add_argument("--backbone", default=d.backbone,
-                        help="resnet50 (torchvision, the paper), convnext_nano, efficientnet_lite0, timm:<name>, ...")
-    parser.add_argument("--weights", default=d.weights,
-                        help="imagenet (offline for efficientnet_lite0), zoobot (needs --weights-file), none, or PATH")
-    parser.add_argument("--weights-file", default=None, help="local .safetensors/.pth for --weights imagenet/zoobot")
     parser.add_argument("--preset", default=d.preset, choices=["cpu", "paper"])
-    parser.add_argument("--image-size", type=int, default=d.image_size)
-    parser.add_argument("--n-train", type=int, default=d.n_train)
-    parser.add_argument("--n-test", type=int, default=d.n_test)
+    parser.add_argument("--size", type=positive_int, default=d.image_size, help="image size in pixels")
+    parser.add_argument("--n-train", type=positive_int, default=d.n_train, help="simulated training images")
+    parser.add_argument("--n-test", type=positive_int, default=d.n_test, help="simulated test images")
     parser.add_argument("--n-val", type=int, default=d.n_val,
                         help="validation images to choose the score threshold on (best F1); 0: the preset's")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--epochs", type=positive_int, default=d.epochs)
     parser.add_argument("--lr", type=float, default=None, help="default: the preset's")
-    parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--minutes", type=float, default=None, help="training time budget of the run (total)")
     parser.add_argument("--iou", type=float, default=d.iou, help="IoU for a match")
     parser.add_argument("--min-flux", type=float, default=d.min_flux, help="flux fraction of 'bright' clumps")
     parser.add_argument("--n-draw", type=int, default=d.n_draw, help="test images drawn with their detections")
     parser.add_argument("--hosts", nargs="*", default=list(d.hosts), metavar="DIR",
                         help="folders of real galaxy cutouts: also measure completeness of clumps injected into them")
-    parser.add_argument("--injections", type=int, default=d.injections, help="injected copies of each real host")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--injections", type=positive_int, default=d.injections,
+                        help="injected copies of each real host")
+    add_common_options(parser, "detect", batch_size=d.batch_size)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = DetectRun(out=args.out, backbone=args.backbone, weights=args.weights, weights_file=args.weights_file,
-                    preset=args.preset, image_size=args.image_size, n_train=args.n_train, n_test=args.n_test,
+    from .backbones import backbone_spec
+
+    if args.n_val < 0:
+        raise ValueError(f"--n-val must be >= 0, got {args.n_val}")
+    for folder in args.hosts:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--hosts {folder}: not a folder")
+    arch, weights, weights_file = backbone_spec(args.model, args.weights)
+    device = resolve_device(args.device)
+    cfg = DetectRun(out=args.out, backbone=arch, weights=weights, weights_file=weights_file,
+                    preset=args.preset, image_size=args.size, n_train=args.n_train, n_test=args.n_test,
                     n_val=args.n_val, hosts=tuple(args.hosts), injections=args.injections, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                     minutes=args.minutes, iou=args.iou, min_flux=args.min_flux, n_draw=args.n_draw,
-                    progress=not args.no_progress, device=args.device)
+                    progress=not args.quiet, device=str(device), restart=args.restart)
     summary = run_detection(cfg)
-    print(format_summary(summary))
-    print(f"metrics and figures in {Path(cfg.out).resolve()}")
+    if not args.quiet:
+        print(format_summary(summary))
+        print(f"metrics and figures in {Path(cfg.out).resolve()}")
     return 0

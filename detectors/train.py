@@ -16,6 +16,7 @@ Checkpoint files (only tensors and plain containers, nothing unpickled on load):
 from __future__ import annotations
 
 import json
+import uuid
 import math
 import os
 import random
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from blindspots.store import RunStore, atomic_write_text, fingerprint_model
 
 __all__ = ["train", "TrainResult", "load_checkpoint", "flip_sample", "lr_factor", "LR_SCHEDULES", "CHECKPOINT_POINTER"]
 
@@ -107,16 +110,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _save_weights(model: nn.Module, path: Path, meta: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp(path)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
@@ -124,11 +125,11 @@ def _save_weights(model: nn.Module, path: Path, meta: dict[str, str] | None = No
 def _save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]) -> None:
     step = info["step"]
     _save_weights(model, out / f"ckpt-{step}.safetensors", {"step": str(step)})
-    tmp = out / f"ckpt-{step}.pt.tmp"
+    tmp = _tmp(out / f"ckpt-{step}.pt")
     torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state(), "step": step}, tmp)
     os.replace(tmp, out / f"ckpt-{step}.pt")
     previous = _read_pointer(out)
-    _atomic_write_text(out / CHECKPOINT_POINTER, json.dumps(info, indent=1))
+    atomic_write_text(out / CHECKPOINT_POINTER, json.dumps(info, indent=1))
     if previous is not None and previous["step"] != step:  # the old pair is garbage only once the pointer moved
         for suffix in (".safetensors", ".pt"):
             (out / f"ckpt-{previous['step']}{suffix}").unlink(missing_ok=True)
@@ -233,16 +234,29 @@ def train(
         raise ValueError("the detector has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"n": n, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "warmup_steps": warmup_steps,
                 "weight_decay": weight_decay, "hflip": hflip, "vflip": vflip, "seed": seed}
+    # The run store's key: the detector's initial weights (backbone and its weights file included) and the
+    # settings; a changed one is refused naming what changed, resume=False starts afresh. A detector that already
+    # holds the latest checkpoint's weights (a second call in the same process) counts as its run's initial one.
+    weights = fingerprint_model(detector)
+    latest = _read_pointer(out) if resume and out.is_dir() else None
+    initial = latest["initial_weights"] if latest and latest.get("weights") == weights else weights
+    settings["initial_weights"] = initial
+    store = RunStore(out, "train", settings=settings, restart=not resume)
+    try:
+        return _train(detector, dataset, epochs, out, batch_size, optimizer, settings, steps_per_epoch, n, device,
+                      lr, lr_schedule, warmup_steps, hflip, vflip, seed, max_seconds, checkpoint_every, progress,
+                      clock)
+    finally:
+        store.close()
 
-    info = load_checkpoint(out, detector, optimizer) if resume else None
+
+def _train(detector, dataset, epochs, out, batch_size, optimizer, settings, steps_per_epoch, n, device, lr,
+           lr_schedule, warmup_steps, hflip, vflip, seed, max_seconds, checkpoint_every, progress, clock):
+    """The training loop of `train` (after its checks), resuming from the latest checkpoint in `out`."""
+    info = load_checkpoint(out, detector, optimizer)
     if info is not None:
-        if info["settings"] != settings:
-            diff = {k: (info["settings"].get(k), v) for k, v in settings.items() if info["settings"].get(k) != v}
-            raise ValueError(f"{out} holds a run with other settings (checkpoint vs now: {diff}); use another "
-                             "out_dir or resume=False to start over")
         if lr_schedule != "constant" and info.get("epochs") != epochs and info["step"] > 0:
             raise ValueError(f"{out} holds a run whose {lr_schedule} schedule spans {info.get('epochs')} epochs; "
                              f"resuming it with epochs={epochs} would bend the schedule mid-run (use another "
@@ -256,7 +270,8 @@ def train(
     def checkpoint() -> None:
         _save_checkpoint(out, detector, optimizer, {
             "epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch, "epochs": epochs,
-            "history": history, "running": running, "seconds": spent, "settings": settings})
+            "history": history, "running": running, "seconds": spent, "settings": settings,
+            "initial_weights": settings["initial_weights"], "weights": fingerprint_model(detector)})
 
     total = epochs * steps_per_epoch
     start = clock()
@@ -269,22 +284,9 @@ def train(
         while step < total and not out_of_time:
             epoch, k = divmod(step, steps_per_epoch)
             order, flips = _epoch_plan(n, seed, epoch)
-            idx = order[k * batch_size:(k + 1) * batch_size]
-            images, targets = [], []
-            for i in idx:
-                img, tgt = _sample(dataset, i)
-                img, tgt = flip_sample(img, tgt, hflip and bool(flips[i, 0]), vflip and bool(flips[i, 1]))
-                images.append(img.to(device))
-                targets.append({"boxes": tgt["boxes"].to(device).float(), "labels": tgt["labels"].to(device)})
-            losses = detector(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in losses.items()})}")
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(step, total, lr_schedule, warmup_steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            images, targets = _batch(dataset, order[k * batch_size:(k + 1) * batch_size], flips, hflip, vflip, device)
+            losses, loss = _step(detector, optimizer, images, targets, lr * lr_factor(step, total, lr_schedule,
+                                                                                     warmup_steps), step)
             step += 1
             spent = session_start + clock() - start
             for name, v in losses.items():
@@ -314,3 +316,27 @@ def train(
         _save_weights(detector, out / "model.safetensors")
     return TrainResult(epoch=step // steps_per_epoch, step=step, completed=completed, history=history,
                        seconds=spent, out_dir=out)
+
+
+def _batch(dataset, idx, flips, hflip: bool, vflip: bool, device) -> tuple[list, list]:
+    images, targets = [], []
+    for i in idx:
+        img, tgt = _sample(dataset, i)
+        img, tgt = flip_sample(img, tgt, hflip and bool(flips[i, 0]), vflip and bool(flips[i, 1]))
+        images.append(img.to(device))
+        targets.append({"boxes": tgt["boxes"].to(device).float(), "labels": tgt["labels"].to(device)})
+    return images, targets
+
+
+def _step(detector, optimizer, images, targets, lr: float, step: int):
+    """One optimiser step at learning rate `lr`; a non-finite loss stops training with its components."""
+    losses = detector(images, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in losses.items()})}")
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return losses, loss

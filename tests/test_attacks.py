@@ -269,7 +269,9 @@ def test_sensitivity_profile_matches_closed_forms_on_a_linear_classifier(tmp_pat
     """Linear model, LST without adversarial term or start noise: LST moves orthogonally to w, so it ends at the
     target's projection onto the source's level set, RMS-l2 |z_s - z_t| / (||w|| sqrt(d)) away from the target;
     the minimal l-inf flip is |z_s| / ||w||_1."""
-    from blindspots import LSTConfig, sensitivity_profile
+    from blindspots import LSTConfig
+    from blindspots.store import RunChanged
+    from experiments import sensitivity_profile
 
     model, pool, _, w = _linear_setup(n=40, seed=2)
     with torch.no_grad():
@@ -299,12 +301,24 @@ def test_sensitivity_profile_matches_closed_forms_on_a_linear_classifier(tmp_pat
     assert csv_path.read_text().count("\n") == 7 and len(json.loads(json_path.read_text())["rows"]) == 6
     fig = prof.plot(tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 0 and fig.axes
-    # resume: saved stages are reused (no model pass at all), a changed setting recomputes
-    with torch.no_grad():
-        model.model.w.mul_(1.5)  # any recomputation would now give different numbers
+    # resume: with nothing changed the saved stages are reused (no model pass at all: the model is poisoned)
+    forward = model.model.forward
+    model.model.forward = lambda *a: (_ for _ in ()).throw(AssertionError("recomputed a saved stage"))
     again = sensitivity_profile(model, x, labels, **kw)
+    model.model.forward = forward
     assert again.rows == prof.rows
-    changed = sensitivity_profile(model, x, labels, **{**kw, "search_steps": 4, "rounds": 0})
+    # changed weights, a changed setting or a changed image: refused with the cause named, never the old numbers
+    with torch.no_grad():
+        model.model.w.mul_(1.5)
+    with pytest.raises(RunChanged, match="model weights"):
+        sensitivity_profile(model, x, labels, **kw)
+    with torch.no_grad():
+        model.model.w.div_(1.5)
+    with pytest.raises(RunChanged, match="search_steps 10 -> 4"):
+        sensitivity_profile(model, x, labels, **{**kw, "search_steps": 4})
+    with pytest.raises(RunChanged, match="input images"):
+        sensitivity_profile(model, x.flip(0), labels.flip(0), **kw)
+    changed = sensitivity_profile(model, x, labels, **{**kw, "search_steps": 4, "rounds": 0, "restart": True})
     assert changed.rows[0]["min_eps"] != prof.rows[0]["min_eps"] and math.isnan(changed.rows[0]["lst_rms_l2"])
 
 
@@ -319,7 +333,7 @@ def test_attack_cli_writes_table_and_figure(tmp_path):
     io.imsave(folder / "b.png", data.rocket()[:120, :120])
     out = tmp_path / "out"
     code = main(["attack", "--images", str(folder), "--size", "32", "--steps", "2", "--search-steps", "2",
-                 "--lst-iterations", "2", "--out", str(out), "--quiet"])
+                 "--iterations", "2", "--out", str(out), "--quiet"])
     assert code == 0
     rows = json.loads((out / "sensitivity.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["a.png", "b.png"]

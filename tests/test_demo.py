@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from blindspots import LSTResult, load_lst_results
+from blindspots import load_lst_results
 from blindspots.cli import main
 from blindspots.data import prepare, to_tensor
 
@@ -37,15 +37,17 @@ def test_demo_writes_results_and_resumes(tmp_path):
     assert 0 <= geometry["hull"]["hull_mean"]["mean"] <= 1 and (out / "geometry" / "triangle_0_0_1.png").exists()
 
     # resume: saved rows are reused, not recomputed (their files stay untouched) and give the same records
-    rows = sorted((out / "rows").glob("row_*.pt"))
+    rows = sorted((out / "stages").glob("row-*.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in rows]
-    saved = LSTResult.load(rows[0])
+    assert len(rows) == len({p["source"] for p in data["pairs"]})
     assert main(args) == 0
     assert [p.stat().st_mtime_ns for p in rows] == stamps
     assert json.loads((out / "results.json").read_text())["pairs"] == data["pairs"]
-    # a different setting recomputes
-    assert main(args[:4] + ["4"] + args[5:]) == 0
-    assert LSTResult.load(rows[0]).iterations[0] == 4 and saved.iterations[0] == 3
+    # a different setting is refused (exit 2, naming it), never answered with the old rows; --restart recomputes
+    assert main(args[:4] + ["4"] + args[5:]) == 2
+    assert json.loads((out / "results.json").read_text())["pairs"] == data["pairs"]
+    assert main(args[:4] + ["4"] + args[5:] + ["--restart"]) == 0
+    assert all(p["iterations"] == 4 for p in json.loads((out / "results.json").read_text())["pairs"])
 
 
 def test_console_script_help():

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import blindspots
+from blindspots.store import RunChanged
 from blindspots import Classifier, LSTConfig, level_set_traversal
 from blindspots.geometry import (
     barycentric_grid,
@@ -423,12 +424,18 @@ def test_geometry_report_writes_figures_and_json_and_resumes(tmp_path):
     again = geometry_report(model, src, outs, [0, 1], tmp_path, simplex_samples=50, tube_directions=8,
                             tube_points=3, triangle_figures=2, tube_radii=(0.2, 0.5))
     assert again["hull"] == report["hull"] and again["tube"] == report["tube"]
-    # other weights (or other inputs) are not served from the cache
+    # other weights, inputs or settings are never served from the saved stages: refused, naming the cause
     del model.forward
     with torch.no_grad():
         model.model[0].weight.add_(0.1)
-    changed = geometry_report(model, src, outs, [0, 1], tmp_path, simplex_samples=50, tube_directions=8,
-                              tube_points=3, triangle_figures=2, tube_radii=(0.2, 0.5))
+    kw = dict(simplex_samples=50, tube_directions=8, tube_points=3, triangle_figures=2, tube_radii=(0.2, 0.5))
+    with pytest.raises(RunChanged, match="model weights"):
+        geometry_report(model, src, outs, [0, 1], tmp_path, **kw)
+    with pytest.raises(RunChanged, match="input outputs"):
+        geometry_report(model, src, outs.flip(1), [0, 1], tmp_path, **kw)
+    with pytest.raises(RunChanged, match="settings.tube_directions 8 -> 4"):
+        geometry_report(model, src, outs, [0, 1], tmp_path, **{**kw, "tube_directions": 4})
+    changed = geometry_report(model, src, outs, [0, 1], tmp_path, restart=True, **kw)
     assert changed["hull"]["hull_mean"] != report["hull"]["hull_mean"]
     # chunks of sources merge into the same statistics as one pass
     chunked = geometry_report(model, src, outs, [0, 1], tmp_path / "chunks", tube_points=0, chunk_sources=1,
@@ -466,7 +473,7 @@ def test_cli_geometry_runs_on_saved_results(tmp_path, capsys):
     from blindspots.cli import main
 
     args = ["geometry", str(results), "--out", str(tmp_path / "out"), "--weights", str(weights), "--device", "cpu",
-            "--tube-directions", "4", "--tube-points", "2", "--tube-radii", "0.5,1", "--no-progress"]
+            "--tube-directions", "4", "--tube-points", "2", "--tube-radii", "0.5,1"]
     assert main(args) == 0  # the model spec comes from the results file
     assert "triangle hulls (2 sources x 1 pairs" in capsys.readouterr().out
     saved = json.loads((tmp_path / "out" / "geometry.json").read_text())

@@ -17,26 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts beside the package, not installed
-    sys.path.insert(0, str(ROOT))
+from blindspots import Classifier, LSTConfig
+from blindspots import studies as st
+from blindspots.store import RunChanged, RunStore
 
-from blindspots import Classifier, LSTConfig  # noqa: E402
-from blindspots import studies as st  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ROUNDS, PAIRS_PER_BATCH, ITERATIONS = 3, 3, 10
-
-
-class _Slow(nn.Module):
-    """Sleeps on every forward: lets the kill test stop a run midway."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(self.seconds)
-        return x
 
 
 def tiny_model(seed: int = 0, slow: float = 0.0) -> Classifier:
@@ -50,10 +37,10 @@ def tiny_model(seed: int = 0, slow: float = 0.0) -> Classifier:
         conv.bias.zero_()
         lin.weight.copy_(torch.eye(3) * 6)
         lin.bias.zero_()
-    layers = [conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin]
-    if slow:
-        layers.insert(0, _Slow(slow))
-    return Classifier(nn.Sequential(*layers), name=f"tiny{seed}")
+    net = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin)
+    if slow:  # a hook, not a layer: the weights (and so the run's key) stay those of the fast model
+        net.register_forward_pre_hook(lambda module, inputs: time.sleep(slow))
+    return Classifier(net, name=f"tiny{seed}")
 
 
 def synthetic_pool(n: int = 10, size: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +54,7 @@ def synthetic_pool(n: int = 10, size: int = 12, seed: int = 0) -> tuple[torch.Te
 
 
 def run_tiny_study(out: Path, info: st.DistInfo | None = None, slow: float = 0.0, report: bool = True):
-    from benchmarks.lst_tables import run_study
+    from experiments.lst_tables import run_study
 
     x, y = synthetic_pool()
     models = [("tiny0", tiny_model(0, slow)), ("tiny1", tiny_model(1, slow))]
@@ -78,7 +65,6 @@ def run_tiny_study(out: Path, info: st.DistInfo | None = None, slow: float = 0.0
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     return env
 
@@ -88,7 +74,7 @@ def _tables(out: Path) -> dict:
 
 
 def _records(out: Path) -> list[dict]:
-    return st.RecordStore(out).records()
+    return RunStore.read_records(out)
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -167,11 +153,16 @@ def test_rerun_skips_finished_work_and_rejects_other_settings(reference_run: Pat
     t = run_tiny_study(out, report=False)
     assert sum(p.stat().st_size for p in out.glob("records*.jsonl")) == before  # nothing recomputed
     assert t["table1"] == _tables(reference_run)["table1"]
-    from benchmarks.lst_tables import run_study
+    from experiments.lst_tables import run_study
 
     x, y = synthetic_pool()
-    with pytest.raises(ValueError, match="different settings"):
-        run_study([("tiny0", tiny_model(0))], x, y, out, config=LSTConfig.paper(iterations=ITERATIONS + 1),
+    with pytest.raises(RunChanged, match="settings.config.iterations 10 -> 11"):
+        run_study([("tiny0", tiny_model(0)), ("tiny1", tiny_model(1))], x, y, out,
+                  config=LSTConfig.paper(iterations=ITERATIONS + 1),
+                  protocol=st.ProtocolConfig(rounds=ROUNDS, seed=3, pairs_per_batch=PAIRS_PER_BATCH))
+    with pytest.raises(RunChanged, match=r"model weights \(tiny1\)"):  # same names, other weights
+        run_study([("tiny0", tiny_model(0)), ("tiny1", tiny_model(2))], x, y, out,
+                  config=LSTConfig.paper(iterations=ITERATIONS),
                   protocol=st.ProtocolConfig(rounds=ROUNDS, seed=3, pairs_per_batch=PAIRS_PER_BATCH))
 
 
@@ -225,7 +216,7 @@ def test_pair_results_do_not_depend_on_batching(tmp_path: Path) -> None:
     cfg = LSTConfig.paper(iterations=6)
     recs = {}
     for ppb in (2, 8):
-        store = st.RecordStore(tmp_path / f"b{ppb}")
+        store = RunStore(tmp_path / f"b{ppb}", "test")
         recs[ppb] = st.run_pair_protocol(tiny_model(0), "m", x, y, pool, targets, store, config=cfg,
                                          protocol=st.ProtocolConfig(rounds=2, seed=5, pairs_per_batch=ppb), log=None)
     a = {r["key"]: r for r in recs[2]}
@@ -237,20 +228,22 @@ def test_pair_results_do_not_depend_on_batching(tmp_path: Path) -> None:
 
 
 def test_store_torn_lines_and_summaries(tmp_path: Path) -> None:
-    store = st.RecordStore(tmp_path, {"a": 1})
+    store = RunStore(tmp_path, "test", settings={"a": 1})
     store.append([{"key": "x|1", "kind": "k", "v": 1.0, "g": "a"}, {"key": "x|2", "kind": "k", "v": 3.0, "g": "a"},
                   {"key": "x|10", "kind": "k", "v": 5.0, "g": "b"}])
-    with open(store.path, "a") as fh:
+    with open(store.records_path, "a") as fh:
         fh.write('{"key": "x|3", "kind": "k", "v": 7')
-    again = st.RecordStore(tmp_path, {"a": 1})
+    store.close()
+    again = RunStore(tmp_path, "test", settings={"a": 1})
     assert [r["key"] for r in again.records()] == ["x|1", "x|2", "x|10"]  # numeric key order, torn line dropped
     rows = st.summarize(again.records(), ["g"], ["v", "absent"])
     assert rows[0] == {"g": "a", "n": 2, "v_mean": 2.0, "v_std": 1.0, "v_median": 2.0, "v_n": 2}
     assert rows[1]["v_mean"] == 5.0 and rows[1]["v_std"] == 0.0 and "absent_mean" not in rows[1]
     shown = st.display_rows(rows, ["g"], {"v": "V", "absent": "never"})
     assert list(shown[0]) == ["g", "n", "V"] and shown[0]["V"] == "2 ± 1"
-    with pytest.raises(ValueError, match="different settings"):
-        st.RecordStore(tmp_path, {"a": 2})
+    again.close()
+    with pytest.raises(RunChanged, match="settings.a 1 -> 2"):
+        RunStore(tmp_path, "test", settings={"a": 2})
     # pair seeds: a pure function of (seed, round, source), distinct across pairs
     seeds = {st.pair_seed(0, r, s) for r in range(5) for s in range(50)}
     assert len(seeds) == 250 and st.pair_seed(0, 1, 2) == st.pair_seed(0, 1, 2) != st.pair_seed(1, 1, 2)

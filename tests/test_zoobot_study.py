@@ -1,4 +1,4 @@
-"""Tests of benchmarks.zoobot_vs_imagenet: the study end to end at tiny settings (every backbone, a Zoobot file
+"""Tests of experiments.zoobot_study: the study end to end at tiny settings (every backbone, a Zoobot file
 written here, table/figure/report), resume without recomputation, the accuracy gate, and the table arithmetic."""
 
 from __future__ import annotations
@@ -6,17 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts beside the package, not installed
-    sys.path.insert(0, str(ROOT))
+from experiments import zoobot_study as zs
 
-from benchmarks import zoobot_vs_imagenet as zs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ARCH = "efficientnet_lite0"
 REAL = ROOT.parent / "shared" / "data" / "galaxies"
@@ -112,7 +109,7 @@ def test_study_end_to_end_every_backbone_then_resume(tmp_path, monkeypatch, caps
 
     import attacks
     import detectors.simulate
-    from blindspots import studies
+    from blindspots.studies import protocol as studies
 
     monkeypatch.setattr(detectors.simulate, "simulate", forbidden)
     monkeypatch.setattr(zs, "_train", forbidden)
@@ -125,7 +122,7 @@ def test_study_end_to_end_every_backbone_then_resume(tmp_path, monkeypatch, caps
     assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == ckpt_times
 
     # Other settings into the same folder are refused rather than mixed in.
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="different run"):
         zs.main(argv[:-4] + ["--out", str(out), "--iterations", "3", "--zoobot-weights", str(weights)])
 
 
@@ -136,7 +133,7 @@ def test_backbones_below_min_accuracy_are_reported_not_measured(tmp_path, monkey
     def forbidden(*args, **kwargs):
         raise AssertionError("LST ran on a backbone below --min-accuracy")
 
-    from blindspots import studies
+    from blindspots.studies import protocol as studies
 
     monkeypatch.setattr(studies, "level_set_traversal", forbidden)
     assert zs.main(argv) == 0

@@ -10,20 +10,22 @@ class's image go unnoticed.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .models import Classifier, probing
-from .traversal import LSTConfig, LSTResult, derangement_pairs, level_set_traversal
-from .validation import check_images, check_labels
+import attacks
+from blindspots.models import Classifier, probing
+from blindspots.store import RunStore
+from blindspots.studies.tables import write_csv
+from blindspots.traversal import LSTConfig, LSTResult, Trajectory, derangement_pairs, level_set_traversal
+from blindspots.validation import check_images, check_labels
 
 __all__ = ["SensitivityProfile", "sensitivity_profile", "plot_sensitivity"]
 
@@ -48,11 +50,7 @@ class SensitivityProfile:
     def to_csv(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
-            writer.writeheader()
-            writer.writerows(self.rows)
-        return path
+        return write_csv(self.rows, path)
 
     def to_json(self, path: str | os.PathLike, **meta: Any) -> Path:
         path = Path(path)
@@ -67,25 +65,6 @@ class SensitivityProfile:
 
     def plot(self, path: str | os.PathLike | None = None, title: str | None = None):
         return plot_sensitivity(self, path=path, title=title)
-
-
-def _save_stage(path: Path, fingerprint: str, obj: Any, **meta: Any) -> None:
-    """Save a dataclass result's tensors (plus plain metadata) atomically; readable with weights_only=True."""
-    tensors = {f.name: getattr(obj, f.name) for f in fields(obj) if isinstance(getattr(obj, f.name), torch.Tensor)}
-    tmp = path.with_suffix(".tmp")
-    torch.save({"fingerprint": fingerprint, "tensors": {k: v.detach().cpu() for k, v in tensors.items()}, **meta}, tmp)
-    os.replace(tmp, path)
-
-
-def _load_stage(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """A saved stage if it exists and was computed with the same inputs and settings, else None."""
-    if not path.is_file():
-        return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a corrupt or foreign file is recomputed
-        return None
-    return data if isinstance(data, dict) and data.get("fingerprint") == fingerprint else None
 
 
 def _mean(values: list[float]) -> float:
@@ -108,6 +87,7 @@ def sensitivity_profile(
     device: str | torch.device | None = None,
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
+    restart: bool = False,
 ) -> SensitivityProfile:
     """Per image: the minimal adversarial distance and the LST distance/confidence to other-class targets.
 
@@ -120,8 +100,9 @@ def sensitivity_profile(
             class); 0 skips the under-sensitivity side (its columns are then NaN).
         config: LST settings (default `LSTConfig()`); seed: seeds both sides (LST round r uses seed + r * N).
         device, progress: where to compute; show progress bars.
-        checkpoint: a folder where each stage (the budget search, every LST round) is saved as it completes; a
-            rerun with the same images and settings loads finished stages instead of recomputing them.
+        checkpoint: a run-store folder where each stage (the budget search, every LST round) is kept as it
+            completes; a rerun with the same model weights, images and settings reuses them, any change is refused
+            naming what changed (unless `restart=True`).
 
     Row columns: index, name, label, class_name, min_eps (in `norm`; 0 if misclassified, inf if `max_eps` does not
     flip it), adv_rms_l2, adv_linf (the perturbation found at min_eps), adv_success; lst_rms_l2 (RMS-l2 left to the
@@ -129,80 +110,72 @@ def sensitivity_profile(
     (source-target distance), lst_fraction_left (lst_rms_l2 / lst_start_rms_l2), lst_confidence (source-class
     confidence at the end), lst_initial_confidence, lst_misclassified.
     """
-    import attacks
-
     check_images(images, "images")
     n = images.shape[0]
     if names is not None and len(names) != n:
         raise ValueError(f"names must hold one name per image ({n}), got {len(names)}")
     if not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
-    num_classes = model.num_classes if isinstance(model, Classifier) else None
-    dev = torch.device(device) if device is not None else None
+    labels = _labels(model, images, labels, device)
+    pairs = derangement_pairs(labels.cpu(), rounds, seed) if rounds > 0 else None  # clear error without targets
+    config = config or LSTConfig()
+    settings = {"norm": norm, "max_eps": max_eps, "search_steps": search_steps, "steps": steps, "rounds": rounds,
+                "seed": seed, "config": config.to_dict()}
+    store = None
+    if checkpoint is not None:
+        store = RunStore(checkpoint, "sensitivity", model=model, settings=settings,
+                         inputs={"images": images, "labels": labels}, restart=restart)
+    try:
+        adv = _stage(store, "adversarial", attacks.AttackResult, lambda: attacks.minimal_epsilon(
+            model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps, steps=steps, seed=seed,
+            device=device, progress=progress))
+        lst_results = [_stage(store, f"lst-round{r}", LSTResult, lambda r=r: level_set_traversal(
+            model, images, images[pairs[r]], labels, config, target_labels=labels[pairs[r]], seed=seed + r * n,
+            progress=progress, device=device)) for r in range(rounds)]
+    finally:
+        if store is not None:
+            store.close()
+    class_names = model.class_names if isinstance(model, Classifier) else None
+    rows = [_row(i, names, labels, class_names, adv, lst_results) for i in range(n)]
+    return SensitivityProfile(rows=rows, attack=adv, lst=lst_results, pairs=pairs, norm=norm)
+
+
+def _labels(model, images, labels, device) -> torch.Tensor:
+    """The given labels, checked against the logits' width, or the model's predictions."""
     if labels is None:
         with probing(model), torch.no_grad():
-            target_dev = dev or next((p.device for p in model.parameters()), torch.device("cpu"))
-            labels = torch.cat([model(images[i:i + 64].to(target_dev)).argmax(1).cpu() for i in range(0, n, 64)])
-    labels = check_labels(labels, n, num_classes)
-    pairs = None
-    if rounds > 0:
-        pairs = derangement_pairs(labels.cpu(), rounds, seed)  # clear error when no other-class targets exist
+            dev = torch.device(device) if device is not None else next(
+                (p.device for p in model.parameters()), torch.device("cpu"))
+            labels = torch.cat([model(images[i:i + 64].to(dev)).argmax(1).cpu() for i in range(0, len(images), 64)])
+    return check_labels(labels, images.shape[0], model.num_classes if isinstance(model, Classifier) else None)
 
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-    base = {"n": n, "shape": list(images.shape), "checksum": float(images.double().sum()),
-            "labels": labels.tolist(), "model": getattr(model, "name", type(model).__name__), "seed": seed}
-    fp_adv = json.dumps({**base, "norm": norm, "max_eps": max_eps, "search_steps": search_steps, "steps": steps},
-                        sort_keys=True)
-    saved = _load_stage(ckpt / "adversarial.pt", fp_adv) if ckpt is not None else None
-    if saved is not None:
-        adv = attacks.AttackResult(**saved["tensors"], attack=saved["attack"], params=saved["params"])
-    else:
-        adv = attacks.minimal_epsilon(model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps,
-                                      steps=steps, seed=seed, device=device, progress=progress)
-        if ckpt is not None:
-            _save_stage(ckpt / "adversarial.pt", fp_adv, adv, attack=adv.attack, params=adv.params)
-    lst_results: list[LSTResult] = []
-    config = config or LSTConfig()
-    if pairs is not None:
-        for r in range(rounds):
-            tgt = pairs[r]
-            fp = json.dumps({**base, "round": r, "targets": tgt.tolist(), "config": config.to_dict()}, sort_keys=True)
-            path = ckpt / f"lst_round{r}.pt" if ckpt is not None else None
-            saved = _load_stage(path, fp) if path is not None else None
-            if saved is not None:
-                lst_results.append(LSTResult(**{"ssim": None, **saved["tensors"]}, config=config))  # no trajectory
-                continue
-            res = level_set_traversal(model, images, images[tgt], labels, config, target_labels=labels[tgt],
-                                      seed=seed + r * n, progress=progress, device=device)
-            if path is not None:
-                _save_stage(path, fp, res)
-            lst_results.append(res)
 
-    class_names = model.class_names if isinstance(model, Classifier) else None
-    rows = []
-    for i in range(n):
-        lab = int(labels[i])
-        row: dict[str, Any] = {
-            "index": i, "name": names[i] if names is not None else str(i), "label": lab,
-            "class_name": class_names[lab] if class_names is not None else "",
-            "min_eps": float(adv.epsilon[i]), "adv_rms_l2": float(adv.rms_l2[i]), "adv_linf": float(adv.linf[i]),
-            "adv_success": bool(adv.success[i]),
-        }
-        rms = [float(res.rms_l2[i]) for res in lst_results]
-        start = [float(res.start_rms_l2[i]) for res in lst_results]
-        row.update({
-            "lst_rms_l2": _mean(rms), "lst_rms_l2_min": min(rms) if rms else float("nan"),
-            "lst_linf": _mean([float(res.linf[i]) for res in lst_results]),
-            "lst_start_rms_l2": _mean(start),
-            "lst_fraction_left": _mean([a / b if b > 0 else float("nan") for a, b in zip(rms, start)]),
-            "lst_confidence": _mean([float(res.final_confidence[i]) for res in lst_results]),
-            "lst_initial_confidence": _mean([float(res.initial_confidence[i]) for res in lst_results]),
-            "lst_misclassified": bool(lst_results[0].misclassified[i]) if lst_results else False,
-        })
-        rows.append(row)
-    return SensitivityProfile(rows=rows, attack=adv, lst=lst_results, pairs=pairs, norm=norm)
+def _stage(store: RunStore | None, name: str, cls: type, compute):
+    if store is None:
+        return compute()
+    return store.dataclass_stage(name, cls, compute, nested={"config": LSTConfig, "trajectory": Trajectory})
+
+
+def _row(i: int, names, labels, class_names, adv, lst_results: list[LSTResult]) -> dict[str, Any]:
+    lab = int(labels[i])
+    row: dict[str, Any] = {
+        "index": i, "name": names[i] if names is not None else str(i), "label": lab,
+        "class_name": class_names[lab] if class_names is not None else "",
+        "min_eps": float(adv.epsilon[i]), "adv_rms_l2": float(adv.rms_l2[i]), "adv_linf": float(adv.linf[i]),
+        "adv_success": bool(adv.success[i]),
+    }
+    rms = [float(res.rms_l2[i]) for res in lst_results]
+    start = [float(res.start_rms_l2[i]) for res in lst_results]
+    row.update({
+        "lst_rms_l2": _mean(rms), "lst_rms_l2_min": min(rms) if rms else float("nan"),
+        "lst_linf": _mean([float(res.linf[i]) for res in lst_results]),
+        "lst_start_rms_l2": _mean(start),
+        "lst_fraction_left": _mean([a / b if b > 0 else float("nan") for a, b in zip(rms, start)]),
+        "lst_confidence": _mean([float(res.final_confidence[i]) for res in lst_results]),
+        "lst_initial_confidence": _mean([float(res.initial_confidence[i]) for res in lst_results]),
+        "lst_misclassified": bool(lst_results[0].misclassified[i]) if lst_results else False,
+    })
+    return row
 
 
 def plot_sensitivity(profile: SensitivityProfile, *, path: str | os.PathLike | None = None,
@@ -212,7 +185,7 @@ def plot_sensitivity(profile: SensitivityProfile, *, path: str | os.PathLike | N
     are drawn at its edge with a '>' marker. Returns the Figure (saved as PNG when `path` is given)."""
     import numpy as np
 
-    from .plots import _figure, _save
+    from blindspots.plots import _figure, _save
 
     rows = profile.rows
     x = np.array([r["min_eps"] for r in rows], dtype=float)

@@ -1,0 +1,75 @@
+"""`blindspots attack`: per image, the smallest flipping budget (over-sensitivity) beside Level Set Traversal towards
+other-class images (under-sensitivity); writes a CSV/JSON table and the scatter figure.
+
+    blindspots attack                                  # the demo photos on the offline ImageNet model
+    blindspots attack --images DIR --norm l2 --rounds 2 --out results/attack
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from blindspots.cli import add_common_options, positive_int, resolve_device
+from blindspots.store import RunStore
+
+HELP = "over- vs under-sensitivity: minimal flipping budget (PGD bisection) beside LST, per image"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, default=None, help="folder of images (default: the bundled demo photos)")
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images of the folder")
+    p.add_argument("--size", type=positive_int, default=224, help="images are resized and centre-cropped to this")
+    p.add_argument("--norm", choices=("linf", "l2"), default="linf", help="norm of the flipping budget")
+    p.add_argument("--max-eps", type=float, default=None,
+                   help="largest budget searched (default 0.1 for linf, 10 for l2; [0, 1] pixel units)")
+    p.add_argument("--search-steps", type=positive_int, default=8, help="bisection rounds of the budget search")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps per budget")
+    p.add_argument("--rounds", type=int, default=1, help="LST targets per image (0: skip LST)")
+    add_common_options(p, "attack", iterations=160)
+
+
+def run(args: argparse.Namespace) -> int:
+    from blindspots import LSTConfig, load_classifier
+    from blindspots.data import demo_photos, load_image_folder
+
+    from .sensitivity import sensitivity_profile
+
+    if args.rounds < 0:
+        raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
+    if args.max_eps is not None and not args.max_eps > 0:
+        raise ValueError(f"--max-eps must be > 0, got {args.max_eps}")
+    device = resolve_device(args.device)
+    if args.images is not None:
+        images, names = load_image_folder(args.images, size=args.size, limit=args.limit)
+    else:
+        images, names = demo_photos(size=args.size)
+        if args.limit is not None:
+            images, names = images[:args.limit], names[:args.limit]
+    model = load_classifier(args.model, weights=args.weights, device=device)
+    config = LSTConfig(iterations=args.iterations, batch_size=args.batch_size)
+    out = Path(args.out)
+    settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "restart", "out", "device")}
+    with RunStore(out, "attack", model=model, settings=settings, inputs={"images": images}, restart=args.restart):
+        profile = sensitivity_profile(model, images, None, names=names, norm=args.norm, max_eps=args.max_eps,
+                                      search_steps=args.search_steps, steps=args.steps, rounds=args.rounds,
+                                      config=config, seed=args.seed, device=device, progress=not args.quiet,
+                                      checkpoint=out / "checkpoint", restart=args.restart)
+        csv_path = profile.to_csv(out / "sensitivity.csv")
+        meta = {"model": args.model, "images": str(args.images) if args.images else "demo photos",
+                "size": args.size, "rounds": args.rounds, "seed": args.seed}
+        json_path = profile.to_json(out / "sensitivity.json", **meta)
+        png_path = out / "sensitivity.png"
+        profile.plot(png_path, title=f"{getattr(model, 'name', args.model)}: over- vs under-sensitivity")
+    if args.quiet:
+        return 0
+    unit = "l-inf" if args.norm == "linf" else "l2"
+    print(f"{'image':<20} {'class':<28} {'min eps (' + unit + ')':>15} {'LST rms-l2 left':>16} {'conf kept':>10}")
+    for r in profile.rows:
+        eps = r["min_eps"]
+        eps_s = f"> {profile.attack.params['max_eps']:.4g}" if math.isinf(eps) else f"{eps:.5f}"
+        print(f"{str(r['name'])[:20]:<20} {str(r['class_name'])[:28]:<28} {eps_s:>15} {r['lst_rms_l2']:>16.4f} "
+              f"{r['lst_confidence']:>10.3f}")
+    print(f"wrote {csv_path}, {json_path}, {png_path}")
+    return 0
