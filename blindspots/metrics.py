@@ -114,8 +114,10 @@ def lpips(a: torch.Tensor, b: torch.Tensor, weights: str | os.PathLike | None = 
                          "alexnet checkpoint (nothing is downloaded)")
     if a.shape != b.shape:
         raise ValueError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    from .models import model_device
+
     net = load_lpips(weights, device)
-    dev = next(net.parameters()).device
+    dev = model_device(net)
     with torch.no_grad():
         out = [net(a[i:i + batch_size].to(dev).float(), b[i:i + batch_size].to(dev).float(), normalize=True)
                for i in range(0, a.shape[0], batch_size)]

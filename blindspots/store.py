@@ -110,9 +110,10 @@ def _describe_change(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str
         label = f"{prefix}{k}"
         if not prefix and k == "model" and isinstance(a, Mapping) and isinstance(b, Mapping):
             out.append("model weights (" + ", ".join(m for m in sorted(set(a) | set(b)) if a.get(m) != b.get(m)) + ")")
+        elif not prefix and k == "inputs" and isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(f"input {name}" for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name))
         elif isinstance(a, Mapping) and isinstance(b, Mapping):
-            sub = _describe_change(a, b, prefix=f"{label}.")
-            out.extend(sub if prefix or k != "inputs" else [f"input {s.split('.', 1)[1]}" for s in sub])
+            out.extend(_describe_change(a, b, prefix=f"{label}."))
         elif not prefix and k in names:
             out.append(names[k])
         else:
@@ -134,6 +135,7 @@ class RunStore:
     def __init__(self, folder: str | os.PathLike, job: str, *, model: nn.Module | Mapping[str, nn.Module] | None = None,
                  settings: Mapping[str, Any] | None = None, inputs: Mapping[str, torch.Tensor] | None = None,
                  restart: bool = False, rank: int = 0, world: int = 1) -> None:
+        self._lock_fh = None
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise NotADirectoryError(f"output folder {self.folder} is a file, not a folder")
@@ -142,7 +144,6 @@ class RunStore:
         except OSError as exc:
             raise OSError(f"cannot create output folder {self.folder}: {exc.strerror or exc}") from None
         self.rank, self.world = rank, world
-        self._lock_fh = None
         if rank == 0:
             self._take_lock()
         if isinstance(model, Mapping):

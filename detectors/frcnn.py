@@ -13,7 +13,7 @@ with a constant 3e-4, 1,100 and 2,350 steps both gave purity 0.75 at the paper's
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +22,8 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, nms
+
+from blindspots.models import model_device
 
 from .backbones import build_backbone
 
@@ -185,7 +187,7 @@ def detect(detector: nn.Module, images: torch.Tensor, batch_size: int = 16,
     from blindspots.validation import check_images
 
     check_images(images, "images")
-    device = torch.device(device) if device is not None else next(detector.parameters()).device
+    device = torch.device(device) if device is not None else model_device(detector)
     was_training = detector.training
     detector.eval()
     try:

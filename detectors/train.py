@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from blindspots.models import model_device
 from blindspots.store import RunStore, atomic_write_text, fingerprint_model
 
 __all__ = ["train", "TrainResult", "load_checkpoint", "flip_sample", "lr_factor", "LR_SCHEDULES", "CHECKPOINT_POINTER"]
@@ -227,7 +228,7 @@ def train(
     if n == 0:
         raise ValueError("the dataset is empty")
     steps_per_epoch = math.ceil(n / batch_size)
-    device = torch.device(device) if device is not None else next(detector.parameters()).device
+    device = torch.device(device) if device is not None else model_device(detector)
     detector.to(device)
     params = [p for p in detector.parameters() if p.requires_grad]
     if not params:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import attacks
-from blindspots.models import Classifier, probing
+from blindspots.models import Classifier, model_device, probing
 from blindspots.store import RunStore
 from blindspots.studies.tables import write_csv
 from blindspots.traversal import LSTConfig, LSTResult, Trajectory, derangement_pairs, level_set_traversal
@@ -144,8 +144,7 @@ def _labels(model, images, labels, device) -> torch.Tensor:
     """The given labels, checked against the logits' width, or the model's predictions."""
     if labels is None:
         with probing(model), torch.no_grad():
-            dev = torch.device(device) if device is not None else next(
-                (p.device for p in model.parameters()), torch.device("cpu"))
+            dev = torch.device(device) if device is not None else model_device(model)
             labels = torch.cat([model(images[i:i + 64].to(dev)).argmax(1).cpu() for i in range(0, len(images), 64)])
     return check_labels(labels, images.shape[0], model.num_classes if isinstance(model, Classifier) else None)
 

@@ -12,6 +12,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torchvision.ops import box_iou
 
 import blindspots
+from blindspots.store import RunChanged
 from detectors import (as_classifier, build_backbone, build_detector, clumpy_labels, detect, fit_head, load_checkpoint,
                        train)
 from detectors.frcnn import agnostic_nms
@@ -227,8 +228,12 @@ def test_resume_restores_optimiser_state_epoch_and_continues_exactly(tiny_data, 
     assert (r1.step, r1.completed) == (1, False)
     info = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
     assert (info["step"], info["epoch"]) == (1, 0)
+    # a detector built otherwise (other initial weights: another backbone file, another seed) is refused: its
+    # checkpoint belongs to another run
+    with pytest.raises(RunChanged, match="initial_weights"):
+        train(_tiny_detector(seed=99), data, 2, tmp_path / "resumed", **kw)
+    resumed = _tiny_detector(seed=2)  # its initial weights; the checkpoint must overwrite them
     torch.manual_seed(123)  # resuming must restore the RNG, whatever the state now
-    resumed = _tiny_detector(seed=99)  # other init: the checkpoint must overwrite it
     assert train(resumed, data, 2, tmp_path / "resumed", max_seconds=1e-9, **kw).step == 1  # budget spent: no step
     r2 = train(resumed, data, 2, tmp_path / "resumed", **kw)
     assert (r2.step, r2.epoch, r2.completed) == (4, 2, True) and len(r2.history) == 2
@@ -239,7 +244,7 @@ def test_resume_restores_optimiser_state_epoch_and_continues_exactly(tiny_data, 
     info = load_checkpoint(tmp_path / "resumed", resumed, opt)
     assert info["epoch"] == 2 and info["step"] == 4
     assert all(float(s["step"]) == 4 for s in opt.state_dict()["state"].values())
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(RunChanged, match="batch_size 1 -> 2"):
         train(resumed, data, 3, tmp_path / "resumed", batch_size=2, progress=False)
     with pytest.raises(ValueError, match="schedule spans 2 epochs"):  # the cosine was laid out over 2 epochs
         train(resumed, data, 3, tmp_path / "resumed", **kw)

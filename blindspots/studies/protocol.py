@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import Classifier
+from ..models import Classifier, model_device
 from ..store import RunStore
 from ..traversal import LSTConfig, level_set_traversal
 from ..validation import check_images, check_labels
@@ -82,7 +82,7 @@ def select_pool(models: Sequence[Classifier], images: torch.Tensor, labels: torc
         raise ValueError("select_pool needs at least one model")
     preds = []
     for m in models:
-        dev = m.device if isinstance(m, Classifier) else next(m.parameters()).device
+        dev = model_device(m)
         cls, conf = m.predict(images.to(dev), batch_size) if isinstance(m, Classifier) else \
             _predict(m, images.to(dev), batch_size)
         preds.append((cls.cpu(), conf.cpu()))
@@ -94,7 +94,7 @@ def select_pool(models: Sequence[Classifier], images: torch.Tensor, labels: torc
 
 
 def _predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from .models import probing
+    from ..models import probing
 
     with probing(model):
         probs = torch.cat([model(images[i:i + batch_size]).float().softmax(-1)

@@ -1,0 +1,137 @@
+"""The house rules: dependencies point one way, every subcommand speaks the same vocabulary and reports a user
+error as one line with exit code 2, and a run folder has one writer at a time."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from blindspots.cli import commands, main
+from blindspots.store import FolderInUse, RunChanged, RunStore
+
+from conftest import REPO, subprocess_env
+
+SHARED = ("--model", "--weights", "--out", "--device", "--seed", "--batch-size", "--quiet", "--restart")
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """Top-level packages a module imports anywhere (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("blindspots", {"attacks", "detectors", "experiments", "benchmarks"}),
+    ("attacks", {"detectors", "experiments", "benchmarks"}),
+    ("detectors", {"attacks", "experiments", "benchmarks"}),
+    ("experiments", {"benchmarks"}),
+])
+def test_dependencies_point_one_way(package, forbidden):
+    offenders = {str(p.relative_to(REPO)): sorted(_imported_packages(p) & forbidden)
+                 for p in (REPO / package).rglob("*.py") if _imported_packages(p) & forbidden}
+    assert not offenders, f"{package} must not import {sorted(forbidden)}: {offenders}"
+
+
+def test_no_test_edits_sys_path_or_imports_benchmarks():
+    for path in (REPO / "tests").glob("*.py"):
+        text = path.read_text()
+        assert "sys.path.insert" not in text and "sys.path.append" not in text, path.name
+        assert "benchmarks" not in _imported_packages(path), path.name
+
+
+def test_subcommands_are_registered_entry_points():
+    assert {"demo", "geometry", "attack", "detect", "tables"} <= set(commands())
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_every_subcommand_lists_the_shared_options(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    missing = [o for o in SHARED if o not in text]
+    assert not missing, f"blindspots {name} --help lacks {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_a_bad_argument_exits_2_with_one_line(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([name, "--batch-size", "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size" in err[0] and "positive integer" in err[0], err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("name", ["demo", "attack", "detect"])
+def test_missing_cuda_is_one_line_before_any_work(name, tmp_path, capsys):
+    assert main([name, "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"blindspots {name}: error: --device cuda: CUDA is not available on this machine "
+                   "(use --device cpu)"]
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["demo", "--out", str(blocker), "--iterations", "1", "--size", "32", "--no-geometry", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"blindspots demo: error: output folder {blocker} is a file, not a folder"]
+
+
+def test_a_folder_in_use_is_refused_and_freed_after(tmp_path):
+    with RunStore(tmp_path, "job", settings={"a": 1}):
+        with pytest.raises(FolderInUse, match="in use by another run"):
+            RunStore(tmp_path, "job", settings={"a": 1})
+    RunStore(tmp_path, "job", settings={"a": 1}).close()  # the lock went with the first store
+
+
+def test_a_second_process_writing_the_same_folder_is_refused(tmp_path):
+    """Two processes, one folder: the second gets one line and exit code 2 while the first holds the folder."""
+    code = ("import sys, time; from blindspots.store import RunStore\n"
+            "s = RunStore(sys.argv[1], 'job', settings={'who': 'first'}); print('ready', flush=True); "
+            "time.sleep(30)")
+    first = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             env=subprocess_env())
+    try:
+        assert first.stdout.readline().strip() == "ready"
+        second = subprocess.run([sys.executable, "-m", "blindspots.cli", "demo", "--out", str(tmp_path),
+                                 "--device", "cpu", "--iterations", "1", "--size", "32", "--quiet"],
+                                capture_output=True, text=True, env=subprocess_env(), timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"blindspots demo: error: output folder {tmp_path} is in use by another run (pid {first.pid}); "
+            "wait for it or choose another --out"]
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_run_store_names_what_changed(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    x = torch.zeros(3, 2)
+    RunStore(tmp_path, "job", model=model, settings={"step": 0.01, "n": 3}, inputs={"images": x}).close()
+    with pytest.raises(RunChanged, match=r"changed: settings.step 0.01 -> 0.02\)"):
+        RunStore(tmp_path, "job", model=model, settings={"step": 0.02, "n": 3}, inputs={"images": x})
+    with pytest.raises(RunChanged, match=r"changed: input images\)"):
+        RunStore(tmp_path, "job", model=model, settings={"step": 0.01, "n": 3}, inputs={"images": x + 1})
+    with torch.no_grad():
+        model.weight.add_(1e-7)  # the smallest change of one weight is a change
+    with pytest.raises(RunChanged, match=r"changed: model weights\)"):
+        RunStore(tmp_path, "job", model=model, settings={"step": 0.01, "n": 3}, inputs={"images": x})
+    store = RunStore(tmp_path, "job", model=model, settings={"step": 0.01, "n": 3}, inputs={"images": x},
+                     restart=True)
+    store.save("s", {"t": torch.ones(2)}, {"note": "new"})
+    assert store.load("s")[1] == {"note": "new"}
+    store.close()
