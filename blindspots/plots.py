@@ -47,8 +47,10 @@ def plot_triangle(
     title: str | None = None,
     levels: int = 21,
     path: str | os.PathLike | None = None,
+    ax=None,
 ):
-    """Filled contours of the confidence over a triangle (source, b_i, b_j), drawn with its true shape.
+    """Filled contours of the confidence over a triangle (source, b_i, b_j), drawn with its true shape; into `ax`
+    (a matplotlib Axes of a figure with several panels) when given, else into a new figure.
 
     Args:
         weights: (M, 3) barycentric weights of the probes (column 0: the source), e.g. `HullResult.grid`.
@@ -65,8 +67,11 @@ def plot_triangle(
     li, lj, angle = (float(v) for v in layout)
     corners = np.array([[0.0, 0.0], [li, 0.0], [lj * math.cos(angle), lj * math.sin(angle)]])
     xy = w @ corners
-    fig = _figure(5.2, 4.4)
-    ax = fig.add_subplot()
+    if ax is None:
+        fig = _figure(5.2, 4.4)
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
     tri = Triangulation(xy[:, 0], xy[:, 1])
     filled = ax.tricontourf(tri, c, levels=np.linspace(0, 1, levels), cmap="viridis", vmin=0, vmax=1)
     if p_src is not None and c.min() < p_src < c.max():

@@ -292,14 +292,21 @@ class RunStore:
                         out.setdefault(rec["key"], rec)
         return out
 
+    @classmethod
+    def reader(cls, folder: str | os.PathLike) -> "RunStore":
+        """A finished run's folder opened for reading only (no lock, no key check): `records()`, `load()`."""
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"run folder {folder} does not exist")
+        reader = cls.__new__(cls)
+        reader._lock_fh = None
+        reader.folder = Path(folder)
+        reader._records = reader._read_records()
+        return reader
+
     @staticmethod
     def read_records(folder: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
         """The records of a run folder, read without opening the run (no lock, no key check)."""
-        reader = RunStore.__new__(RunStore)
-        reader.folder = Path(folder)
-        reader._records = reader._read_records()
-        reader._lock_fh = None
-        return reader.records(kind)
+        return RunStore.reader(folder).records(kind)
 
     def __contains__(self, key: str) -> bool:
         return key in self._records

@@ -40,11 +40,15 @@ HELP = "the LST paper's Table 1 (distances, SSIM, confidence) and Table 2 (trian
 __all__ = ["TABLE1_FIELDS", "TABLE2_FIELDS", "hull_metric", "lpips_metric", "run_study", "build_tables",
            "write_report", "add_arguments", "run", "main"]
 
-TABLE1_FIELDS = {"rms_l2": "RMS-l2", "linf": "l-inf", "ssim": "SSIM", "lpips": "LPIPS",
+TABLE1_FIELDS = {"rms_l2": "RMS-l2", "linf": "l-inf", "ssim_paper": "SSIM (Gaussian 11, sigma 1.5; the paper's)",
+                 "ssim": "SSIM (7x7 uniform; scikit-image)", "lpips": "LPIPS",
                  "final_confidence": "final confidence", "initial_confidence": "source confidence",
                  "acceptance_rate": "acceptance rate"}
+# Table 2: every triangle (source, b_i, b_j) probed on the 66-point barycentric grid of step 0.1 (vertices and edges
+# included; the published code keeps 64 of them); "frac" counts probes with p >= p_src - delta (- 1e-5 for float
+# rounding; the published code uses a strict '>'); per source, means over its triangles except the worst edge minimum.
 TABLE2_FIELDS = {"p_src": "p_src", "hull_mean": "hull mean p", "edge_mean": "source-edge mean p",
-                 "edge_min": "source-edge min (p - p_src)", "fraction@0": "frac p>=p_src",
+                 "edge_min": "worst source-edge min (p - p_src)", "fraction@0": "frac p>=p_src",
                  "fraction@0.1": "frac p>=p_src-0.1", "fraction@0.2": "frac p>=p_src-0.2",
                  "fraction@0.3": "frac p>=p_src-0.3"}
 
@@ -62,6 +66,13 @@ def hull_metric(grid_step: float = 0.1, deltas: Sequence[float] = (0.0, 0.1, 0.2
                 for i in range(sources.shape[0])]
 
     return metric
+
+
+def ssim_paper_metric(model, sources, outputs, targets, labels) -> dict[str, torch.Tensor]:
+    """SSIM between LST outputs and targets as the paper defines it (Gaussian window 11, sigma 1.5, data range 1)."""
+    from blindspots.metrics import ssim_paper
+
+    return {"ssim_paper": ssim_paper(outputs, targets)}
 
 
 def lpips_metric(weights: str | Path) -> st.PairMetric:
@@ -133,7 +144,9 @@ def _run(store, models, images, labels_t, pool, targets, out, config, protocol, 
          lpips_weights, image_names, progress, report) -> dict[str, Any] | None:
     if lpips_weights is None and info.is_main:
         print("skipped: LPIPS (no --lpips-weights given)")
-    pair_metrics = {"lpips": lpips_metric(lpips_weights)} if lpips_weights is not None else {}
+    pair_metrics = {"ssim_paper": ssim_paper_metric}
+    if lpips_weights is not None:
+        pair_metrics["lpips"] = lpips_metric(lpips_weights)
     source_metrics = {"hull": hull_metric(grid_step)} if hull else {}
     mine: list[dict[str, Any]] = []
     for name, model in models:

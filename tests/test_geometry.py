@@ -261,6 +261,12 @@ def test_naive_per_triangle_statistics_by_hand():
     assert hull.edge_min[0, p].item() == pytest.approx((torch.cat([e1, e2]).min() - p_src).item(), abs=1e-5)
     per = hull.per_source()
     assert per["hull_mean"][0].item() == pytest.approx(hull.hull_mean[0].mean().item())
+    # the per-source edge minimum is the worst point on any of the source's K edges [source, b_k] (the published
+    # get_avg_conf), recomputed here edge by edge, not a mean over triangles
+    t = torch.linspace(0, 1, 5)
+    edges = torch.cat([model(torch.stack([(1 - a) * src[0] + a * outs[0, k] for a in t])).softmax(-1)[:, 1]
+                       for k in range(3)]).detach()
+    assert per["edge_min"][0].item() == pytest.approx((edges.min() - p_src).item(), abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- paths and tubes
