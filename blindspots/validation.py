@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_images", "check_labels", "check_same_shape"]
+__all__ = ["check_images", "check_labels", "check_logits", "check_same_shape"]
 
 
 def check_images(images: object, name: str = "images", *, channels: int | None = None) -> torch.Tensor:
@@ -46,11 +46,33 @@ def check_labels(labels: object, n: int, num_classes: int | None, name: str = "l
     labels = labels.long()
     if labels.is_inference():  # made under torch.inference_mode: autograd could not save it
         labels = labels.clone()
-    if num_classes is not None and n > 0:
+    if n > 0:
         lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"{name} out of range: found [{lo}, {hi}], the model has {num_classes} classes")
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            have = f"the model has {num_classes} classes" if num_classes is not None else "class indices start at 0"
+            raise ValueError(f"{name} out of range: found [{lo}, {hi}], {have}")
     return labels
+
+
+def check_logits(logits: torch.Tensor, labels: dict[str, torch.Tensor | None] | None = None, *,
+                 samples: torch.Tensor | None = None, where: str = "") -> torch.Tensor:
+    """Check a model's output: logits (N, C) with finite values, and every class index in `labels` (name ->
+    indices or None) below the logits' width C, so a model without class names is checked too. `samples` maps
+    rows to batch positions for the message; `where` says at which images (e.g. "at an attacked image")."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits of shape (N, C), got {shape}")
+    for name, idx in (labels or {}).items():
+        if idx is not None:
+            check_labels(idx, idx.shape[0], logits.shape[1], name)
+    finite = torch.isfinite(logits)
+    if not bool(finite.all()):
+        bad = (~finite).any(1).nonzero().flatten()
+        if samples is not None:
+            bad = samples[bad.to(samples.device)]
+        raise ValueError(f"the model returned NaN or infinite logits{' ' + where if where else ''} "
+                         f"for samples {bad.tolist()[:10]}")
+    return logits
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
