@@ -103,6 +103,12 @@ class Classifier(nn.Module):
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of float images in [0, 1]; images of another floating dtype (float64, float16, bfloat16) are cast
+        to the model's (gradients flow back through the cast)."""
+        dtype = next((t.dtype for t in itertools.chain(self.model.parameters(), self.model.buffers())
+                      if t.is_floating_point()), None)
+        if dtype is not None and images.is_floating_point() and images.dtype != dtype:
+            images = images.to(dtype)
         out = self.model(self.normalize(images))
         return self._select(out, images.shape[0])
 
@@ -188,13 +194,20 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - SafetensorError does not name the file
+            raise ValueError(f"{path} is not a readable .safetensors file (truncated or corrupt?): "
+                             f"{_first_line(exc)}") from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError for anything beyond plain tensors and containers
-            raise ValueError(f"{path} could not be loaded safely with weights_only=True (it may contain arbitrary "
-                             f"pickled objects); re-save it as a plain state dict or .safetensors: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - torch's messages do not name the file and span many lines
+            detail = _first_line(exc)
+            if "Unsupported global" in str(exc):  # a class or function beyond tensors and plain containers
+                raise ValueError(f"{path} holds pickled objects that weights_only=True refuses to run ({detail}); "
+                                 "re-save it as a plain state dict or .safetensors") from exc
+            raise ValueError(f"{path} is not a readable torch weights file (truncated or corrupt?): {detail}") from exc
     for _ in range(3):
         if isinstance(state, Mapping) and not _is_state_dict(state):
             inner = next((state[k] for k in _WRAPPER_KEYS if k in state and isinstance(state[k], Mapping)), None)
@@ -207,6 +220,15 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    """The telling line of a library error: torch's weights-only detail, else the first non-empty line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error") and i + 1 < len(lines):
+            return lines[i + 1][:200]
+    return (lines[0][:200] if lines else type(exc).__name__)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -300,9 +322,19 @@ def _imagenet_lite0(weights: str | os.PathLike | None, pretrained: bool, num_cla
 
 
 def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """`timm.create_model` with clear errors: an unknown name, or pretrained weights that cannot be downloaded."""
+    """`timm.create_model` with clear errors: an unknown name, or pretrained weights that cannot be downloaded.
+
+    Offline, pretrained weights that are not cached fail at once (not after a minute of hub retries): the hub's
+    host (or the weights' URL host) is probed with one TCP connection and a 3 s timeout, and HF_HUB_OFFLINE=1 is
+    honoured, before timm tries to download.
+    """
     import timm
 
+    if pretrained:
+        reason = _download_blocked(name)
+        if reason:
+            raise RuntimeError(f"cannot get pretrained weights for timm:{name}: {reason}; download them elsewhere "
+                               "and pass weights=PATH to a local .safetensors/.pth file")
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:
@@ -312,6 +344,43 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     except OSError as exc:  # huggingface_hub / urllib errors when offline
         raise RuntimeError(f"could not download pretrained weights for {name} (offline?); download them elsewhere "
                            f"and pass weights=PATH to a local .safetensors/.pth file: {exc}") from exc
+
+
+def _download_blocked(name: str, timeout: float = 3.0) -> str | None:
+    """Why timm's pretrained weights for `name` cannot be fetched now, or None (cached, a host answers, or no
+    pretrained config: timm then says so itself)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - an unknown name: timm.create_model raises its own error
+        return None
+    if cfg is None:
+        return None
+    hosts = []
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+            return None
+        hosts.append(urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname)
+    elif cfg.url:  # timm downloads from the hub whenever the config names a hub repo
+        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file():
+            return None
+        hosts.append(urlparse(cfg.url).hostname)
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set and they are not in the local cache"
+    for host in filter(None, hosts):
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return None
+        except OSError:
+            continue
+    return f"they are not cached and {', '.join(filter(None, hosts)) or 'no download host'} cannot be reached (offline?)"
 
 
 def _timm(arch: str, weights, pretrained: bool, num_classes: int | None) -> Classifier:
