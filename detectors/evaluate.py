@@ -368,6 +368,9 @@ def draw_detections(image: torch.Tensor, target: Mapping[str, Any] | None = None
     ax.set_ylim(image.shape[1], 0)
     ax.set_axis_off()
     ax.set_title(title if title is not None else f"{n_true} true (solid), {n_pred} detected (dashed)", fontsize=9)
+    from blindspots.plots import plain_text
+
+    plain_text(fig)  # a title holding a file name with $...$ is not math
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
