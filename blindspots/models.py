@@ -367,20 +367,21 @@ def _download_blocked(name: str, timeout: float = 3.0) -> str | None:
         repo = cfg.hf_hub_id.split("@")[0]
         if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
             return None
-        hosts.append(urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname)
+        hosts.append(urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co"))
     elif cfg.url:  # timm downloads from the hub whenever the config names a hub repo
         if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file():
             return None
-        hosts.append(urlparse(cfg.url).hostname)
+        hosts.append(urlparse(cfg.url))
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set and they are not in the local cache"
-    for host in filter(None, hosts):
+    hosts = [h for h in hosts if h.hostname]
+    for url in hosts:
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
             return None
         except OSError:
             continue
-    return f"they are not cached and {', '.join(filter(None, hosts)) or 'no download host'} cannot be reached (offline?)"
+    return f"they are not cached and {', '.join(h.netloc for h in hosts) or 'no download host'} cannot be reached (offline?)"
 
 
 def _timm(arch: str, weights, pretrained: bool, num_classes: int | None) -> Classifier:
