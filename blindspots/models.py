@@ -224,11 +224,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _first_line(exc: BaseException) -> str:
     """The telling line of a library error: torch's weights-only detail, else the first non-empty line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.startswith("WeightsUnpickler error") and i + 1 < len(lines):
-            return lines[i + 1][:200]
-    return (lines[0][:200] if lines else type(exc).__name__)
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # torch's detail follows this marker, on its line or the next
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].strip()
+        if detail:
+            return detail.splitlines()[0][:200]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -19,7 +19,7 @@ import attacks
 from blindspots import Classifier
 from blindspots.data import load_image_folder, read_image, to_tensor
 from blindspots.validation import check_labels
-from conftest import LinearBinary
+from conftest import LinearBinary, TinyCNN
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -195,7 +195,7 @@ def test_nan_gradients_raise_instead_of_nan_images(name):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_images_of_any_float_dtype_are_computed_in_the_models_dtype(dtype):
-    model = Classifier(LinearBinary(seed=0), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    model = Classifier(TinyCNN(num_classes=4, seed=0), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()  # convolutions
     x32 = _batch(6)
     x = x32.to(dtype)
     with torch.no_grad():
