@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -207,6 +208,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             if "Unsupported global" in str(exc):  # a class or function beyond tensors and plain containers
                 raise ValueError(f"{path} holds pickled objects that weights_only=True refuses to run ({detail}); "
                                  "re-save it as a plain state dict or .safetensors") from exc
+            if isinstance(exc, pickle.UnpicklingError):  # garbage, or a plain pickle the safe reader cannot follow
+                raise ValueError(f"{path} cannot be read with weights_only=True (corrupt, or not a torch.save file "
+                                 f"of tensors?): {detail}; re-save it as a plain state dict or .safetensors") from exc
             raise ValueError(f"{path} is not a readable torch weights file (truncated or corrupt?): {detail}") from exc
     for _ in range(3):
         if isinstance(state, Mapping) and not _is_state_dict(state):
