@@ -350,3 +350,17 @@ def test_names_with_dollar_signs_are_not_math_text(tmp_path):
     plot_triangle(w, torch.tensor([0.9, 0.8, 0.7]), (1.0, 1.0, 1.0), title=names[1], path=tmp_path / "tri.png")
     draw_detections(images[0], None, None, tmp_path / "det.png", title=names[1])
     assert (tmp_path / "tri.png").is_file() and (tmp_path / "det.png").is_file()
+
+
+# --------------------------------------------------------------------------------------------------- box tables
+
+
+def test_box_csv_ids_that_spreadsheets_would_run_are_escaped_and_round_trip(tmp_path):
+    from detectors.data import read_boxes_csv, write_boxes_csv
+
+    ids = ['=HYPERLINK("http://x","y")', "@SUM(A1)", "+cmd", "-1", "-x.png", "plain.png"]
+    targets = [{"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "labels": torch.tensor([1])} for _ in ids]
+    path = write_boxes_csv(tmp_path / "boxes.csv", targets, ids)
+    cells = [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
+    assert not any(c.startswith(("=", "@", "+")) for c in cells) and "-1" in cells and "'-x.png" in cells
+    assert read_boxes_csv(path).image_ids == ids
