@@ -118,7 +118,8 @@ class AttackResult:
         bottomed out at its floor), "> max_eps" (never flipped) or the value (an upper bound within the search's
         relative precision)."""
         if self.epsilon is None:
-            raise ValueError(f"{self.attack or 'this attack'} does not measure a flipping budget (minimal_epsilon does)")
+            raise ValueError(f"{self.attack or 'this attack'} does not measure a flipping budget "
+                             "(minimal_epsilon does)")
         out = []
         for i, e in enumerate(self.epsilon.tolist()):
             floor = self.at_floor is not None and bool(self.at_floor[i])

@@ -265,7 +265,8 @@ class MinimalEpsilon(Attack):
         run.set(idx, best_x, found, best_pred)
         eps, lower, at_floor = self._fields(run)
         eps[idx] = torch.where(found, hi, torch.full_like(hi, math.inf))
-        lower[idx] = torch.where(found, torch.where(failed, lo, torch.zeros_like(lo)), torch.full_like(lo, self.max_eps))
+        lower[idx] = torch.where(found, torch.where(failed, lo, torch.zeros_like(lo)),
+                                 torch.full_like(lo, self.max_eps))
         at_floor[idx] = found & ~failed
 
     def _fields(self, run: _Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

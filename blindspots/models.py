@@ -337,7 +337,9 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     import timm
 
     if pretrained:
-        reason = _download_blocked(name)
+        from .validation import timm_download_blocked
+
+        reason = timm_download_blocked(name)
         if reason:
             raise RuntimeError(f"cannot get pretrained weights for timm:{name}: {reason}; download them elsewhere "
                                "and pass weights=PATH to a local .safetensors/.pth file")
@@ -350,44 +352,6 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     except OSError as exc:  # huggingface_hub / urllib errors when offline
         raise RuntimeError(f"could not download pretrained weights for {name} (offline?); download them elsewhere "
                            f"and pass weights=PATH to a local .safetensors/.pth file: {exc}") from exc
-
-
-def _download_blocked(name: str, timeout: float = 3.0) -> str | None:
-    """Why timm's pretrained weights for `name` cannot be fetched now, or None (cached, a host answers, or no
-    pretrained config: timm then says so itself)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from timm.models import get_pretrained_cfg
-
-    try:
-        cfg = get_pretrained_cfg(name)
-    except Exception:  # noqa: BLE001 - an unknown name: timm.create_model raises its own error
-        return None
-    if cfg is None:
-        return None
-    hosts = []
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo = cfg.hf_hub_id.split("@")[0]
-        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
-            return None
-        hosts.append(urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co"))
-    elif cfg.url:  # timm downloads from the hub whenever the config names a hub repo
-        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file():
-            return None
-        hosts.append(urlparse(cfg.url))
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set and they are not in the local cache"
-    hosts = [h for h in hosts if h.hostname]
-    for url in hosts:
-        try:
-            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-            return None
-        except OSError:
-            continue
-    return f"they are not cached and {', '.join(h.netloc for h in hosts) or 'no download host'} cannot be reached (offline?)"
 
 
 def _timm(arch: str, weights, pretrained: bool, num_classes: int | None) -> Classifier:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
-__all__ = ["check_images", "check_labels", "check_logits", "check_same_shape"]
+__all__ = ["check_images", "check_labels", "check_logits", "check_same_shape", "timm_download_blocked"]
 
 
 def check_images(images: object, name: str = "images", *, channels: int | None = None) -> torch.Tensor:
@@ -82,3 +85,43 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
                          f"and {b.shape[0]} {name_b}")
     if a.shape != b.shape:
         raise ValueError(f"{name_a} and {name_b} must have the same image shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+
+
+def timm_download_blocked(name: str, timeout: float = 3.0) -> str | None:
+    """Why timm's pretrained weights for `name` cannot be fetched now, or None (cached, a host answers, or no
+    pretrained config: timm then says so itself). Checked before timm's download, whose hub retries take about a
+    minute offline: HF_HUB_OFFLINE is honoured, else one TCP connection to the download host with `timeout`."""
+    import socket
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - an unknown name: timm.create_model raises its own error
+        return None
+    if cfg is None:
+        return None
+    hosts = []
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+            return None
+        hosts.append(urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co"))
+    elif cfg.url:  # timm downloads from the hub whenever the config names a hub repo
+        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file():
+            return None
+        hosts.append(urlparse(cfg.url))
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set and they are not in the local cache"
+    hosts = [h for h in hosts if h.hostname]
+    for url in hosts:
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            return None
+        except OSError:
+            continue
+    where = ", ".join(h.netloc for h in hosts) or "no download host"
+    return f"they are not cached and {where} cannot be reached (offline?)"

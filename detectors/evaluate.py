@@ -318,8 +318,8 @@ def ap50(predictions: Sequence[Mapping], targets: Sequence[Mapping], classes: Se
     if not (isinstance(score_floor, (int, float)) and not isinstance(score_floor, bool)
             and 0.0 <= score_floor <= 1.0):
         raise ValueError(f"score_floor must be a score in [0, 1], got {score_floor!r}")
-    low = [i for i, p in enumerate(predictions)
-           if isinstance(p, Mapping) and "scores" in p and len(p["scores"]) and float(torch.as_tensor(p["scores"]).min()) < score_floor - 1e-6]
+    low = [i for i, p in enumerate(predictions) if isinstance(p, Mapping) and "scores" in p and len(p["scores"])
+           and float(torch.as_tensor(p["scores"]).min()) < score_floor - 1e-6]
     if low:
         raise ValueError(f"score_floor={score_floor:g} but predictions of images {low[:5]} hold lower scores; pass the "
                          "threshold the detections were actually cut at")
