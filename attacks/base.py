@@ -12,6 +12,7 @@ Early stop: attacks drop a sample from their working batch as soon as one of the
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -25,9 +26,9 @@ from blindspots.metrics import l2 as l2_distance
 from blindspots.metrics import linf as linf_distance
 from blindspots.models import Classifier, model_device, probing
 from blindspots.traversal import sample_seeds
-from blindspots.validation import check_images, check_labels, check_same_shape
+from blindspots.validation import check_images, check_labels, check_logits, check_same_shape
 
-__all__ = ["AttackResult", "Attack", "per_sample_noise", "NORMS", "LOSSES"]
+__all__ = ["AttackResult", "Attack", "per_sample_noise", "check_gradient", "compute_dtype", "NORMS", "LOSSES"]
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -48,7 +49,12 @@ class AttackResult:
             on (a textbook PGD run then returns its last iterate for a sample misclassified from the start).
         l2, linf: (N,) norms of the perturbation `images - clean` in [0, 1] pixel space.
         forwards, backwards: (N,) int64 numbers of forward / backward passes spent on each sample.
-        epsilon: (N,) smallest flipping budget found (`minimal_epsilon` only; inf where none was found).
+        epsilon: (N,) smallest flipping budget found (`minimal_epsilon` only): an upper bound (PGD flipped the model
+            at this budget); 0 for samples misclassified clean, inf where `max_eps` did not flip the model.
+        epsilon_lower: (N,) the largest budget at which PGD failed (`minimal_epsilon` only; 0 where none failed,
+            `max_eps` where none flipped): the true budget lies in [epsilon_lower, epsilon] as far as PGD can tell.
+        at_floor: (N,) bool, the search flipped the model at every budget down to its floor `min_eps` (read
+            `epsilon` as "<= epsilon"; `minimal_epsilon` only). See `epsilon_text`.
         seeds: (N,) per-sample seeds of the random starts.
     """
 
@@ -64,6 +70,8 @@ class AttackResult:
     seeds: torch.Tensor
     targets: torch.Tensor | None = None
     epsilon: torch.Tensor | None = None
+    epsilon_lower: torch.Tensor | None = None
+    at_floor: torch.Tensor | None = None
     attack: str = ""
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -98,7 +106,28 @@ class AttackResult:
                 row["target"] = int(self.targets[i])
             if self.epsilon is not None:
                 row["epsilon"] = float(self.epsilon[i])
+                if self.epsilon_lower is not None and self.at_floor is not None:
+                    row["epsilon_lower"] = float(self.epsilon_lower[i])
+                    row["at_floor"] = bool(self.at_floor[i])
+                    row["epsilon_text"] = self.epsilon_text()[i]
             out.append(row)
+        return out
+
+    def epsilon_text(self, digits: int = 4) -> list[str]:
+        """Each sample's flipping budget as a table should print it: "0" (misclassified clean), "<= x" (the search
+        bottomed out at its floor), "> max_eps" (never flipped) or the value (an upper bound within the search's
+        relative precision)."""
+        if self.epsilon is None:
+            raise ValueError(f"{self.attack or 'this attack'} does not measure a flipping budget "
+                             "(minimal_epsilon does)")
+        out = []
+        for i, e in enumerate(self.epsilon.tolist()):
+            floor = self.at_floor is not None and bool(self.at_floor[i])
+            if math.isinf(e):
+                lower = self.epsilon_lower[i] if self.epsilon_lower is not None else self.params.get("max_eps")
+                out.append(f"> {float(lower):.{digits}g}" if lower is not None else "not found")
+            else:
+                out.append(f"<= {e:.{digits}g}" if floor else (f"{e:.{digits}g}" if e > 0 else "0"))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -150,6 +179,22 @@ def _view(t: torch.Tensor) -> torch.Tensor:
     return t.view(-1, 1, 1, 1)
 
 
+def check_gradient(g: torch.Tensor, idx: torch.Tensor) -> None:
+    """A NaN or infinite input gradient would turn into NaN images: refuse it, naming the samples."""
+    finite = torch.isfinite(g.flatten(1)).all(1)
+    if not bool(finite.all()):
+        bad = idx[~finite.to(idx.device)].tolist()
+        raise ValueError(f"the model's input gradient is NaN or infinite during the attack for samples {bad[:10]}")
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model computes in: that of its first floating parameter or buffer (float32 without any)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def _model_logits(model: nn.Module, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Float logits, the input fed channels_last when asked (faster convolutions, same values up to rounding)."""
     if channels_last and x.ndim == 4:
@@ -177,16 +222,23 @@ class _Run:
         self.clean_known = torch.zeros(n, dtype=torch.bool, device=dev)
         self.pred = y.clone()
         self.extra: dict[str, Any] = {}  # additional per-sample result fields (e.g. epsilon)
+        self.labels_checked = False  # labels/targets against the logits' width, at the first forward
 
     # ----------------------------------------------------------------------------------------- model passes
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's float logits at x (no counting)."""
-        return _model_logits(self.model, x, self.channels_last)
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's float logits at x (samples `idx`; no counting), checked: finite, and the first time, every
+        label and target below the logits' width (a model without class names is checked this way)."""
+        logits = _model_logits(self.model, x, self.channels_last)
+        labels = None
+        if not self.labels_checked:
+            labels = {"labels": self.y, "targets": self.t}
+            self.labels_checked = True
+        return check_logits(logits, labels, samples=idx, where="during the attack")
 
     def logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Logits at x (samples `idx`), no gradient: one forward each."""
         with torch.no_grad():
-            out = self.forward(x)
+            out = self.forward(x, idx)
         self.forwards[idx] += 1
         return out
 
@@ -198,11 +250,12 @@ class _Run:
         """
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            logits = self.forward(xg)
+            logits = self.forward(xg, idx)
             obj = self.objective(logits, idx, loss)
             (g,) = torch.autograd.grad(obj.sum(), xg)
         self.forwards[idx] += 1
         self.backwards[idx] += 1
+        check_gradient(g, idx)
         return logits.detach(), obj.detach(), g
 
     def objective(self, logits: torch.Tensor, idx: torch.Tensor, loss: str) -> torch.Tensor:
@@ -321,13 +374,14 @@ class Attack:
             check_same_shape(images, init, "images", "init")
         device = torch.device(self.device) if self.device is not None else model_device(self.model)
         seeds = sample_seeds(self.seed, n)
-        x = images.detach().to(device)
+        x = images.detach().to(device=device, dtype=compute_dtype(self.model))  # float64/16 images: model's dtype
         everyone = torch.arange(n, device=device)
         with probing(self.model):
             clean_logits = None
             if labels is None:
                 with torch.no_grad():
-                    clean_logits = _model_logits(self.model, x, self.channels_last)
+                    clean_logits = check_logits(_model_logits(self.model, x, self.channels_last),
+                                                {"targets": targets}, where="at the clean images")
                 labels = clean_logits.argmax(1)
             y = labels.to(device)
             t = targets.to(device) if targets is not None else None
@@ -350,11 +404,14 @@ class Attack:
         return self._result(images, run, **run.extra)
 
     def _result(self, images: torch.Tensor, run: _Run, **extra: Any) -> AttackResult:
-        dev, dtype = images.device, images.dtype
+        """Results on the inputs' device, in the wider of the inputs' and the model's dtype (so the returned images
+        are the ones the model judged: float16 inputs to a float32 model come back as float32)."""
+        dev, dtype = images.device, torch.promote_types(images.dtype, run.x.dtype)
         adv = run.out.to(device=dev, dtype=dtype).contiguous(memory_format=_layout(images))
+        clean = images.detach().to(dtype)
         return AttackResult(
             images=adv, labels=run.y.to(dev), success=run.success.to(dev), predictions=run.pred.to(dev),
-            clean_success=run.clean_success.to(dev), l2=l2_distance(adv, images), linf=linf_distance(adv, images),
+            clean_success=run.clean_success.to(dev), l2=l2_distance(adv, clean), linf=linf_distance(adv, clean),
             forwards=run.forwards.to(dev), backwards=run.backwards.to(dev), seeds=run.seeds,
             targets=None if run.t is None else run.t.to(dev), attack=type(self).__name__, params=self.params(),
             **{k: v.to(dev) for k, v in extra.items()})

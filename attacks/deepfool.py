@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import Attack, _Run, _view, check_positive_int
+from .base import Attack, _Run, _view, check_gradient, check_positive_int
 
 __all__ = ["DeepFool"]
 
@@ -65,7 +65,7 @@ class DeepFool(Attack):
                 ids = idx[pos]
                 with torch.enable_grad():
                     xg = x.detach().requires_grad_(True)
-                    logits = run.forward(xg)
+                    logits = run.forward(xg, ids)
                 run.forwards[ids] += 1
                 out = logits.detach()
                 if it == 0:
@@ -96,6 +96,7 @@ class DeepFool(Attack):
                         grads.append(g[keep])
                 run.backwards[ids[keep]] += kc.shape[1]
                 w = torch.stack(grads, 1)  # (n, K, C, H, W)
+                check_gradient(w, ids[keep])
                 wn = w.flatten(2).norm(dim=2)  # (n, K)
                 dist = f.detach().abs() / (wn + 1e-8)
                 best = dist.argmin(1)

@@ -193,33 +193,36 @@ class FGSM(PGD):
 
 
 class MinimalEpsilon(Attack):
-    """Per-sample smallest PGD budget that flips the model, by bisection (see `minimal_epsilon`)."""
+    """Per-sample smallest PGD budget that flips the model, by geometric bisection (see `minimal_epsilon`)."""
 
     name = "minimal_epsilon"
 
     def __init__(self, model: nn.Module, *, norm: str = "linf", max_eps: float | None = None,
-                 search_steps: int = 10, steps: int = 20, restarts: int = 1, random_start: bool = True,
-                 loss: str = "ce", seed: int | Sequence[int] | None = None, device: str | torch.device | None = None,
+                 min_eps: float | None = None, rtol: float = 0.05, search_steps: int | None = None, steps: int = 20,
+                 restarts: int = 1, random_start: bool = True, loss: str = "ce",
+                 seed: int | Sequence[int] | None = None, device: str | torch.device | None = None,
                  progress: bool = False, channels_last: bool = True) -> None:
         super().__init__(model, early_stop=True, seed=seed, device=device, progress=progress,
                          channels_last=channels_last)
         self.norm = check_choice(norm, NORMS, "norm")
-        if max_eps is None:
-            max_eps = 0.1 if self.norm == "linf" else 10.0
-        self.max_eps = check_budget(max_eps, "max_eps")
-        if not (isinstance(self.max_eps, float) and self.max_eps > 0):
-            raise ValueError(f"max_eps must be a positive number, got {max_eps!r}")
-        if not isinstance(search_steps, int) or search_steps < 0:
-            raise ValueError(f"search_steps must be a non-negative int, got {search_steps!r}")
-        self.search_steps = search_steps
+        self.max_eps = _positive((0.1 if self.norm == "linf" else 10.0) if max_eps is None else max_eps, "max_eps")
+        self.min_eps = self.max_eps * 1e-4 if min_eps is None else _positive(min_eps, "min_eps")
+        if not self.min_eps < self.max_eps:
+            raise ValueError(f"min_eps ({self.min_eps:g}) must be below max_eps ({self.max_eps:g})")
+        self.rtol = _positive(rtol, "rtol")
+        if search_steps is not None and (isinstance(search_steps, bool) or not isinstance(search_steps, int)
+                                         or search_steps < 0):
+            raise ValueError(f"search_steps must be a non-negative int or None, got {search_steps!r}")
+        needed = math.ceil(math.log2(math.log(self.max_eps / self.min_eps) / math.log1p(self.rtol)))
+        self.search_steps = max(needed, 0) if search_steps is None else min(search_steps, max(needed, 0))
         # the PGD run at each budget (validates steps/restarts/loss); its eps is set per round
         self.pgd = PGD(model, self.max_eps, self.norm, steps, random_start=random_start, restarts=restarts,
                        loss=loss, early_stop=True)
 
     def params(self) -> dict[str, Any]:
-        return {"norm": self.norm, "max_eps": self.max_eps, "search_steps": self.search_steps,
-                "steps": self.pgd.steps, "restarts": self.pgd.restarts, "random_start": self.pgd.random_start,
-                "loss": self.pgd.loss}
+        return {"norm": self.norm, "max_eps": self.max_eps, "min_eps": self.min_eps, "rtol": self.rtol,
+                "search_steps": self.search_steps, "steps": self.pgd.steps, "restarts": self.pgd.restarts,
+                "random_start": self.pgd.random_start, "loss": self.pgd.loss}
 
     def _needs_clean_first(self) -> bool:
         return True  # an already-fooled sample has minimal budget 0
@@ -235,10 +238,12 @@ class MinimalEpsilon(Attack):
         return sub
 
     def _run(self, run: _Run, idx: torch.Tensor, init: torch.Tensor | None) -> None:
-        m = idx.numel()
-        dev = run.x.device
-        hi = torch.full((m,), self.max_eps, device=dev, dtype=run.x.dtype)
-        lo = torch.zeros_like(hi)
+        """PGD at max_eps, then bisection of log(eps) on the fooled samples: [lo, hi] with hi flipping, lo the
+        floor or a budget that did not flip, until hi / lo <= 1 + rtol (or `search_steps` rounds)."""
+        m, dev, dtype = idx.numel(), run.x.device, run.x.dtype
+        hi = torch.full((m,), self.max_eps, device=dev, dtype=dtype)
+        lo = torch.full_like(hi, self.min_eps)
+        failed = torch.zeros(m, dtype=torch.bool, device=dev)  # some budget below hi did not flip
         with tqdm(total=1 + self.search_steps, disable=not self.progress, desc="minimal_epsilon",
                   unit="round") as bar:
             first = self._pgd_round(run, idx, hi)
@@ -246,41 +251,64 @@ class MinimalEpsilon(Attack):
             found = first.success.clone()
             best_x, best_pred = first.out.clone(), first.pred.clone()
             for _ in range(self.search_steps):
-                act = found.nonzero().flatten()
+                act = (found & (hi > lo * (1 + self.rtol))).nonzero().flatten()
                 if act.numel() == 0:
                     break
-                mid = (lo[act] + hi[act]) / 2
+                mid = torch.sqrt(lo[act] * hi[act])
                 sub = self._pgd_round(run, idx[act], mid)
                 ok = sub.success
-                a = act[ok]
+                a, b = act[ok], act[~ok]
                 hi[a] = mid[ok]
                 best_x[a], best_pred[a] = sub.out[ok], sub.pred[ok]
-                lo[act[~ok]] = mid[~ok]
+                lo[b], failed[b] = mid[~ok], True
                 bar.update(1)
         run.set(idx, best_x, found, best_pred)
-        if "epsilon" not in run.extra:
-            run.extra["epsilon"] = torch.full_like(run.y, math.inf, dtype=run.x.dtype).masked_fill(run.clean_success,
-                                                                                                  0.0)
-        eps = run.extra["epsilon"]
+        eps, lower, at_floor = self._fields(run)
         eps[idx] = torch.where(found, hi, torch.full_like(hi, math.inf))
+        lower[idx] = torch.where(found, torch.where(failed, lo, torch.zeros_like(lo)),
+                                 torch.full_like(lo, self.max_eps))
+        at_floor[idx] = found & ~failed
+
+    def _fields(self, run: _Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The per-sample epsilon, epsilon_lower and at_floor of the run (0, 0, False for every sample at first:
+        samples misclassified clean keep these)."""
+        if "epsilon" not in run.extra:
+            z = torch.zeros(run.x.shape[0], device=run.x.device, dtype=run.x.dtype)
+            run.extra.update(epsilon=z, epsilon_lower=z.clone(), at_floor=torch.zeros_like(z, dtype=torch.bool))
+        return run.extra["epsilon"], run.extra["epsilon_lower"], run.extra["at_floor"]
+
+    def _result(self, images: torch.Tensor, run: _Run, **extra: Any) -> AttackResult:
+        self._fields(run)  # every sample misclassified clean: _run never ran
+        return super()._result(images, run, **run.extra)
+
+
+def _positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None, *,
-                    norm: str = "linf", max_eps: float | None = None, search_steps: int = 10, steps: int = 20,
-                    restarts: int = 1, random_start: bool = True, loss: str = "ce",
-                    targets: torch.Tensor | Sequence[int] | None = None, seed: int | Sequence[int] | None = None,
-                    device: str | torch.device | None = None, progress: bool = False,
-                    channels_last: bool = True) -> AttackResult:
-    """Per-sample smallest flipping budget: PGD (early stop) at `max_eps`, then `search_steps` rounds of bisection
-    on the samples it fooled, each round halving the interval [lo, hi] whose upper end is known to flip.
+                    norm: str = "linf", max_eps: float | None = None, min_eps: float | None = None,
+                    rtol: float = 0.05, search_steps: int | None = None, steps: int = 20, restarts: int = 1,
+                    random_start: bool = True, loss: str = "ce", targets: torch.Tensor | Sequence[int] | None = None,
+                    seed: int | Sequence[int] | None = None, device: str | torch.device | None = None,
+                    progress: bool = False, channels_last: bool = True) -> AttackResult:
+    """Per-sample smallest flipping budget: PGD (early stop) at `max_eps`, then bisection of log(eps) on the
+    samples it fooled, between the floor `min_eps` (default max_eps / 1e4) and the smallest budget known to flip,
+    until the two are within a factor 1 + `rtol` (about log2(log(max_eps / min_eps) / log(1 + rtol)) rounds: 8 with
+    the defaults; `search_steps` caps them).
 
-    The over-sensitivity counterpart of LST distances: `result.epsilon` is the budget (in `norm`; 0 for samples
-    already misclassified, inf where `max_eps` did not flip the model), `result.images` the adversarial images found
-    at that budget, `result.l2` / `result.linf` their actual perturbation norms. Resolution: max_eps / 2**search_steps.
-    Default max_eps: 0.1 (l-inf) or 10 (l2) in [0, 1] pixel units.
+    The over-sensitivity counterpart of LST distances. Per sample: `result.epsilon` is a budget at which PGD flipped
+    the model (an upper bound of the minimal one; 0 for samples already misclassified, inf where `max_eps` did not
+    flip the model: not found), `result.epsilon_lower` the largest budget at which it failed (so epsilon /
+    epsilon_lower <= 1 + rtol unless `search_steps` stopped the search), `result.at_floor` marks samples flipped at
+    every budget tried down to the floor (their budget is only known to be <= epsilon); `result.epsilon_text()`
+    prints each as a table should ("0", "<= x", "> max_eps", "x"). `result.images` are the adversarial images found
+    at `epsilon`, `result.l2` / `result.linf` their actual perturbation norms. Default max_eps: 0.1 (l-inf) or 10
+    (l2) in [0, 1] pixel units.
     """
-    attack = MinimalEpsilon(model, norm=norm, max_eps=max_eps, search_steps=search_steps, steps=steps,
-                            restarts=restarts, random_start=random_start, loss=loss, seed=seed, device=device,
-                            progress=progress, channels_last=channels_last)
+    attack = MinimalEpsilon(model, norm=norm, max_eps=max_eps, min_eps=min_eps, rtol=rtol, search_steps=search_steps,
+                            steps=steps, restarts=restarts, random_start=random_start, loss=loss, seed=seed,
+                            device=device, progress=progress, channels_last=channels_last)
     return attack(images, labels, targets=targets)
-

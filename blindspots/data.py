@@ -10,30 +10,77 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["to_tensor", "prepare", "demo_photos", "load_image_folder", "DEMO_PHOTOS", "IMAGE_SUFFIXES"]
+__all__ = ["to_tensor", "read_image", "prepare", "demo_photos", "load_image_folder", "DEMO_PHOTOS", "IMAGE_SUFFIXES"]
 
 # scikit-image's bundled colour photos (public domain / CC0): all ship with the package, none is downloaded.
 DEMO_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxW, HxWx3 or HxWx4 uint8/float array -> float (3, H, W) tensor in [0, 1]."""
+def to_tensor(image: np.ndarray, name: str = "image") -> torch.Tensor:
+    """HxW, HxWx2 (grey + alpha), HxWx3 or HxWx4 array -> float (3, H, W) tensor in [0, 1], by the array's bit depth.
+
+    uint8 is divided by 255 and uint16 (16-bit PNG/TIFF) by 65535; bool is 0/1; float arrays must already be in
+    [0, 1]. Anything else (signed or 32-bit integers, floats outside [0, 1]) raises, naming `name`, rather than
+    being guessed at. Alpha is dropped.
+    """
     arr = np.asarray(image)
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"{name}: expected an HxW, HxWx3 or HxWx4 image, got shape {arr.shape}")
+    arr = arr[..., :1] if arr.shape[-1] <= 2 else arr[..., :3]
+    if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):  # 8- or 16-bit, either byte order
+        arr = arr.astype(np.float32) / float(2 ** (8 * arr.dtype.itemsize) - 1)
     elif arr.dtype == bool:
         arr = arr.astype(np.float32)
-    else:
+    elif np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float32)
-        if arr.max() > 1.0:
-            arr = arr / 255.0
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).clamp(0, 1)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name}: a float image with NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{name}: a float image must have values in [0, 1], found [{lo:.4g}, {hi:.4g}]; "
+                             "rescale it (or save it as 8- or 16-bit)")
+    else:
+        raise ValueError(f"{name}: {arr.dtype} pixels have no known range; save the image as 8- or 16-bit "
+                         "unsigned integers or as floats in [0, 1]")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """One image file as a float (3, H, W) tensor in [0, 1], by its real bit depth (see `to_tensor`).
+
+    TIFFs are read with tifffile (8/16-bit and float), everything else with Pillow: palette, CMYK and YCbCr images
+    are converted to RGB, 16-bit grey PNGs kept at 16 bits (Pillow reads 16-bit colour PNGs at 8-bit precision).
+    A missing, truncated or non-image file, or a folder, raises one line naming it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
+                arr = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001 - PIL/tifffile errors do not name the file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot read image {path}: {reason} (truncated, corrupt or not an image?)") from exc
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (separate) TIFF
+    return to_tensor(arr, str(path))
 
 
 def prepare(images: torch.Tensor, size: int = 224, crop_fraction: float = 224 / 256) -> torch.Tensor:
@@ -73,8 +120,6 @@ def load_image_folder(folder: str | os.PathLike, size: int | None = 224, limit: 
     Each image is centre-cropped to `crop_fraction` of its shorter side and resized to `size` (None: keep the
     cropped size; the images must then agree in size). The defaults are ImageNet's Resize 256 + CenterCrop 224.
     """
-    from skimage import io
-
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
@@ -89,7 +134,7 @@ def load_image_folder(folder: str | os.PathLike, size: int | None = 224, limit: 
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     images = []
     for p in files:
-        x = to_tensor(io.imread(p))
+        x = read_image(p)
         if size is None and crop_fraction == 1.0 and x.shape[-1] == x.shape[-2]:
             images.append(x)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -103,6 +104,12 @@ class Classifier(nn.Module):
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of float images in [0, 1]; images of another floating dtype (float64, float16, bfloat16) are cast
+        to the model's (gradients flow back through the cast)."""
+        dtype = next((t.dtype for t in itertools.chain(self.model.parameters(), self.model.buffers())
+                      if t.is_floating_point()), None)
+        if dtype is not None and images.is_floating_point() and images.dtype != dtype:
+            images = images.to(dtype)
         out = self.model(self.normalize(images))
         return self._select(out, images.shape[0])
 
@@ -188,13 +195,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - SafetensorError does not name the file
+            raise ValueError(f"{path} is not a readable .safetensors file (truncated or corrupt?): "
+                             f"{_first_line(exc)}") from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError for anything beyond plain tensors and containers
-            raise ValueError(f"{path} could not be loaded safely with weights_only=True (it may contain arbitrary "
-                             f"pickled objects); re-save it as a plain state dict or .safetensors: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - torch's messages do not name the file and span many lines
+            detail = _first_line(exc)
+            if "Unsupported global" in str(exc):  # a class or function beyond tensors and plain containers
+                raise ValueError(f"{path} holds pickled objects that weights_only=True refuses to run ({detail}); "
+                                 "re-save it as a plain state dict or .safetensors") from exc
+            if isinstance(exc, pickle.UnpicklingError):  # garbage, or a plain pickle the safe reader cannot follow
+                raise ValueError(f"{path} cannot be read with weights_only=True (corrupt, or not a torch.save file "
+                                 f"of tensors?): {detail}; re-save it as a plain state dict or .safetensors") from exc
+            raise ValueError(f"{path} is not a readable torch weights file (truncated or corrupt?): {detail}") from exc
     for _ in range(3):
         if isinstance(state, Mapping) and not _is_state_dict(state):
             inner = next((state[k] for k in _WRAPPER_KEYS if k in state and isinstance(state[k], Mapping)), None)
@@ -207,6 +224,17 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    """The telling line of a library error: torch's weights-only detail, else the first non-empty line."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # torch's detail follows this marker, on its line or the next
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].strip()
+        if detail:
+            return detail.splitlines()[0][:200]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -300,9 +328,21 @@ def _imagenet_lite0(weights: str | os.PathLike | None, pretrained: bool, num_cla
 
 
 def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """`timm.create_model` with clear errors: an unknown name, or pretrained weights that cannot be downloaded."""
+    """`timm.create_model` with clear errors: an unknown name, or pretrained weights that cannot be downloaded.
+
+    Offline, pretrained weights that are not cached fail at once (not after a minute of hub retries): the hub's
+    host (or the weights' URL host) is probed with one TCP connection and a 3 s timeout, and HF_HUB_OFFLINE=1 is
+    honoured, before timm tries to download.
+    """
     import timm
 
+    if pretrained:
+        from .validation import timm_download_blocked
+
+        reason = timm_download_blocked(name)
+        if reason:
+            raise RuntimeError(f"cannot get pretrained weights for timm:{name}: {reason}; download them elsewhere "
+                               "and pass weights=PATH to a local .safetensors/.pth file")
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["plot_triangle", "plot_path_confidence", "plot_tube_width", "lst_grid", "lst_curves"]
+__all__ = ["plot_triangle", "plot_path_confidence", "plot_tube_width", "lst_grid", "lst_curves", "plain_text"]
 
 
 def _figure(width: float, height: float):
@@ -26,7 +26,26 @@ def _figure(width: float, height: float):
     return fig
 
 
+def plain_text(fig) -> None:
+    """Show every title, label, annotation and legend entry of `fig` as typed: names of files and classes may hold
+    `$...$`, which matplotlib would parse as math text (and fail on at save time). Tick labels and axis offsets,
+    which matplotlib formats with math text itself (log scales), are left alone."""
+    from matplotlib.text import Text
+
+    generated = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            generated.add(id(axis.offsetText))
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                generated.update((id(tick.label1), id(tick.label2)))
+    for text in fig.findobj(Text):
+        if id(text) not in generated:
+            text.set_parse_math(False)
+
+
 def _save(fig, path: str | os.PathLike | None, dpi: int = 120) -> None:
+    """Make `fig`'s texts plain (see `plain_text`), then save it as a PNG when `path` is given."""
+    plain_text(fig)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
-__all__ = ["check_images", "check_labels", "check_same_shape"]
+__all__ = ["check_images", "check_labels", "check_logits", "check_same_shape", "timm_download_blocked"]
 
 
 def check_images(images: object, name: str = "images", *, channels: int | None = None) -> torch.Tensor:
@@ -46,11 +49,33 @@ def check_labels(labels: object, n: int, num_classes: int | None, name: str = "l
     labels = labels.long()
     if labels.is_inference():  # made under torch.inference_mode: autograd could not save it
         labels = labels.clone()
-    if num_classes is not None and n > 0:
+    if n > 0:
         lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"{name} out of range: found [{lo}, {hi}], the model has {num_classes} classes")
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            have = f"the model has {num_classes} classes" if num_classes is not None else "class indices start at 0"
+            raise ValueError(f"{name} out of range: found [{lo}, {hi}], {have}")
     return labels
+
+
+def check_logits(logits: torch.Tensor, labels: dict[str, torch.Tensor | None] | None = None, *,
+                 samples: torch.Tensor | None = None, where: str = "") -> torch.Tensor:
+    """Check a model's output: logits (N, C) with finite values, and every class index in `labels` (name ->
+    indices or None) below the logits' width C, so a model without class names is checked too. `samples` maps
+    rows to batch positions for the message; `where` says at which images (e.g. "at an attacked image")."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits of shape (N, C), got {shape}")
+    for name, idx in (labels or {}).items():
+        if idx is not None:
+            check_labels(idx, idx.shape[0], logits.shape[1], name)
+    finite = torch.isfinite(logits)
+    if not bool(finite.all()):
+        bad = (~finite).any(1).nonzero().flatten()
+        if samples is not None:
+            bad = samples[bad.to(samples.device)]
+        raise ValueError(f"the model returned NaN or infinite logits{' ' + where if where else ''} "
+                         f"for samples {bad.tolist()[:10]}")
+    return logits
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
@@ -60,3 +85,43 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
                          f"and {b.shape[0]} {name_b}")
     if a.shape != b.shape:
         raise ValueError(f"{name_a} and {name_b} must have the same image shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+
+
+def timm_download_blocked(name: str, timeout: float = 3.0) -> str | None:
+    """Why timm's pretrained weights for `name` cannot be fetched now, or None (cached, a host answers, or no
+    pretrained config: timm then says so itself). Checked before timm's download, whose hub retries take about a
+    minute offline: HF_HUB_OFFLINE is honoured, else one TCP connection to the download host with `timeout`."""
+    import socket
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - an unknown name: timm.create_model raises its own error
+        return None
+    if cfg is None:
+        return None
+    hosts = []
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+            return None
+        hosts.append(urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co"))
+    elif cfg.url:  # timm downloads from the hub whenever the config names a hub repo
+        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file():
+            return None
+        hosts.append(urlparse(cfg.url))
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set and they are not in the local cache"
+    hosts = [h for h in hosts if h.hostname]
+    for url in hosts:
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            return None
+        except OSError:
+            continue
+    where = ", ".join(h.netloc for h in hosts) or "no download host"
+    return f"they are not cached and {where} cannot be reached (offline?)"

@@ -119,7 +119,7 @@ def _run_detection(cfg: DetectRun, out: Path) -> dict[str, Any]:
         "validation": validation,
         "curve": {**{k: [_num(v) for v in curve[k]] for k in ("bin_edges", "completeness", "lower", "upper")},
                   "n_true": [int(v) for v in curve["n_true"]]},
-        "ap50": ap50(preds, test.targets),
+        "ap50": ap50(preds, test.targets, score_floor=preset_threshold),  # detections cut at the preset's score
         "eval_seconds_per_image": eval_seconds / cfg.n_test,
         "real_hosts": _real_host_completeness(det, cfg, sim, rule, threshold) if cfg.hosts else None,
     }
@@ -196,7 +196,9 @@ def format_summary(s: dict[str, Any]) -> str:
              f"  {s['rule']}, {figures(s)} [threshold: {s['threshold_from']}]"]
     if s["validation"] is not None:
         lines.append(f"  at the preset's threshold, {figures(s['at_preset_threshold'])}")
-    lines.append(f"  AP50 clump {_fmt(s['ap50'].get('clump'))}, odd clump {_fmt(s['ap50'].get('odd_clump'))}")
+    floor = s["ap50"].get("score_floor", 0.0)
+    lines.append(f"  AP50{f' of detections with score >= {floor:g} (a lower bound)' if floor else ''} clump "
+                 f"{_fmt(s['ap50'].get('clump'))}, odd clump {_fmt(s['ap50'].get('odd_clump'))}")
     real = s.get("real_hosts")
     if real is not None:
         lines.append(f"  clumps injected into {real['n_hosts']} real hosts ({real['n_images']} images): completeness "

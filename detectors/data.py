@@ -113,12 +113,35 @@ def _ids(image_ids: Sequence[Any] | None, n: int) -> list[str]:
     return ids
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_text(text: str) -> str:
+    """A text cell a spreadsheet would run as a formula (it starts with = + - @) gets a leading apostrophe, as
+    OWASP advises; numbers are left alone. `_from_csv_text` undoes it."""
+    return "'" + text if text.startswith(_FORMULA_START) and not _is_number(text) else text
+
+
+def _from_csv_text(text: str) -> str:
+    inner = text[1:]
+    return inner if text.startswith("'") and inner.startswith(_FORMULA_START) and not _is_number(inner) else text
+
+
 def write_boxes_csv(path: str | os.PathLike, targets: Sequence[Mapping[str, Any]],
                     image_ids: Sequence[Any] | None = None) -> Path:
     """Write targets (or predictions, with a `score` column) as a Clump Scout-style CSV, one row per box.
 
     `image_ids` default to "0", "1", ...; images without boxes get a row with only their id. Floats are written
-    exactly (float32 values round-trip)."""
+    exactly (float32 values round-trip); an id a spreadsheet would run as a formula (=, +, -, @) is written with a
+    leading apostrophe, which `read_boxes_csv` removes."""
     ids = _ids(image_ids, len(targets))
     checked = [check_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
     extra = [c for c in _OPTIONAL if any(_TARGET_KEY[c] in t for t in checked)]
@@ -134,11 +157,11 @@ def write_boxes_csv(path: str | os.PathLike, targets: Sequence[Mapping[str, Any]
         for image_id, t in zip(ids, checked):
             k = t["boxes"].shape[0]
             if k == 0:
-                w.writerow([image_id] + [""] * (len(_CSV_COLUMNS) - 1 + len(extra)))
+                w.writerow([_csv_text(image_id)] + [""] * (len(_CSV_COLUMNS) - 1 + len(extra)))
                 continue
             labels = t.get("labels", torch.ones(k, dtype=torch.int64))
             for j in range(k):
-                row = [image_id] + [repr(float(v)) for v in t["boxes"][j].tolist()] + [int(labels[j])]
+                row = [_csv_text(image_id)] + [repr(float(v)) for v in t["boxes"][j].tolist()] + [int(labels[j])]
                 row += [repr(float(t[_TARGET_KEY[c]][j])) for c in extra]
                 w.writerow(row)
     return path
@@ -160,7 +183,7 @@ def read_boxes_csv(path: str | os.PathLike) -> BoxTable:
                              f"{','.join(_CSV_COLUMNS)} (found {header})")
         for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            image_id = row["image_id"]
+            image_id = _from_csv_text(row["image_id"])
             if not image_id:
                 raise ValueError(f"{path}, line {line}: empty image_id")
             rows.setdefault(image_id, [])

@@ -282,7 +282,8 @@ def average_precision(predictions: Sequence[Mapping], targets: Sequence[Mapping]
                       label: int | None = None, class_aware: bool = True) -> float:
     """Average precision with all-point interpolation (the area under the monotone precision envelope of the
     precision-recall curve, PASCAL VOC 2010+), detections pooled over images in descending score. With the
-    default rule this is AP50. `label` restricts to one class; NaN when there are no truths."""
+    default rule this is AP50. `label` restricts to one class; NaN when there are no truths. Of the detections
+    given: predictions already cut at a score threshold give a truncated AP, a lower bound (see `ap50`)."""
     scores, matched, n_true = _pooled(_prepare(predictions, targets, label), rule, class_aware)
     if n_true == 0:
         return float("nan")
@@ -300,10 +301,28 @@ def average_precision(predictions: Sequence[Mapping], targets: Sequence[Mapping]
     return float(np.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1]))
 
 
-def ap50(predictions: Sequence[Mapping], targets: Sequence[Mapping], classes: Sequence[int] = (1, 2)
-         ) -> dict[str, float]:
+def ap50(predictions: Sequence[Mapping], targets: Sequence[Mapping], classes: Sequence[int] = (1, 2), *,
+         score_floor: float | None = None) -> dict[str, float]:
     """AP at IoU >= 0.5 per class ("clump", "odd_clump" for labels 1 and 2, else "class_<k>"), their mean over the
-    classes that have truths ("mAP50"), and the class-agnostic AP ("agnostic")."""
+    classes that have truths ("mAP50"), the class-agnostic AP ("agnostic"), and "score_floor".
+
+    `score_floor` (required) is the score below which the detector already dropped its detections (its box score
+    threshold): 0 when the predictions hold every detection, which gives the detector's AP. Predictions cut at a
+    threshold give a truncated AP: the precision-recall curve stops at that threshold's recall, so the figure is a
+    lower bound of the detector's AP and must be reported as "AP50 (scores >= floor)". For the detector's AP, run it
+    with its score threshold at 0 and filter by score afterwards for completeness and purity.
+    """
+    if score_floor is None:
+        raise ValueError("ap50 needs score_floor=: the score threshold the predictions were cut at (0 when they hold "
+                         "every detection); AP of thresholded detections is only a lower bound of the detector's AP")
+    if not (isinstance(score_floor, (int, float)) and not isinstance(score_floor, bool)
+            and 0.0 <= score_floor <= 1.0):
+        raise ValueError(f"score_floor must be a score in [0, 1], got {score_floor!r}")
+    low = [i for i, p in enumerate(predictions) if isinstance(p, Mapping) and "scores" in p and len(p["scores"])
+           and float(torch.as_tensor(p["scores"]).min()) < score_floor - 1e-6]
+    if low:
+        raise ValueError(f"score_floor={score_floor:g} but predictions of images {low[:5]} hold lower scores; pass the "
+                         "threshold the detections were actually cut at")
     names = {1: "clump", 2: "odd_clump"}
     out: dict[str, float] = {}
     for k in classes:
@@ -311,6 +330,7 @@ def ap50(predictions: Sequence[Mapping], targets: Sequence[Mapping], classes: Se
     vals = [v for v in out.values() if not math.isnan(v)]
     out["mAP50"] = float(np.mean(vals)) if vals else float("nan")
     out["agnostic"] = average_precision(predictions, targets, STRICT, class_aware=False)
+    out["score_floor"] = float(score_floor)
     return out
 
 
@@ -368,6 +388,9 @@ def draw_detections(image: torch.Tensor, target: Mapping[str, Any] | None = None
     ax.set_ylim(image.shape[1], 0)
     ax.set_axis_off()
     ax.set_title(title if title is not None else f"{n_true} true (solid), {n_pred} detected (dashed)", fontsize=9)
+    from blindspots.plots import plain_text
+
+    plain_text(fig)  # a title holding a file name with $...$ is not math
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -406,7 +406,7 @@ def test_average_precision_hand_computed():
     p1 = _p([[0, 0, 10, 10], [60, 0, 70, 10]], [0.9, 0.8])
     p2 = _p([[20, 0, 30, 10], [80, 0, 90, 10]], [0.7, 0.6])
     assert average_precision([p1, p2], [t1, t2]) == pytest.approx(5 / 9)
-    res = ap50([pred], [target])
+    res = ap50([pred], [target], score_floor=0.0)
     assert res["clump"] == pytest.approx(5 / 9) and math.isnan(res["odd_clump"]) and res["mAP50"] == res["clump"]
     # the envelope matters: TP, FP, FP, TP, TP -> precision 1, 1/2, 1/3, 1/2, 3/5 at recall 1/3 .. 1;
     # the step to recall 2/3 is credited with the later, higher precision 3/5
