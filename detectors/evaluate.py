@@ -24,7 +24,11 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from blindspots.stats import wilson_interval
+
 from .data import check_target
+
+ONE_SIGMA = 0.6826894921370859  # error bars: the Wilson interval at one standard deviation
 
 __all__ = [
     "MatchRule",
@@ -224,18 +228,6 @@ def evaluate_detections(predictions: Sequence[Mapping], targets: Sequence[Mappin
                            float(score_threshold))
 
 
-def _wilson(k: np.ndarray, n: np.ndarray, z: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion (z = 1: 68%)."""
-    k, n = k.astype(np.float64), n.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        denom = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo, hi = centre - half, centre + half
-    return np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)
-
-
 def completeness_vs_flux(predictions: Sequence[Mapping], targets: Sequence[Mapping],
                          bins: Sequence[float] | np.ndarray | None = None, rule: MatchRule = STRICT, *,
                          score_threshold: float = 0.0, label: int | None = 1,
@@ -244,7 +236,7 @@ def completeness_vs_flux(predictions: Sequence[Mapping], targets: Sequence[Mappi
 
     `bins` are edges (default: 8 log-spaced bins over 0.25-16%); truths outside them are left out. `label`
     (default 1, clumps) restricts both sides to one class. Returns "bin_edges", "bin_centers" (geometric),
-    "completeness", "n_true", "n_matched", and the 68% Wilson interval "lower", "upper".
+    "completeness", "n_true", "n_matched", and the 68% (one-sigma) Wilson interval "lower", "upper" for error bars.
     """
     edges = np.geomspace(0.0025, 0.16, 9) if bins is None else np.asarray(bins, dtype=np.float64).reshape(-1)
     if edges.size < 2 or not np.all(np.diff(edges) > 0):
@@ -266,7 +258,7 @@ def completeness_vs_flux(predictions: Sequence[Mapping], targets: Sequence[Mappi
     n_true = np.bincount(idx[inside], minlength=edges.size - 1)
     n_matched = np.bincount(idx[inside], weights=m[inside].astype(np.float64), minlength=edges.size - 1)
     n_matched = n_matched.astype(np.int64)
-    lower, upper = _wilson(n_matched, n_true)
+    lower, upper = wilson_interval(n_matched, n_true, level=ONE_SIGMA)
     return {
         "bin_edges": edges,
         "bin_centers": np.sqrt(edges[:-1] * edges[1:]) if edges[0] > 0 else 0.5 * (edges[:-1] + edges[1:]),

@@ -181,14 +181,24 @@ def build_detector(
 
 @torch.no_grad()
 def detect(detector: nn.Module, images: torch.Tensor, batch_size: int = 16,
-           device: str | torch.device | None = None) -> list[dict[str, torch.Tensor]]:
+           device: str | torch.device | None = None, score_floor: float | None = None
+           ) -> list[dict[str, torch.Tensor]]:
     """Run the detector in eval mode on float (N, 3, H, W) images in [0, 1]; one dict of "boxes", "scores",
-    "labels" per image, on CPU. The detector's training mode is restored afterwards."""
+    "labels" per image, on CPU. The detector's training mode is restored afterwards.
+
+    `score_floor` replaces the detector's own score cut for this call (0.0: every scored box, as the average
+    precision needs); the figures at an operating point then filter by their own threshold."""
     from blindspots.validation import check_images
 
     check_images(images, "images")
     device = torch.device(device) if device is not None else model_device(detector)
     was_training = detector.training
+    heads = getattr(detector, "roi_heads", None)
+    kept_floor = getattr(heads, "score_thresh", None)
+    if score_floor is not None:
+        if heads is None:
+            raise ValueError("score_floor needs a torchvision detector (with roi_heads)")
+        heads.score_thresh = float(score_floor)
     detector.eval()
     try:
         out = []
@@ -197,4 +207,6 @@ def detect(detector: nn.Module, images: torch.Tensor, batch_size: int = 16,
             out += [{k: v.cpu() for k, v in d.items()} for d in detector(batch)]
     finally:
         detector.train(was_training)
+        if score_floor is not None:
+            heads.score_thresh = kept_floor
     return out

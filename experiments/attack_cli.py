@@ -8,7 +8,6 @@ other-class images (under-sensitivity); writes a CSV/JSON table and the scatter 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from blindspots.cli import add_common_options, positive_int, resolve_device
@@ -24,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm", choices=("linf", "l2"), default="linf", help="norm of the flipping budget")
     p.add_argument("--max-eps", type=float, default=None,
                    help="largest budget searched (default 0.1 for linf, 10 for l2; [0, 1] pixel units)")
-    p.add_argument("--search-steps", type=positive_int, default=8, help="bisection rounds of the budget search")
+    p.add_argument("--rtol", type=float, default=0.05,
+                   help="relative precision of the budget search (log-scale bisection; default %(default)s)")
+    p.add_argument("--search-steps", type=positive_int, default=None, help="cap on bisection rounds")
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps per budget")
     p.add_argument("--rounds", type=int, default=1, help="LST targets per image (0: skip LST)")
     add_common_options(p, "attack", iterations=160)
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rounds < 0:
         raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
+    if not 0 < args.rtol < 1:
+        raise ValueError(f"--rtol must lie in (0, 1), got {args.rtol}")
     if args.max_eps is not None and not args.max_eps > 0:
         raise ValueError(f"--max-eps must be > 0, got {args.max_eps}")
     device = resolve_device(args.device)
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "restart", "out", "device")}
     with RunStore(out, "attack", model=model, settings=settings, inputs={"images": images}, restart=args.restart):
         profile = sensitivity_profile(model, images, None, names=names, norm=args.norm, max_eps=args.max_eps,
-                                      search_steps=args.search_steps, steps=args.steps, rounds=args.rounds,
+                                      search_steps=args.search_steps, rtol=args.rtol, steps=args.steps,
+                                      rounds=args.rounds,
                                       config=config, seed=args.seed, device=device, progress=not args.quiet,
                                       checkpoint=out / "checkpoint", restart=args.restart)
         csv_path = profile.to_csv(out / "sensitivity.csv")
@@ -67,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
     unit = "l-inf" if args.norm == "linf" else "l2"
     print(f"{'image':<20} {'class':<28} {'min eps (' + unit + ')':>15} {'LST rms-l2 left':>16} {'conf kept':>10}")
     for r in profile.rows:
-        eps = r["min_eps"]
-        eps_s = f"> {profile.attack.params['max_eps']:.4g}" if math.isinf(eps) else f"{eps:.5f}"
-        print(f"{str(r['name'])[:20]:<20} {str(r['class_name'])[:28]:<28} {eps_s:>15} {r['lst_rms_l2']:>16.4f} "
+        print(f"{str(r['name'])[:20]:<20} {str(r['class_name'])[:28]:<28} {r['min_eps_text']:>15} {r['lst_rms_l2']:>16.4f} "
               f"{r['lst_confidence']:>10.3f}")
     print(f"wrote {csv_path}, {json_path}, {png_path}")
     return 0

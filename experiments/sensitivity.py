@@ -79,7 +79,8 @@ def sensitivity_profile(
     names: Sequence[str] | None = None,
     norm: str = "linf",
     max_eps: float | None = None,
-    search_steps: int = 8,
+    search_steps: int | None = None,
+    rtol: float = 0.05,
     steps: int = 20,
     rounds: int = 1,
     config: LSTConfig | None = None,
@@ -95,7 +96,8 @@ def sensitivity_profile(
         model: a `Classifier` (images in [0, 1]).
         images: (N, C, H, W) in [0, 1]; labels: (N,) classes (default: the model's predictions).
         names: one name per image for the table and figure (default: the index).
-        norm, max_eps, search_steps, steps: settings of `attacks.minimal_epsilon` (PGD steps per budget).
+        norm, max_eps, rtol, search_steps, steps: settings of `attacks.minimal_epsilon` (log-scale bisection to a
+            relative precision `rtol`, at most `search_steps` rounds; PGD steps per budget).
         rounds: LST targets per image, drawn by `derangement_pairs` (each image's target is an image of another
             class); 0 skips the under-sensitivity side (its columns are then NaN).
         config: LST settings (default `LSTConfig()`); seed: seeds both sides (LST round r uses seed + r * N).
@@ -105,7 +107,8 @@ def sensitivity_profile(
             naming what changed (unless `restart=True`).
 
     Row columns: index, name, label, class_name, min_eps (in `norm`; 0 if misclassified, inf if `max_eps` does not
-    flip it), adv_rms_l2, adv_linf (the perturbation found at min_eps), adv_success; lst_rms_l2 (RMS-l2 left to the
+    flip it), min_eps_text ("<= x" where the search reached its floor, "> max_eps" where nothing flipped),
+    min_eps_lower (the largest budget at which PGD failed), adv_rms_l2, adv_linf (the perturbation found at min_eps), adv_success; lst_rms_l2 (RMS-l2 left to the
     target after LST, mean over rounds; smaller = a larger blind spot), lst_rms_l2_min, lst_linf, lst_start_rms_l2
     (source-target distance), lst_fraction_left (lst_rms_l2 / lst_start_rms_l2), lst_confidence (source-class
     confidence at the end), lst_initial_confidence, lst_misclassified.
@@ -119,7 +122,8 @@ def sensitivity_profile(
     labels = _labels(model, images, labels, device)
     pairs = derangement_pairs(labels.cpu(), rounds, seed) if rounds > 0 else None  # clear error without targets
     config = config or LSTConfig()
-    settings = {"norm": norm, "max_eps": max_eps, "search_steps": search_steps, "steps": steps, "rounds": rounds,
+    settings = {"norm": norm, "max_eps": max_eps, "search_steps": search_steps, "rtol": rtol, "steps": steps,
+                "rounds": rounds,
                 "seed": seed, "config": config.to_dict()}
     store = None
     if checkpoint is not None:
@@ -127,7 +131,8 @@ def sensitivity_profile(
                          inputs={"images": images, "labels": labels}, restart=restart)
     try:
         adv = _stage(store, "adversarial", attacks.AttackResult, lambda: attacks.minimal_epsilon(
-            model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps, steps=steps, seed=seed,
+            model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps, rtol=rtol, steps=steps,
+            seed=seed,
             device=device, progress=progress))
         lst_results = [_stage(store, f"lst-round{r}", LSTResult, lambda r=r: level_set_traversal(
             model, images, images[pairs[r]], labels, config, target_labels=labels[pairs[r]], seed=seed + r * n,
@@ -160,7 +165,9 @@ def _row(i: int, names, labels, class_names, adv, lst_results: list[LSTResult]) 
     row: dict[str, Any] = {
         "index": i, "name": names[i] if names is not None else str(i), "label": lab,
         "class_name": class_names[lab] if class_names is not None else "",
-        "min_eps": float(adv.epsilon[i]), "adv_rms_l2": float(adv.rms_l2[i]), "adv_linf": float(adv.linf[i]),
+        "min_eps": float(adv.epsilon[i]), "min_eps_text": adv.epsilon_text()[i],
+        "min_eps_lower": float(adv.epsilon_lower[i]) if adv.epsilon_lower is not None else float("nan"),
+        "adv_rms_l2": float(adv.rms_l2[i]), "adv_linf": float(adv.linf[i]),
         "adv_success": bool(adv.success[i]),
     }
     rms = [float(res.rms_l2[i]) for res in lst_results]

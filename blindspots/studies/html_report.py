@@ -11,9 +11,12 @@ from typing import Any, Mapping, Sequence
 
 
 def figure_to_png(fig: Any, path: str | os.PathLike) -> Path:
-    """Save a matplotlib figure as PNG (Agg) and close it."""
+    """Save a matplotlib figure as PNG (Agg) and close it; its texts are shown as typed (no math parsing)."""
     import matplotlib.pyplot as plt
 
+    from ..plots import plain_text
+
+    plain_text(fig)
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
