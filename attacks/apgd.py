@@ -86,101 +86,125 @@ class APGD(Attack):
         return project(x + (z - x) * momentum + (x - s["x_old"]) * (1 - momentum), x0, eps, self.norm)
 
     def _run(self, run: _Run, idx: torch.Tensor, init: torch.Tensor | None) -> None:
-        m = idx.numel()
+        outcome = _Outcome(run, idx, self.early_stop)
         eps_all = run.eps(self.eps)[idx]
-        x0_all = run.x[idx]
-        dev = x0_all.device
+        with tqdm(total=self.restarts * (self.steps + 1), disable=not self.progress, desc="APGD", unit="step") as bar:
+            for r in range(self.restarts):
+                pos = (~outcome.committed).nonzero().flatten()  # with early stop, fooled samples are committed
+                if pos.numel() == 0:
+                    bar.update((self.restarts - r) * (self.steps + 1))
+                    break
+                self._restart(run, idx, init, r, pos, eps_all[pos], outcome, bar)
+        outcome.finish()
+
+    def _restart(self, run: _Run, idx, init, r: int, pos, eps, outcome: "_Outcome", bar) -> None:
+        """One restart of APGD on the samples at positions `pos`, with the step-size schedule of Croce & Hein
+        (checkpoints after 22% of the steps, then shorter by 3% down to 6%)."""
         T = self.steps
         first_k, min_k, decr = max(int(0.22 * T), 1), max(int(0.06 * T), 1), max(int(0.03 * T), 1)
-        # per-position outcome over restarts
-        found = torch.zeros(m, dtype=torch.bool, device=dev)
-        adv_x, adv_pred = x0_all.clone(), run.y[idx].clone()
-        top_x, top_pred = x0_all.clone(), run.y[idx].clone()
-        top_loss = torch.full((m,), float("-inf"), device=dev)
-        committed = torch.zeros(m, dtype=torch.bool, device=dev)
+        x0 = outcome.x0[pos]
+        if r == 0 and init is not None:
+            x = project(init[idx[pos]], x0, eps, self.norm)
+        else:
+            x = _apgd_start(x0, eps, self.norm, run.seeds[idx[pos].cpu()], stream=r)
+        logits, loss, grad = run.logits_and_grad(x, idx[pos], self.loss)
+        bar.update(1)
+        s = {"pos": pos, "x0": x0, "eps": eps, "x": x, "x_old": x.clone(), "grad": grad,
+             "x_best": x.clone(), "grad_best": grad.clone(), "loss_best": loss.clone(),
+             "pred_best": logits.argmax(1), "loss_prev": loss.clone(), "step": 2.0 * eps,
+             "n_incr": torch.zeros_like(loss), "loss_best_last": loss.clone(),
+             "reduced_last": torch.zeros(pos.numel(), dtype=torch.bool, device=x0.device)}
+        _shrink(s, outcome.observe(s, logits))
+        k, since = first_k, 0
+        for i in range(T):
+            if s["pos"].numel() == 0:
+                bar.update(T - i)
+                break
+            logits = self._iterate(run, idx, s, 1.0 if i == 0 else 0.75)
+            bar.update(1)
+            _shrink(s, outcome.observe(s, logits))
+            since += 1
+            if since == k:
+                _checkpoint(s, k, self.rho)
+                k, since = max(k - decr, min_k), 0
+        if s["pos"].numel():
+            outcome.keep_top(s)
 
-        def observe(s: dict[str, torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-            """Record the new iterate; return the mask of samples to drop (fooled, with early stop)."""
-            pos = s["pos"]
-            adv = run.is_adv(logits, idx[pos])
-            if self.early_stop:
-                if bool(adv.any()):
-                    run.commit(idx[pos[adv]], s["x"][adv], logits[adv])
-                    committed[pos[adv]] = True
-                return adv
-            a = pos[adv]
-            found[a], adv_x[a], adv_pred[a] = True, s["x"][adv], logits.argmax(1)[adv]
-            return torch.zeros_like(adv)
+    def _iterate(self, run: _Run, idx, s: dict[str, torch.Tensor], momentum: float) -> torch.Tensor:
+        """One APGD step for the samples in `s`; keeps each one's best point so far. Returns the new logits."""
+        x_new = self._candidate(s, momentum)
+        s["x_old"], s["x"] = s["x"], x_new
+        logits, loss, grad = run.logits_and_grad(x_new, idx[s["pos"]], self.loss)
+        s["grad"] = grad
+        improved = loss > s["loss_best"]
+        s["x_best"] = torch.where(_view(improved), x_new, s["x_best"])
+        s["grad_best"] = torch.where(_view(improved), grad, s["grad_best"])
+        s["pred_best"] = torch.where(improved, logits.argmax(1), s["pred_best"])
+        s["loss_best"] = torch.where(improved, loss, s["loss_best"])
+        s["n_incr"] = s["n_incr"] + (loss > s["loss_prev"]).to(loss.dtype)
+        s["loss_prev"] = loss
+        return logits
 
-        with tqdm(total=self.restarts * (T + 1), disable=not self.progress, desc="APGD", unit="step") as bar:
-            for r in range(self.restarts):
-                pos = (~committed).nonzero().flatten()  # with early stop, fooled samples are committed
-                if pos.numel() == 0:
-                    bar.update((self.restarts - r) * (T + 1))
-                    break
-                x0, eps = x0_all[pos], eps_all[pos]
-                if r == 0 and init is not None:
-                    x = project(init[idx[pos]], x0, eps, self.norm)
-                else:
-                    x = _apgd_start(x0, eps, self.norm, run.seeds[idx[pos].cpu()], stream=r)
-                logits, loss, grad = run.logits_and_grad(x, idx[pos], self.loss)
-                bar.update(1)
-                s = {"pos": pos, "x0": x0, "eps": eps, "x": x, "x_old": x.clone(), "grad": grad,
-                     "x_best": x.clone(), "grad_best": grad.clone(), "loss_best": loss.clone(),
-                     "pred_best": logits.argmax(1), "loss_prev": loss.clone(), "step": 2.0 * eps,
-                     "n_incr": torch.zeros_like(loss), "loss_best_last": loss.clone(),
-                     "reduced_last": torch.zeros(pos.numel(), dtype=torch.bool, device=dev)}
 
-                def shrink(drop: torch.Tensor) -> None:
-                    keep = ~drop
-                    for key in s:
-                        s[key] = s[key][keep]
+def _shrink(s: dict[str, torch.Tensor], drop: torch.Tensor) -> None:
+    """Remove the dropped samples from every per-sample quantity of a restart."""
+    if bool(drop.any()):
+        keep = ~drop
+        for key in s:
+            s[key] = s[key][keep]
 
-                def keep_top() -> None:
-                    p = s["pos"]
-                    better = s["loss_best"] > top_loss[p]
-                    b = p[better]
-                    top_loss[b], top_x[b], top_pred[b] = s["loss_best"][better], s["x_best"][better], \
-                        s["pred_best"][better]
 
-                drop = observe(s, logits, loss)
-                if bool(drop.any()):
-                    shrink(drop)
-                k, since = first_k, 0
-                for i in range(T):
-                    if s["pos"].numel() == 0:
-                        bar.update(T - i)
-                        break
-                    x_new = self._candidate(s, 1.0 if i == 0 else 0.75)
-                    s["x_old"], s["x"] = s["x"], x_new
-                    logits, loss, grad = run.logits_and_grad(x_new, idx[s["pos"]], self.loss)
-                    s["grad"] = grad
-                    bar.update(1)
-                    improved = loss > s["loss_best"]
-                    s["x_best"] = torch.where(_view(improved), x_new, s["x_best"])
-                    s["grad_best"] = torch.where(_view(improved), grad, s["grad_best"])
-                    s["pred_best"] = torch.where(improved, logits.argmax(1), s["pred_best"])
-                    s["loss_best"] = torch.where(improved, loss, s["loss_best"])
-                    s["n_incr"] = s["n_incr"] + (loss > s["loss_prev"]).to(loss.dtype)
-                    s["loss_prev"] = loss
-                    drop = observe(s, logits, loss)
-                    if bool(drop.any()):
-                        shrink(drop)
-                    since += 1
-                    if since == k:
-                        oscillating = s["n_incr"] <= k * self.rho
-                        stalled = ~s["reduced_last"] & (s["loss_best_last"] >= s["loss_best"])
-                        reduce = oscillating | stalled
-                        s["reduced_last"], s["loss_best_last"] = reduce, s["loss_best"].clone()
-                        s["step"] = torch.where(reduce, s["step"] / 2, s["step"])
-                        s["x"] = torch.where(_view(reduce), s["x_best"], s["x"])
-                        s["grad"] = torch.where(_view(reduce), s["grad_best"], s["grad"])
-                        s["n_incr"] = torch.zeros_like(s["n_incr"])
-                        k, since = max(k - decr, min_k), 0
-                if s["pos"].numel():
-                    keep_top()
-        rest = (~committed).nonzero().flatten()
+def _checkpoint(s: dict[str, torch.Tensor], k: int, rho: float) -> None:
+    """APGD's checkpoint rule: halve the step (and restart from the best point) where the loss oscillated (rose
+    in at most rho * k of the last k steps) or stalled (no new best since the last checkpoint, without a cut)."""
+    oscillating = s["n_incr"] <= k * rho
+    stalled = ~s["reduced_last"] & (s["loss_best_last"] >= s["loss_best"])
+    reduce = oscillating | stalled
+    s["reduced_last"], s["loss_best_last"] = reduce, s["loss_best"].clone()
+    s["step"] = torch.where(reduce, s["step"] / 2, s["step"])
+    s["x"] = torch.where(_view(reduce), s["x_best"], s["x"])
+    s["grad"] = torch.where(_view(reduce), s["grad_best"], s["grad"])
+    s["n_incr"] = torch.zeros_like(s["n_incr"])
+
+
+class _Outcome:
+    """Per-position results of one APGD call across its restarts: committed (fooled, with early stop), found (a
+    fooling point, without early stop) and otherwise the highest-loss point seen."""
+
+    def __init__(self, run: _Run, idx: torch.Tensor, early_stop: bool) -> None:
+        self.run, self.idx, self.early_stop = run, idx, early_stop
+        self.x0 = run.x[idx]
+        m, dev = idx.numel(), self.x0.device
+        self.found = torch.zeros(m, dtype=torch.bool, device=dev)
+        self.committed = torch.zeros(m, dtype=torch.bool, device=dev)
+        self.adv_x, self.adv_pred = self.x0.clone(), run.y[idx].clone()
+        self.top_x, self.top_pred = self.x0.clone(), run.y[idx].clone()
+        self.top_loss = torch.full((m,), float("-inf"), device=dev)
+
+    def observe(self, s: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """Record the new iterate; return the mask of samples to drop (fooled, with early stop)."""
+        pos = s["pos"]
+        adv = self.run.is_adv(logits, self.idx[pos])
+        if self.early_stop:
+            if bool(adv.any()):
+                self.run.commit(self.idx[pos[adv]], s["x"][adv], logits[adv])
+                self.committed[pos[adv]] = True
+            return adv
+        a = pos[adv]
+        self.found[a], self.adv_x[a], self.adv_pred[a] = True, s["x"][adv], logits.argmax(1)[adv]
+        return torch.zeros_like(adv)
+
+    def keep_top(self, s: dict[str, torch.Tensor]) -> None:
+        p = s["pos"]
+        better = s["loss_best"] > self.top_loss[p]
+        b = p[better]
+        self.top_loss[b], self.top_x[b], self.top_pred[b] = s["loss_best"][better], s["x_best"][better], \
+            s["pred_best"][better]
+
+    def finish(self) -> None:
+        """Write every uncommitted sample's result: its fooling point if found, else its highest-loss point."""
+        rest = (~self.committed).nonzero().flatten()
         if rest.numel():
-            ok = found[rest]
-            images = torch.where(_view(ok), adv_x[rest], top_x[rest])
-            run.set(idx[rest], images, ok, torch.where(ok, adv_pred[rest], top_pred[rest]))
+            ok = self.found[rest]
+            images = torch.where(_view(ok), self.adv_x[rest], self.top_x[rest])
+            self.run.set(self.idx[rest], images, ok, torch.where(ok, self.adv_pred[rest], self.top_pred[rest]))
