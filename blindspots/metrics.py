@@ -2,7 +2,8 @@
 
 SSIM comes from scikit-image (`skimage.metrics.structural_similarity`, data range 1, colour channels averaged) rather
 than a hand-written copy; `ssim_paper` is the LST paper's definition (torchmetrics' Gaussian 11 px window, sigma 1.5),
-in torch so that it runs batched on the GPU, checked against torchmetrics and scikit-image in the tests; LPIPS from the `lpips` package (optional extra) with AlexNet weights from a local file.
+in torch so that it runs batched on the GPU, checked against torchmetrics in the tests. LPIPS comes from the `lpips`
+package (optional extra) with AlexNet weights from a local file.
 """
 
 from __future__ import annotations

@@ -424,8 +424,9 @@ def load_classifier(
     else:
         kind, _, arch = spec.partition(":")
         if kind not in _REGISTRY or not arch:
-            raise ValueError(f"unknown model spec {spec!r}: use 'imagenet-lite0', {', '.join(map(repr, _zoo_names()))}"
-                             ", 'timm:<name>', 'torchvision:<name>', 'zoobot:<arch>' or pass an nn.Module")
+            zoo = ", ".join(map(repr, _zoo_names()))
+            raise ValueError(f"unknown model spec {spec!r}: use 'imagenet-lite0', {zoo}, 'timm:<name>', "
+                             "'torchvision:<name>', 'zoobot:<arch>' or pass an nn.Module")
         clf = _REGISTRY[kind](arch, weights, pretrained, num_classes)
     if mean is not None or std is not None:
         if not isinstance(spec, nn.Module):

@@ -50,7 +50,8 @@ def test_mnist_models_load_by_name_and_classify_held_out_digits(name, mnist_test
     accuracy = float((pred == y).float().mean())
     assert accuracy > 0.9, accuracy  # chance is 0.1
     shipped = zoo_accuracies()["models"][name]
-    assert accuracy == pytest.approx(shipped["clean_accuracy"], abs=1.5e-3)  # the JSON describes these weights (1 digit of batch rounding)
+    # the JSON describes these weights (up to one digit flipped by batch-size rounding)
+    assert accuracy == pytest.approx(shipped["clean_accuracy"], abs=1.5e-3)
 
 
 @needs_mlxtend

@@ -44,7 +44,7 @@ def _mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class MnistCNN(nn.Sequential):
-    """Two 3x3 conv blocks (32, 64 channels, max-pool) and a 128-unit hidden layer: the classic MNIST AT CNN, slimmed."""
+    """Two 3x3 conv blocks (32, 64 channels, max-pool) and a 128-unit hidden layer: Madry's MNIST CNN, slimmed."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__(
