@@ -16,9 +16,9 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -48,7 +48,6 @@ class TrainResult:
     settings: dict[str, Any]
     checkpoint: Path | None = None
     resumed_from: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _as_tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -317,6 +316,8 @@ def adversarial_training(
     start, history = 0, []
     if path is not None and path.exists() and resume:
         start, history = _restore(path, clf, opt, settings)
+        if start > epochs:
+            raise ValueError(f"{path} holds {start} epochs, more than epochs={epochs}; pass resume=False to start over")
     else:
         torch.manual_seed(seed)  # the global RNG (dropout, DataLoader shuffling) starts from the seed
     nb = _num_batches(data, tensors, batch_size)

@@ -90,6 +90,8 @@ def test_a_checkpoint_of_other_settings_is_refused_naming_them(tmp_path):
     # a constant-lr run may be extended: epochs is not part of its settings
     longer = adversarial_training(mlp(0), (x, y), 0.2, **{**kwargs, "epochs": 2})
     assert longer.resumed_from == 1 and len(longer.history) == 2
+    with pytest.raises(ValueError, match="holds 2 epochs, more than epochs=1"):
+        adversarial_training(mlp(0), (x, y), 0.2, **kwargs)
 
 
 def test_history_warmup_and_quiet(capsys):

