@@ -258,6 +258,7 @@ def adversarial_training(
     weight_decay: float = 0.0,
     schedule: str = "constant",
     eps_warmup: float = 0.0,
+    clean_weight: float = 0.0,
     eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     eval_steps: int = 10,
     checkpoint: str | os.PathLike | None = None,
@@ -278,6 +279,8 @@ def adversarial_training(
             schedule: "constant" or "cosine" (per epoch, to 0 at `epochs`).
         eps_warmup: epochs over which the training budget ramps linearly from 0 to eps (per batch); MNIST-size
             budgets often need it for training to start.
+        clean_weight: weight w of the clean loss in (1 - w) CE(adversarial) + w CE(clean) (Goodfellow et al.'s
+            mix; 0 is Madry's pure PGD-AT). Keeps models that collapse under pure AT (small ViTs) learning.
         eval_data: held-out (images, labels) for the per-epoch clean and robust accuracy (PGD, `eval_steps`, the full
             eps); default: the first 500 training samples when `data` is tensors, else none (NaN in the history).
         checkpoint: a `.safetensors` file rewritten after every epoch; an existing one is resumed when `resume`
@@ -296,8 +299,9 @@ def adversarial_training(
     check_choice(schedule, SCHEDULES, "schedule")
     for name, v in (("steps", steps), ("epochs", epochs), ("batch_size", batch_size), ("eval_steps", eval_steps)):
         check_positive_int(v, name)
-    if not (lr > 0 and eps_warmup >= 0):
-        raise ValueError(f"lr must be > 0 and eps_warmup >= 0, got lr={lr}, eps_warmup={eps_warmup}")
+    if not (lr > 0 and eps_warmup >= 0 and 0 <= clean_weight <= 1):
+        raise ValueError(f"need lr > 0, eps_warmup >= 0 and 0 <= clean_weight <= 1, got lr={lr}, "
+                         f"eps_warmup={eps_warmup}, clean_weight={clean_weight}")
     clf = model if isinstance(model, Classifier) else Classifier(model)
     if device is not None:
         clf.to(device)
@@ -310,7 +314,7 @@ def adversarial_training(
     settings = _settings(clf, _data_fingerprint(data, tensors), eps=eps, norm=norm, steps=steps,
                          step_size=step_size, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                          momentum=momentum if optimizer == "sgd" else None, weight_decay=weight_decay,
-                         schedule=schedule, eps_warmup=eps_warmup, seed=seed)
+                         schedule=schedule, eps_warmup=eps_warmup, clean_weight=clean_weight, seed=seed)
     opt = _make_optimizer(clf, optimizer, lr, momentum, weight_decay)
     path = Path(checkpoint) if checkpoint is not None else None
     start, history = 0, []
@@ -327,7 +331,8 @@ def adversarial_training(
         for epoch in range(start, epochs):
             record = _train_epoch(clf, opt, data, tensors, epoch, bar, eps=eps, norm=norm, steps=steps,
                                   step_size=step_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                                  schedule=schedule, eps_warmup=eps_warmup, seed=seed, nb=nb, dev=dev)
+                                  schedule=schedule, eps_warmup=eps_warmup, clean_weight=clean_weight, seed=seed,
+                                  nb=nb, dev=dev)
             if eval_data is not None:
                 attack = PGD(clf, eps, norm, eval_steps, seed=seed, early_stop=True) if eps > 0 else None
                 record["eval_clean_accuracy"], record["eval_robust_accuracy"] = robust_accuracy(
@@ -349,7 +354,8 @@ def adversarial_training(
 
 def _train_epoch(clf: Classifier, opt: torch.optim.Optimizer, data: Any, tensors, epoch: int, bar, *, eps: float,
                  norm: str, steps: int, step_size: float | None, epochs: int, batch_size: int, lr: float,
-                 schedule: str, eps_warmup: float, seed: int, nb: int | None, dev: torch.device
+                 schedule: str, eps_warmup: float, clean_weight: float, seed: int, nb: int | None,
+                 dev: torch.device
                  ) -> dict[str, float]:
     """One epoch: per batch, PGD examples at the (warmed-up) budget, then one optimizer step on them."""
     factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if schedule == "cosine" else 1.0
@@ -361,14 +367,17 @@ def _train_epoch(clf: Classifier, opt: torch.optim.Optimizer, data: Any, tensors
         x, y = x.to(dev), y.to(dev)
         done = epoch + b / nb if nb else epoch
         eps_now = eps * min(1.0, (done + 1 / (nb or 1)) / eps_warmup) if eps_warmup > 0 else eps
+        x_train = x
         if eps_now > 0:
             alpha = None if step_size is None else step_size * eps_now / eps
             attack = PGD(clf, eps_now, norm, steps, alpha, early_stop=False, channels_last=False,
                          seed=_batch_seed(seed, epoch, b, batch_size))
-            x = attack(x, y).images
+            x_train = attack(x, y).images
         clf.train()
-        logits = clf(x)
+        logits = clf(x_train)
         loss = F.cross_entropy(logits, y)
+        if clean_weight > 0 and eps_now > 0:
+            loss = (1 - clean_weight) * loss + clean_weight * F.cross_entropy(clf(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -115,3 +115,15 @@ def test_bad_arguments_raise_one_clear_line():
         adversarial_training(mlp(0), (x * 3, y), 0.1, progress=False)
     with pytest.raises(ValueError, match="optimizer"):
         adversarial_training(mlp(0), (x, y), 0.1, optimizer="rmsprop", progress=False)
+
+
+def test_clean_weight_one_is_normal_training():
+    """(1 - w) CE(adv) + w CE(clean) with w = 1 takes exactly the clean gradient: the weights of eps=0 training."""
+    x, y = robust_vs_fragile(128, seed=0)
+    kwargs = dict(steps=2, epochs=2, batch_size=32, progress=False, eval_data=(x[:8], y[:8]))
+    mixed = adversarial_training(mlp(0), (x, y), 0.2, clean_weight=1.0, **kwargs).model
+    normal = adversarial_training(mlp(0), (x, y), 0.0, **kwargs).model
+    half = adversarial_training(mlp(0), (x, y), 0.2, clean_weight=0.5, **kwargs).model
+    for k, v in normal.model.state_dict().items():
+        assert torch.equal(v, mixed.model.state_dict()[k]), k
+        assert not torch.equal(v, half.model.state_dict()[k]), k

@@ -42,8 +42,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                          batch_size=64, lr=1e-3, seed=0),
     "mnist-vit": dict(arch="vit", init_seed=0, eps=0.0, epochs=20, batch_size=64, lr=1e-3, schedule="cosine",
                       seed=0),
-    "mnist-vit-at": dict(arch="vit", init="mnist-vit", eps=0.3, norm="linf", steps=5, eps_warmup=3.0, epochs=10,
-                         batch_size=64, lr=5e-4, seed=0),
+    "mnist-vit-at": dict(arch="vit", init="mnist-vit", eps=0.3, norm="linf", steps=5, eps_warmup=6.0, epochs=12,
+                         batch_size=64, lr=3e-4, clean_weight=0.5, seed=0),
 }
 MNIST_MODELS = tuple(RECIPES)
 ZOO_NAMES = (*MNIST_MODELS, "imagenet-mobilenetv2")
