@@ -48,7 +48,7 @@ def test_mnist_models_load_by_name_and_classify_held_out_digits(name, mnist_test
     assert model.name == name and model.num_classes == 10 and not model.training
     pred, _ = model.predict(x)
     accuracy = float((pred == y).float().mean())
-    assert accuracy > 0.9, accuracy  # chance is 0.1
+    assert accuracy > 0.85, accuracy  # chance is 0.1
     shipped = zoo_accuracies()["models"][name]
     # the JSON describes these weights (up to one digit flipped by batch-size rounding)
     assert accuracy == pytest.approx(shipped["clean_accuracy"], abs=1.5e-3)
@@ -63,7 +63,7 @@ def test_shipped_at_models_resist_pgd_their_normal_twins_do_not(arch, mnist_test
         model = load_classifier(name)
         res = attacks.PGD(model, 0.3, "linf", steps=10, seed=0)(x, y)
         robust[name] = 1 - res.success.float().mean().item()
-    assert robust[f"mnist-{arch}-at"] > robust[f"mnist-{arch}"] + 0.3, robust
+    assert robust[f"mnist-{arch}-at"] > robust[f"mnist-{arch}"] + 0.25, robust
 
 
 @needs_mobilenet

