@@ -242,6 +242,23 @@ def _batch_seed(seed: int, epoch: int, batch: int, batch_size: int) -> int:
     return (((seed * 7919 + epoch) * 100_003 + batch) * (batch_size + 1)) % (2**62)
 
 
+def _check_arguments(eps: Any, norm: str, optimizer: str, schedule: str, lr: float, eps_warmup: float,
+                     clean_weight: float, **counts: int) -> float:
+    """One clear error for a bad setting; returns eps as a float."""
+    eps = check_budget(eps, "eps")
+    if not isinstance(eps, float):
+        raise ValueError("eps must be one number for adversarial training")
+    check_choice(norm, NORMS, "norm")
+    check_choice(optimizer, OPTIMIZERS, "optimizer")
+    check_choice(schedule, SCHEDULES, "schedule")
+    for name, v in counts.items():
+        check_positive_int(v, name)
+    if not (lr > 0 and eps_warmup >= 0 and 0 <= clean_weight <= 1):
+        raise ValueError(f"need lr > 0, eps_warmup >= 0 and 0 <= clean_weight <= 1, got lr={lr}, "
+                         f"eps_warmup={eps_warmup}, clean_weight={clean_weight}")
+    return eps
+
+
 def adversarial_training(
     model: nn.Module,
     data: Any,
@@ -291,17 +308,8 @@ def adversarial_training(
     Returns a `TrainResult`: the model in eval mode and the history (per epoch: loss, accuracy on the training
     attack's examples, eps used, clean and robust eval accuracy, seconds).
     """
-    eps = check_budget(eps, "eps")
-    if not isinstance(eps, float):
-        raise ValueError("eps must be one number for adversarial training")
-    check_choice(norm, NORMS, "norm")
-    check_choice(optimizer, OPTIMIZERS, "optimizer")
-    check_choice(schedule, SCHEDULES, "schedule")
-    for name, v in (("steps", steps), ("epochs", epochs), ("batch_size", batch_size), ("eval_steps", eval_steps)):
-        check_positive_int(v, name)
-    if not (lr > 0 and eps_warmup >= 0 and 0 <= clean_weight <= 1):
-        raise ValueError(f"need lr > 0, eps_warmup >= 0 and 0 <= clean_weight <= 1, got lr={lr}, "
-                         f"eps_warmup={eps_warmup}, clean_weight={clean_weight}")
+    eps = _check_arguments(eps, norm, optimizer, schedule, lr, eps_warmup, clean_weight, steps=steps,
+                           epochs=epochs, batch_size=batch_size, eval_steps=eval_steps)
     clf = model if isinstance(model, Classifier) else Classifier(model)
     if device is not None:
         clf.to(device)
