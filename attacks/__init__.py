@@ -8,12 +8,15 @@ with the adversarial images, a success mask, per-sample l2 / l-inf norms and per
     result.success, result.linf, result.forwards
 
 `attacks.minimal_epsilon(model, images, labels)` gives each sample's smallest flipping budget, the counterpart of
-Level Set Traversal distances (see `blindspots.sensitivity_profile`).
+Level Set Traversal distances (see `blindspots.sensitivity_profile`); `attacks.adversarial_training(model, (x, y),
+eps)` trains a model on PGD examples (Madry et al.; eps=0: normal training), resumable from per-epoch checkpoints.
 """
 
 from .apgd import APGD
 from .base import Attack, AttackResult
 from .deepfool import DeepFool
 from .pgd import FGSM, PGD, MinimalEpsilon, minimal_epsilon
+from .training import TrainResult, adversarial_training, robust_accuracy
 
-__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "DeepFool", "MinimalEpsilon", "minimal_epsilon"]
+__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "DeepFool", "MinimalEpsilon", "minimal_epsilon",
+           "adversarial_training", "TrainResult", "robust_accuracy"]

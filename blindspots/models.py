@@ -414,6 +414,12 @@ def _zoobot(arch: str, weights, pretrained: bool, num_classes: int | None) -> Cl
     return Classifier(model, None, None, name=f"zoobot:{arch}")
 
 
+def _zoo_names() -> tuple[str, ...]:
+    from .zoo import ZOO_NAMES
+
+    return ZOO_NAMES
+
+
 _REGISTRY: dict[str, Callable[..., Classifier]] = {"timm": _timm, "torchvision": _torchvision, "zoobot": _zoobot}
 
 
@@ -430,7 +436,9 @@ def load_classifier(
 ) -> Classifier:
     """Build a `Classifier` from a spec: the one entry point for models.
 
-    Specs: ``"imagenet-lite0"`` (the embedded default: timm efficientnet_lite0 with offline ImageNet weights),
+    Specs: ``"imagenet-lite0"`` (the embedded default: timm efficientnet_lite0 with offline ImageNet weights), the
+    zoo's named models (`blindspots.zoo`: ``"mnist-cnn"``, ``"mnist-cnn-at"``, ``"mnist-vit"``, ``"mnist-vit-at"``,
+    ``"imagenet-mobilenetv2"``),
     ``"timm:<name>"``, ``"torchvision:<name>"``, ``"zoobot:<arch>"`` (a Zoobot encoder from a local file), or an
     ``nn.Module`` used as is (give its `mean`/`std` if it expects normalised inputs).
 
@@ -447,10 +455,17 @@ def load_classifier(
         raise TypeError(f"spec must be a string or an nn.Module, got {type(spec).__name__}")
     elif spec == "imagenet-lite0":
         clf = _imagenet_lite0(weights, pretrained, num_classes)
+    elif spec in _zoo_names():
+        from .zoo import load_zoo_model
+
+        clf = load_zoo_model(spec, weights)
+        if num_classes is not None and num_classes != clf.num_classes:
+            raise ValueError(f"{spec} has {clf.num_classes} classes; num_classes={num_classes} does not apply")
     else:
         kind, _, arch = spec.partition(":")
         if kind not in _REGISTRY or not arch:
-            raise ValueError(f"unknown model spec {spec!r}: use 'imagenet-lite0', 'timm:<name>', "
+            zoo = ", ".join(map(repr, _zoo_names()))
+            raise ValueError(f"unknown model spec {spec!r}: use 'imagenet-lite0', {zoo}, 'timm:<name>', "
                              "'torchvision:<name>', 'zoobot:<arch>' or pass an nn.Module")
         clf = _REGISTRY[kind](arch, weights, pretrained, num_classes)
     if mean is not None or std is not None:

