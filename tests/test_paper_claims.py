@@ -75,7 +75,7 @@ class _Linear(nn.Module):
 class _BallComplement(nn.Module):
     """Class 0 iff x lies outside the ball |x - 0.5|^2 / d < rho: spherical level sets around the centre."""
 
-    def __init__(self, rho=0.05, k=60.0):
+    def __init__(self, rho=0.1, k=20.0):
         super().__init__()
         self.rho, self.k = rho, k
         self.dummy = nn.Parameter(torch.zeros(()))
@@ -86,11 +86,16 @@ class _BallComplement(nn.Module):
 
 
 def _images(w, n=12, seed=0):
-    """Class 0: far from the centre on w's side; class 1: near the centre on the other side. Both models agree."""
+    """Class 0: far from the centre on w's side; class 1: near the centre, slightly to the other side, in nearly
+    orthogonal directions (so the outputs' chords cut deep into the ball). Both models agree on every image."""
     g = torch.Generator().manual_seed(seed)
     sign = w.sign()
+
+    def signs():
+        return torch.where(torch.rand(w.shape, generator=g) < 0.5, 1.0, -1.0)
+
     far = [0.5 + 0.4 * sign * torch.where(torch.rand(w.shape, generator=g) < 0.8, 1.0, -1.0) for _ in range(n // 2)]
-    near = [0.5 - 0.08 * sign * torch.rand(w.shape, generator=g) for _ in range(n // 2)]
+    near = [0.5 + 0.08 * signs() - 0.02 * sign for _ in range(n // 2)]
     x = torch.stack(far + near).clamp(0, 1)
     return x, torch.tensor([0] * (n // 2) + [1] * (n // 2))
 
@@ -102,7 +107,7 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
     for m in models.values():
         assert (m.predict(x)[0] == y).all()
     group = pc.Group(("ball", "linear"), (("toy", "ball", "linear"),), lambda limit, seed: (x, y, None))
-    config = LSTConfig.paper(iterations=60, step_size=0.05, threshold=0.2, adv_eps=0.0)
+    config = LSTConfig.paper(iterations=60, step_size=0.05, threshold=0.1, adv_eps=0.0)
     result = pc.run_claims(tmp_path, {"toy": group}, rounds=2, config=config, min_confidence=0.6, models=models,
                            batch_size=24)
     claims = {c["claim"]: c for c in result["claims"]}
