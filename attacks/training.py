@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from blindspots.models import Classifier, probing
+from blindspots.store import RunStore, fingerprint_model
 from blindspots.validation import check_images, check_labels
 
 from .base import NORMS, check_budget, check_choice, check_positive_int
@@ -152,69 +153,58 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
     random.setstate((version, tuple(state), gauss_next))
 
 
-def _save_checkpoint(path: Path, model: Classifier, optimizer: torch.optim.Optimizer, epoch: int,
-                     history: list[dict[str, float]], settings: dict[str, Any]) -> None:
-    """One safetensors file (written to a temporary name, then renamed, so a kill never leaves half a file)."""
-    from safetensors.torch import save_file
+CHECKPOINT = "checkpoint"  # the run store's stage holding the latest epoch
 
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
+
+def _save_checkpoint(store: RunStore, model: Classifier, optimizer: torch.optim.Optimizer, epoch: int,
+                     history: list[dict[str, float]]) -> None:
+    """The latest epoch as one stage of the run store (written atomically: a kill leaves the previous epoch)."""
+    tensors = {f"model.{k}": v for k, v in model.model.state_dict().items()}
     opt = optimizer.state_dict()
     opt_meta: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
     for pid, state in opt["state"].items():
         opt_meta["state"][str(pid)] = {}
         for k, v in state.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"optim.{pid}.{k}"] = v
                 opt_meta["state"][str(pid)][k] = "tensor"
             else:
                 opt_meta["state"][str(pid)][k] = v
     rng, rng_meta = _rng_state()
     tensors.update(rng)
-    meta = {"epoch": str(epoch), "history": json.dumps(history), "settings": json.dumps(settings),
-            "optimizer": json.dumps(opt_meta), "rng": json.dumps(rng_meta)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    store.save(CHECKPOINT, tensors, {"epoch": epoch, "history": history, "optimizer": opt_meta, "rng": rng_meta,
+                                     "weights": fingerprint_model(model.model)})
 
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    tensors = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
-    if "settings" not in meta or "epoch" not in meta:
-        raise ValueError(f"{path} is not a checkpoint written by attacks.adversarial_training")
-    return tensors, meta
-
-
-def load_checkpoint_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The model weights (state dict of the wrapped module) held by a training checkpoint."""
-    tensors, _ = _read_checkpoint(Path(path))
+def load_checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights (state dict of the wrapped module) of a training run's latest epoch."""
+    tensors, _ = RunStore.reader(folder).load(CHECKPOINT)
     return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
-def _restore(path: Path, model: Classifier, optimizer: torch.optim.Optimizer, settings: dict[str, Any]
+def _restore(store: RunStore, model: Classifier, optimizer: torch.optim.Optimizer
              ) -> tuple[int, list[dict[str, float]]]:
-    """Load a checkpoint into model and optimizer after checking it was written with the same settings."""
-    tensors, meta = _read_checkpoint(path)
-    saved = json.loads(meta["settings"])
-    changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-    if changed:
-        diffs = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {settings.get(k)!r}" for k in changed[:6])
-        raise ValueError(f"{path} was written with other settings ({diffs}); pass resume=False to start over, or "
-                         "use another checkpoint path")
+    """Load the latest epoch of the run store into model and optimizer, and the global RNG states."""
+    tensors, meta = store.load(CHECKPOINT)
     model.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_meta = json.loads(meta["optimizer"])
     state = {}
-    for pid, entries in opt_meta["state"].items():
+    for pid, entries in meta["optimizer"]["state"].items():
         state[int(pid)] = {k: (tensors[f"optim.{pid}.{k}"] if v == "tensor" else v) for k, v in entries.items()}
-    optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
-    _set_rng_state(tensors, json.loads(meta["rng"]))
-    return int(meta["epoch"]), json.loads(meta["history"])
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    _set_rng_state(tensors, meta["rng"])
+    history = [{k: float("nan") if v is None else v for k, v in r.items()} for r in meta["history"]]  # JSON nulls
+    return int(meta["epoch"]), history
+
+
+def _initial_weights(model: nn.Module, folder: Path | None, resume: bool) -> str:
+    """The fingerprint of the run's starting weights: the model's own, unless it already holds the weights of the
+    run's latest epoch (a second call with the model the first one trained), then the run's recorded start."""
+    weights = fingerprint_model(model)
+    if folder is not None and resume and (folder / "run.json").is_file():
+        reader = RunStore.reader(folder)
+        if reader.has(CHECKPOINT) and reader.load(CHECKPOINT)[1].get("weights") == weights:
+            return json.loads((folder / "run.json").read_text())["settings"]["initial_weights"]
+    return weights
 
 
 # ----------------------------------------------------------------------------------------------- the training loop
@@ -300,8 +290,9 @@ def adversarial_training(
             mix; 0 is Madry's pure PGD-AT). Keeps models that collapse under pure AT (small ViTs) learning.
         eval_data: held-out (images, labels) for the per-epoch clean and robust accuracy (PGD, `eval_steps`, the full
             eps); default: the first 500 training samples when `data` is tensors, else none (NaN in the history).
-        checkpoint: a `.safetensors` file rewritten after every epoch; an existing one is resumed when `resume`
-            (after checking the settings match: a mismatch raises, naming them) or overwritten when not.
+        checkpoint: a run-store folder (`blindspots.store.RunStore`) holding the latest epoch; a rerun resumes it
+            when `resume` and nothing that decides the weights changed (the settings, the data, the starting
+            weights), refuses naming what changed otherwise, and starts afresh with `resume=False`.
         seed: decides shuffling and PGD starts; global RNGs (dropout, loaders) are saved in the checkpoint.
         on_epoch_end: called with (epoch, record) after each epoch's checkpoint is written.
 
@@ -325,11 +316,27 @@ def adversarial_training(
                          schedule=schedule, eps_warmup=eps_warmup, clean_weight=clean_weight, seed=seed)
     opt = _make_optimizer(clf, optimizer, lr, momentum, weight_decay)
     path = Path(checkpoint) if checkpoint is not None else None
+    settings["initial_weights"] = _initial_weights(clf.model, path, resume)
+    store = RunStore(path, "adversarial_training", settings=settings, restart=not resume) if path else None
+    try:
+        return _run(clf, opt, store, data, tensors, eval_data, settings, eps=eps, norm=norm, steps=steps,
+                    step_size=step_size, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
+                    eps_warmup=eps_warmup, clean_weight=clean_weight, seed=seed, eval_steps=eval_steps, dev=dev,
+                    progress=progress, on_epoch_end=on_epoch_end)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _run(clf, opt, store, data, tensors, eval_data, settings, *, eps, norm, steps, step_size, epochs, batch_size,
+         lr, schedule, eps_warmup, clean_weight, seed, eval_steps, dev, progress, on_epoch_end) -> TrainResult:
+    """The epochs of `adversarial_training`, resumed from the run store's latest epoch when it holds one."""
     start, history = 0, []
-    if path is not None and path.exists() and resume:
-        start, history = _restore(path, clf, opt, settings)
+    if store is not None and store.has(CHECKPOINT):
+        start, history = _restore(store, clf, opt)
         if start > epochs:
-            raise ValueError(f"{path} holds {start} epochs, more than epochs={epochs}; pass resume=False to start over")
+            raise ValueError(f"{store.folder} holds {start} epochs, more than epochs={epochs}; pass resume=False "
+                             "to start over")
     else:
         torch.manual_seed(seed)  # the global RNG (dropout, DataLoader shuffling) starts from the seed
     nb = _num_batches(data, tensors, batch_size)
@@ -350,14 +357,14 @@ def adversarial_training(
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", clean=f"{record['eval_clean_accuracy']:.3f}",
                             robust=f"{record['eval_robust_accuracy']:.3f}")
-            if path is not None:
-                _save_checkpoint(path, clf, opt, epoch + 1, history, settings)
+            if store is not None:
+                _save_checkpoint(store, clf, opt, epoch + 1, history)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
     finally:
         bar.close()
         clf.eval()
-    return TrainResult(clf, history, settings, path, start)
+    return TrainResult(clf, history, settings, store.folder if store is not None else None, start)
 
 
 def _train_epoch(clf: Classifier, opt: torch.optim.Optimizer, data: Any, tensors, epoch: int, bar, *, eps: float,

@@ -53,7 +53,7 @@ def train_one(name: str, out_dir: Path, work: Path, progress: bool) -> float:
     train, test = mnist_split("train"), mnist_split("test")
     t0 = time.perf_counter()
     result = adversarial_training(model, train, eval_data=(test[0][:200], test[1][:200]),
-                                  checkpoint=work / f"{name}.ckpt.safetensors", progress=progress, **recipe)
+                                  checkpoint=work / name, progress=progress, **recipe)
     seconds = sum(rec["seconds"] for rec in result.history)
     state = {k: v.contiguous() for k, v in result.model.model.state_dict().items()}
     out_dir.mkdir(parents=True, exist_ok=True)

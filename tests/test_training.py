@@ -10,6 +10,7 @@ from torch import nn
 import attacks
 from attacks.training import adversarial_training, load_checkpoint_weights, robust_accuracy
 from blindspots import Classifier
+from blindspots.store import RunChanged
 
 
 def robust_vs_fragile(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +52,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, a
     x, y = robust_vs_fragile(256, seed=0)
     data = torch.utils.data.TensorDataset(x, y) if as_dataset else (x, y)
     kwargs = dict(steps=3, epochs=3, batch_size=64, lr=1e-2, progress=False, seed=3, eval_data=(x[:64], y[:64]))
-    full = adversarial_training(mlp(0, dropout=0.3), data, 0.1, checkpoint=tmp_path / "full.safetensors", **kwargs)
+    full = adversarial_training(mlp(0, dropout=0.3), data, 0.1, checkpoint=tmp_path / "full", **kwargs)
 
     class Killed(Exception):
         pass
@@ -60,12 +61,14 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, a
         if epoch == 0:
             raise Killed
 
-    ckpt = tmp_path / "killed.safetensors"
+    ckpt = tmp_path / "killed"
     with pytest.raises(Killed):
         adversarial_training(mlp(0, dropout=0.3), data, 0.1, checkpoint=ckpt, on_epoch_end=kill_after_first_epoch,
                              **kwargs)
     torch.rand(1000)  # whatever ran in between moved the global RNG
-    resumed = adversarial_training(mlp(7, dropout=0.3), data, 0.1, checkpoint=ckpt, **kwargs)  # other init
+    with pytest.raises(RunChanged, match="initial_weights"):  # other starting weights: another run
+        adversarial_training(mlp(7, dropout=0.3), data, 0.1, checkpoint=ckpt, **kwargs)
+    resumed = adversarial_training(mlp(0, dropout=0.3), data, 0.1, checkpoint=ckpt, **kwargs)
     assert resumed.resumed_from == 1
     for k, v in full.model.model.state_dict().items():
         assert torch.equal(v, resumed.model.model.state_dict()[k]), k
@@ -78,12 +81,12 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, a
 
 def test_a_checkpoint_of_other_settings_is_refused_naming_them(tmp_path):
     x, y = robust_vs_fragile(128, seed=0)
-    ckpt = tmp_path / "c.safetensors"
+    ckpt = tmp_path / "c"
     kwargs = dict(steps=2, epochs=1, batch_size=64, progress=False, checkpoint=ckpt)
     adversarial_training(mlp(0), (x, y), 0.1, **kwargs)
-    with pytest.raises(ValueError, match=r"eps: checkpoint 0\.1, now 0\.2"):
+    with pytest.raises(RunChanged, match=r"settings.eps 0\.1 -> 0\.2"):
         adversarial_training(mlp(0), (x, y), 0.2, **kwargs)
-    with pytest.raises(ValueError, match="data: checkpoint"):
+    with pytest.raises(RunChanged, match="settings.data"):
         adversarial_training(mlp(0), (x.flip(0), y.flip(0)), 0.1, **kwargs)
     fresh = adversarial_training(mlp(0), (x, y), 0.2, resume=False, **kwargs)  # starts over, overwrites
     assert fresh.resumed_from == 0 and fresh.history[-1]["eps"] == 0.2
