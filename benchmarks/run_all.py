@@ -29,6 +29,8 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
+from blindspots.cli import Parser
+
 __all__ = ["BENCHMARKS", "present", "run_one", "main"]
 
 HERE = Path(__file__).resolve().parent
@@ -98,7 +100,7 @@ def run_one(name: str, argv: list[str], quiet: bool = False) -> tuple[str, str, 
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=None, metavar="NAMES", help=f"comma-separated names from {', '.join(BENCHMARKS)}")
     p.add_argument("--skip", default="", metavar="NAMES", help="comma-separated names to leave out")
     p.add_argument("--args", action="append", default=[], metavar='NAME="ARGS"',

@@ -14,11 +14,13 @@ import statistics
 import time
 from typing import Sequence
 
+from blindspots.cli import Parser
+
 __all__ = ["main"]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.simulate_speed", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.simulate_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=300, help="images per repeat")
     p.add_argument("--size", type=int, default=128, help="image size in pixels")
     p.add_argument("--repeats", type=int, default=3)

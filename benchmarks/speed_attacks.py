@@ -35,6 +35,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from blindspots.cli import Parser
+
 __all__ = ["photo_crops", "half_flipping_batch", "natural_rows", "bench", "main"]
 
 
@@ -144,7 +146,7 @@ def bench(model, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: 
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.speed_attacks", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.speed_attacks", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="imagenet-lite0", help="a blindspots.load_classifier spec")
     p.add_argument("--weights", default=None, metavar="FILE", help="weights file for --model")
     p.add_argument("--size", type=int, default=96, help="input size in px")

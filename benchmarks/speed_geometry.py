@@ -35,6 +35,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from blindspots.cli import Parser
+
 __all__ = ["CountingModel", "build_model", "closed_form_evaluations", "main"]
 
 KINDS = ("dedup", "grid-only", "reference")
@@ -86,7 +88,7 @@ def _run(kind: str, clf, sources, outputs, labels, batch: int):
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.speed_geometry", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m benchmarks.speed_geometry", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet18", help="timm architecture (seeded random weights)")
     p.add_argument("--sources", type=int, default=4, help="S, sources")
     p.add_argument("--rounds", type=int, default=5, help="K, LST outputs per source")
