@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -96,7 +97,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _settings(summary: dict) -> dict:
-    return {k: v for k, v in summary["settings"].items() if k not in ROW_KEYS}
+    """The settings rows must share to be compared, as JSON holds them (tuples become lists)."""
+    return json.loads(json.dumps({k: v for k, v in summary["settings"].items() if k not in ROW_KEYS}))
 
 
 def _fmt(v) -> str:
@@ -155,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results, misses = _run_rows(args, hosts)
     except (RunChanged, FolderInUse, FileNotFoundError, ValueError) as exc:
-        print(f"python -m benchmarks.detector_cpu: error: {str(exc).strip().splitlines()[0]}")
+        print(f"python -m benchmarks.detector_cpu: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     summary_path = Path(args.out) / "summary.json"
     earlier = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
