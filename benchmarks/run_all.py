@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("simulate_speed", "speed_geometry", "speed_attacks", "speed_lst", "lst_passes", "gpu_check",
               "detector_cpu")
 # Output lines repeated in the summary: target verdicts, ratios and throughputs.
-SUMMARY_LINE = re.compile(r"target|verdict|MISSED|ratio|\b\w+_over_\w+|\d\.?\d*x\b|/s\b", re.I)
+SUMMARY_LINE = re.compile(r"^\s*\[|target|verdict|MISSED|ratio|\b\w+_over_\w+|\d\.?\d*x\b|/s\b", re.I)
 
 
 def present(names: Sequence[str] = BENCHMARKS) -> list[str]:
