@@ -107,8 +107,9 @@ def _fmt(v) -> str:
 
 def comparison(results: dict[str, dict]) -> str:
     """The README's table: one line per row (same architecture, data and budget)."""
-    lines = ["| row | backbone (weights) | threshold (validation) | simulated test | at the paper's 0.3 "
-             "| AP50 clump | real hosts, completeness | training steps |", "|---|---|---|---|---|---|---|---|"]
+    header = ("| row | backbone (weights) | threshold (validation) | simulated test | at the paper's 0.3 "
+              "| AP50 clump | real hosts, completeness | training steps |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for name, s in results.items():
         at = s["at_preset_threshold"]
         real = (s.get("real_hosts") or {}).get("completeness_bright")

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for name in wanted:
         if name not in found:
-            results.append((name, "MISSED: no verdict (benchmarks/{}.py is not present)".format(name), "", 0.0))
+            results.append((name, f"MISSED: no verdict (benchmarks/{name}.py is not present)", "", 0.0))
             continue
         if not args.quiet:
             print(f"\n===== {name} {' '.join(extra.get(name, []))}", flush=True)

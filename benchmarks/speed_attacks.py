@@ -181,8 +181,9 @@ def _print_row(name: str, r: dict, judged: bool, args) -> None:
 
 
 def _misses(name: str, r: dict, judged: bool, args) -> list[str]:
-    out = [] if r["max_abs_diff_n_t"] <= args.atol else [f"{name}: max|n - t| {r['max_abs_diff_n_t']:.2e} > "
-                                                          f"{args.atol}"]
+    out = []
+    if r["max_abs_diff_n_t"] > args.atol:
+        out.append(f"{name}: max|n - t| {r['max_abs_diff_n_t']:.2e} > {args.atol}")
     if judged and r["t_over_a"] < args.min_a:
         out.append(f"{name}: t/a {r['t_over_a']:.2f}x < {args.min_a}x")
     if judged and r["t_over_b"] < args.min_b:

@@ -48,9 +48,9 @@ def test_the_aggregate_fails_when_a_benchmark_errs(bad, reason):
 def test_the_aggregate_refuses_an_unknown_name_in_one_line():
     out = _run("benchmarks", "--only", "speed_nothing", timeout=120)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
+    assert out.stderr.strip().splitlines() == [(
         "python -m benchmarks: error: unknown benchmark(s) ['speed_nothing']; known: simulate_speed, "
-        "speed_geometry, speed_attacks, speed_lst, lst_passes, gpu_check, detector_cpu"]
+        "speed_geometry, speed_attacks, speed_lst, lst_passes, gpu_check, detector_cpu")]
 
 
 @pytest.mark.parametrize("name", OWN + OTHERS)
@@ -67,6 +67,6 @@ def test_every_benchmark_has_a_working_help(name):
 def test_detector_rows_use_the_model_grammar_and_refuse_a_bad_row_in_one_line():
     out = _run("benchmarks.detector_cpu", "--rows", "a=imagenet-lite0", "z=zoobot:efficientnet_lite0", timeout=120)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
+    assert out.stderr.strip().splitlines() == [(
         "python -m benchmarks.detector_cpu: error: argument --rows: row z: zoobot:efficientnet_lite0 needs its "
-        "weights file: z=zoobot:efficientnet_lite0:FILE"]
+        "weights file: z=zoobot:efficientnet_lite0:FILE")]
