@@ -1,4 +1,4 @@
-"""`python -m benchmarks`: run every benchmark script present and print all ratios together (see run_all.py)."""
+"""`python -m benchmarks`: run every benchmark present; exit 1 if any missed its targets (see run_all.py)."""
 
 from benchmarks.run_all import main
 

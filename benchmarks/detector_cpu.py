@@ -1,124 +1,179 @@
-"""Clump detector on 2 CPU cores: does a small Faster R-CNN reach completeness >= 0.8 and purity >= 0.8 (IoU >= 0.3)
-for clumps of >= 3% of the host's flux within 15 minutes of training, on the simulator's default settings?
+"""Clump detector on CPU: does a small Faster R-CNN reach completeness >= 0.8 and purity >= 0.8 (IoU >= 0.3) for
+clumps of >= 3% of the host's flux within 15 minutes of training, on the simulator's default settings?
 
-Trains the `cpu` preset once per row with the same architecture, efficientnet_lite0 + FPN: by default from the offline
-ImageNet weights (`imagenet-lite0`) and from random init (`--zoobot-weights FILE` adds a Zoobot row; `--backbones`
-sets any rows), same data, same seed, same budget: 2 epochs of 4,000 simulated images
-(2,000 steps of batch 4, about 11 minutes on 2 idle cores) with the preset's warm-up and cosine decay, so the
-schedule ends inside the budget. The score threshold is chosen on 300 held-out validation images (best clump F1);
-the test figures at the paper's threshold 0.3 are printed beside it, and so is the completeness of simulated clumps
-injected into real SDSS and DECaLS cutouts (10 injections per host; `--hosts`). Prints the figures, the
-completeness-vs-flux curves and the training time of each; writes everything to --out (re-running resumes the
-training runs instead of repeating them).
+Trains the `cpu` preset once per row (`--rows NAME=SPEC ...`, SPEC in the shared model grammar: `imagenet-lite0`,
+`timm:<name>` (random init), `timm:<name>:FILE` (ImageNet weights from FILE), `zoobot:<arch>:FILE`), on the same
+data with the same seed and budget: by default efficientnet_lite0 + FPN from the offline ImageNet weights and from
+random init, 2 epochs of 4,000 simulated 128-px images (2,000 steps of batch 4) with the preset's warm-up and cosine
+decay, stopped by the --minutes budget if it runs out first. The score threshold is chosen on 300 held-out
+validation images (best clump F1); the test figures at the paper's threshold 0.3 are printed beside it, and so is
+the completeness of simulated clumps injected into the real SDSS and DECaLS cutouts (10 injections per host;
+`--hosts`). Writes everything to --out; a rerun resumes each row's training (a changed setting is refused unless
+--restart). Rows run by separate calls into the same --out with the same settings are compared together.
 
-Run: python -m benchmarks.detector_cpu [--minutes 15] [--n-test 300] [--n-val 300] [--out bench-detector]
-By default the budget is counted in this process's CPU time per torch thread (`--wall` for wall time), so that
-other jobs on a shared machine do not eat the budget; on an idle machine both clocks agree. On a busy machine two
-threads mostly spin (one step of batch 4 cost 3-6 CPU-s with 2 threads vs 0.35 CPU-s with 1, measured with other
-jobs running); then run the rows side by side with --threads 1 --only imagenet / --only random.
-Rows run by separate calls into the same --out are gathered in its summary.json and compared together.
+    python -m benchmarks.detector_cpu
+    python -m benchmarks.detector_cpu --rows zoobot=zoobot:efficientnet_lite0:zoobot-lite0.safetensors
+    python -m benchmarks.detector_cpu --threads 1 --only random          # rows side by side on a shared machine
+
+The budget is counted in this process's CPU time per torch thread (`--wall` for wall time), so that other jobs on a
+shared machine do not eat it; on an idle machine both clocks agree. On a busy machine two threads mostly spin: run
+the rows side by side with --threads 1 --only NAME. Target per row: completeness (clumps >= 3%) >=
+--min-completeness and purity >= --min-purity on the simulated test images, at the validated threshold.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-
-import torch
+from typing import Sequence
 
 SHARED_GALAXIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "galaxies"
+FAMILIES = ("timm", "torchvision", "zoobot")
+DEFAULT_ROWS = ("imagenet=imagenet-lite0", "random=timm:efficientnet_lite0")
+# Settings that may differ between compared rows (everything else must be equal).
+ROW_KEYS = ("backbone", "weights", "weights_file", "out", "progress", "restart", "device")
+
+__all__ = ["parse_row", "comparison", "main"]
 
 
-def _backbone_spec(text: str) -> tuple[str, str]:
-    name, sep, weights = text.partition("=")
-    if not sep or not name or not weights:
-        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHTS (e.g. imagenet=imagenet, random=none, "
-                                         f"zoobot=zoobot:FILE), got {text!r}")
-    return name, weights
+def parse_row(text: str) -> tuple[str, str, str | None]:
+    """`NAME=SPEC[:FILE]` -> (name, spec, file); SPEC as `load_classifier` spells it, FILE its weights."""
+    from detectors.backbones import backbone_spec
+
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise argparse.ArgumentTypeError(f"expected NAME=SPEC[:FILE] (e.g. imagenet=imagenet-lite0, "
+                                         f"random=timm:efficientnet_lite0, zoobot=zoobot:efficientnet_lite0:FILE), "
+                                         f"got {text!r}")
+    parts = rest.split(":", 2 if rest.split(":", 1)[0] in FAMILIES else 1)
+    head = 2 if parts[0] in FAMILIES else 1
+    spec, file = ":".join(parts[:head]), (parts[head] if len(parts) > head else None)
+    if spec.startswith("zoobot:") and file is None:
+        raise argparse.ArgumentTypeError(f"row {name}: {spec} needs its weights file: {name}={spec}:FILE")
+    if file is not None and not Path(file).is_file():
+        raise argparse.ArgumentTypeError(f"row {name}: weights file {file} does not exist")
+    try:
+        backbone_spec(spec, file)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"row {name}: {exc}") from None
+    return name, spec, file
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=15.0, help="training budget per backbone")
-    parser.add_argument("--n-train", type=int, default=4000, help="simulated training images (generated on the fly)")
-    parser.add_argument("--n-test", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of --n-train images (the cosine schedule's "
-                        "length); the time budget stops training earlier if it runs out")
-    parser.add_argument("--n-val", type=int, default=300, help="validation images for the score threshold "
-                        "(0: the paper's 0.3)")
-    parser.add_argument("--out", default="bench-detector")
-    parser.add_argument("--arch", default="efficientnet_lite0", help="encoder of every row (timm or torchvision)")
-    parser.add_argument("--backbones", nargs="+", type=_backbone_spec, metavar="NAME=WEIGHTS",
-                        default=[("imagenet", "imagenet"), ("random", "none")],
-                        help="the rows, each NAME=WEIGHTS with WEIGHTS as for `blindspots detect --weights`: "
-                        "imagenet, none, imagenet:FILE, zoobot:FILE or FILE")
-    parser.add_argument("--zoobot-weights", default=None, metavar="FILE",
-                        help="adds the row zoobot=zoobot:FILE (a local hf_hub:mwalmsley/zoobot-encoder-<arch> file)")
-    parser.add_argument("--only", default=None, metavar="NAME", help="run one row only")
-    parser.add_argument("--wall", action="store_true", help="count the budget in wall time")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is far more efficient when the "
-                        "cores are shared with other jobs: run the rows side by side with --only)")
-    parser.add_argument("--hosts", nargs="*", default=None, metavar="DIR",
-                        help="real cutout folders for injected-clump completeness (default: the sdss and decals "
-                        "folders of ../shared/data/galaxies beside the repository, if present)")
-    parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args(argv)
-    rows = list(args.backbones) + ([("zoobot", f"zoobot:{args.zoobot_weights}")] if args.zoobot_weights else [])
-    if len({name for name, _ in rows}) != len(rows):
-        parser.error(f"row names must differ: {[name for name, _ in rows]}")
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    from blindspots.cli import OUT_ROOT, Parser
+
+    p = Parser(prog="python -m benchmarks.detector_cpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", nargs="+", type=parse_row, default=[parse_row(r) for r in DEFAULT_ROWS],
+                   metavar="NAME=SPEC[:FILE]", help=f"the rows (default: {' '.join(DEFAULT_ROWS)})")
+    p.add_argument("--only", default=None, metavar="NAME", help="run one row only")
+    p.add_argument("--minutes", type=float, default=15.0, help="training budget per row")
+    p.add_argument("--n-train", type=int, default=4000, help="simulated training images (generated on the fly)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of --n-train images (the cosine schedule's length)")
+    p.add_argument("--n-test", type=int, default=300)
+    p.add_argument("--n-val", type=int, default=300, help="validation images for the score threshold "
+                   "(0: the paper's 0.3)")
+    p.add_argument("--hosts", nargs="*", default=None, metavar="DIR",
+                   help="real cutout folders for injected-clump completeness (default: the sdss and decals "
+                   "folders of ../shared/data/galaxies beside the repository, if present)")
+    p.add_argument("--out", default=str(OUT_ROOT / "bench-detector"), metavar="DIR")
+    p.add_argument("--wall", action="store_true", help="count the budget in wall time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--min-completeness", type=float, default=0.8, help="target per row")
+    p.add_argument("--min-purity", type=float, default=0.8, help="target per row")
+    p.add_argument("--restart", action="store_true", help="discard a row's earlier run with other settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    names = [name for name, _, _ in args.rows]
+    if len(set(names)) != len(names):
+        p.error(f"row names must differ: {names}")
     if args.only is not None:
-        if args.only not in dict(rows):
-            parser.error(f"--only {args.only!r} is not one of the rows {[name for name, _ in rows]}")
-        rows = [(name, w) for name, w in rows if name == args.only]
+        if args.only not in names:
+            p.error(f"--only {args.only!r} is not one of the rows {names}")
+        args.rows = [r for r in args.rows if r[0] == args.only]
+    return args
 
+
+def _settings(summary: dict) -> dict:
+    """The settings rows must share to be compared, as JSON holds them (tuples become lists)."""
+    return json.loads(json.dumps({k: v for k, v in summary["settings"].items() if k not in ROW_KEYS}))
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def comparison(results: dict[str, dict]) -> str:
+    """The README's table: one line per row (same architecture, data and budget)."""
+    header = ("| row | backbone (weights) | threshold (validation) | simulated test | at the paper's 0.3 "
+              "| AP50 clump | real hosts, completeness | training steps |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    for name, s in results.items():
+        at = s["at_preset_threshold"]
+        real = (s.get("real_hosts") or {}).get("completeness_bright")
+        lines.append(f"| {name} | {s['backbone']} ({s['weights']}) | {s['score_threshold']:g} "
+                     f"| {_fmt(s['completeness_bright'])} / {_fmt(s['purity'])} "
+                     f"| {_fmt(at['completeness_bright'])} / {_fmt(at['purity'])} "
+                     f"| {_fmt(s['ap50'].get('clump'))} | {_fmt(real)} | {s['train']['steps']} |")
+    return "\n".join(lines)
+
+
+def _run_rows(args, hosts: list[str]) -> tuple[dict, list[str]]:
+    """Train and score each row; returns (this call's summaries, misses)."""
+    from detectors.backbones import backbone_spec
     from detectors.cli import DetectRun, format_summary, run_detection
+
+    results, misses = {}, []
+    for name, spec, file in args.rows:
+        arch, weights, weights_file = backbone_spec(spec, file)
+        cfg = DetectRun(out=str(Path(args.out) / name), backbone=arch, weights=weights, weights_file=weights_file,
+                        preset="cpu", n_train=args.n_train, n_test=args.n_test, n_val=args.n_val,
+                        hosts=tuple(hosts), epochs=args.epochs, seed=args.seed, minutes=args.minutes, n_draw=4,
+                        progress=not args.quiet, device="cpu", cpu_clock=not args.wall, restart=args.restart)
+        s = results[name] = run_detection(cfg)
+        print(format_summary(s), flush=True)
+        if not s["train"]["completed"]:
+            print("  note: the time budget ended training before the learning-rate schedule did", flush=True)
+        c, pur = s["completeness_bright"] or 0.0, s["purity"] or 0.0
+        ok = c >= args.min_completeness and pur >= args.min_purity
+        print(f"  [{name}] target (completeness >= {args.min_completeness} and purity >= {args.min_purity} for "
+              f"clumps >= 3%): {'met' if ok else 'MISSED'} ({c:.3f} / {pur:.3f})", flush=True)
+        if not ok:
+            misses.append(f"{name} {c:.3f} / {pur:.3f}")
+    return results, misses
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the rows; returns 0 if every row run meets the target, 1 if any misses, 2 on a user error."""
+    args = _parse(argv)
+    import torch
+
+    from blindspots.store import FolderInUse, RunChanged
 
     torch.set_num_threads(args.threads)
     hosts = args.hosts if args.hosts is not None else [
         str(p) for p in (SHARED_GALAXIES / "sdss", SHARED_GALAXIES / "decals") if p.is_dir()]
+    try:
+        results, misses = _run_rows(args, hosts)
+    except (RunChanged, FolderInUse, FileNotFoundError, ValueError) as exc:
+        print(f"python -m benchmarks.detector_cpu: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
     summary_path = Path(args.out) / "summary.json"
-    results = json.loads(summary_path.read_text()) if summary_path.is_file() else {}  # rows of earlier calls
-    for name, weights in rows:
-        cfg = DetectRun(out=str(Path(args.out) / name), backbone=args.arch, weights=weights,
-                        preset="cpu", n_train=args.n_train, n_test=args.n_test, n_val=args.n_val,
-                        hosts=tuple(hosts), epochs=args.epochs,
-                        seed=args.seed, minutes=args.minutes, n_draw=4, progress=args.progress,
-                        cpu_clock=not args.wall)
-        s = run_detection(cfg)
-        results[name] = s
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        summary_path.write_text(json.dumps(results, indent=1))
-        print(format_summary(s), flush=True)
-        if not s["train"]["completed"]:
-            print("  note: the time budget ended training before the learning-rate schedule did", flush=True)
-        ok = (s["completeness_bright"] or 0) >= 0.8 and (s["purity"] or 0) >= 0.8
-        print(f"  target (completeness >= 0.8 and purity >= 0.8 for clumps >= 3%): {'MET' if ok else 'NOT met'}",
-              flush=True)
-    if len(results) > 1:
-        print(comparison(results))
-    return results
-
-
-def comparison(results: dict[str, dict]) -> str:
-    """One column per row of the benchmark (same architecture, data and budget), one line per figure."""
-    names = list(results)
-    lines = [f"{'':30s}" + "".join(f"{n:>14s}" for n in names)]
-
-    def line(label: str, values: list) -> None:
-        lines.append(f"  {label:28s}" + "".join(f"{'n/a' if v is None else f'{v:.3f}':>14s}" for v in values))
-
-    for key in ("score_threshold", "completeness_bright", "purity", "completeness_all", "f1"):
-        line(key, [results[n][key] for n in names])
-    for key in ("completeness_bright", "purity"):
-        line(f"{key} @preset", [results[n]["at_preset_threshold"][key] for n in names])
-    line("AP50 clump", [results[n]["ap50"]["clump"] for n in names])
-    line("real hosts completeness", [(results[n].get("real_hosts") or {}).get("completeness_bright")
-                                     for n in names])
-    lines.append(f"  {'training steps':28s}" + "".join(f"{results[n]['train']['steps']:>14d}" for n in names))
-    return "\n".join(lines)
+    earlier = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    this = _settings(next(iter(results.values())))
+    same = {n: s for n, s in earlier.items() if n not in results and _settings(s) == this}
+    left_out = sorted(set(earlier) - set(results) - set(same))
+    gathered = {**same, **results}
+    summary_path.write_text(json.dumps({**earlier, **results}, indent=1))
+    print(comparison(gathered))
+    if left_out:
+        print(f"(rows of earlier calls with other settings, left out of the table: {', '.join(left_out)})")
+    print(f"target (every row run: completeness >= {args.min_completeness} and purity >= {args.min_purity}): "
+          + ("met" if not misses else "MISSED: " + "; ".join(misses)))
+    return 1 if misses else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

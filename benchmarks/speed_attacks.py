@@ -5,21 +5,23 @@ Measured side by side, interleaved over several repeats (other processes may sha
 (t) torchattacks: `torchattacks.PGD(model, eps, alpha, steps)` (returns the adversarial images only);
 (a) ours, no early stop: `attacks.PGD(..., early_stop=False)`, started from the same random point through `init=`;
     it also returns the success mask, norms and counts (one extra forward per sample for the success of the last
-    iterate). Its speed over (t) comes from feeding the model channels_last tensors (the default; faster oneDNN
-    convolutions), whose float rounding differs from NCHW: a gradient component near zero may change sign, so a few
-    pixels may differ by 2 alpha (the fraction of differing values is reported);
-(n) ours, no early stop, NCHW (`channels_last=False`): the same arithmetic as torchattacks, so its images must equal
-    torchattacks' (max |difference| <= 1e-5 is checked); its speed shows the cost of the extra success forward;
-(b) ours, early stop: `attacks.PGD(..., early_stop=True)` on the same batch: fooled samples leave the working batch.
+    iterate). It feeds the model channels_last tensors (the default), whose float rounding differs from NCHW: a
+    gradient component near zero may change sign, so a few pixels may differ by 2 alpha (the fraction is printed);
+(n) ours, no early stop, NCHW (`channels_last=False`): the same arithmetic as torchattacks; its images must equal
+    torchattacks' within --atol (1e-5; whether they are bit-identical is printed);
+(b) ours, early stop: `attacks.PGD(..., early_stop=True)`: fooled samples leave the working batch.
 
-The batch is built so that half of it flips within the first steps: on a pool of real photo crops (scikit-image's
-bundled photos), eps grows geometrically until early-stop PGD fools half a batch within its first two steps; the
-other half is taken among the crops PGD does not fool at that eps (they run every step).
+Judged rows (natural batches, l-inf eps --eps, default 4/255, the usual ImageNet budget; labels = the model's
+predictions): `photos`, scikit-image's bundled photos (cat, espresso, rocket, astronaut), and `galaxies`, --batch
+simulated galaxies (`detectors.simulate`). The early-stop gain depends on how quickly the samples flip, which the
+rows print (backwards per sample). `--constructed` adds an extra row, shown and not judged: a batch built so that
+half of it flips within two steps (eps grown until early-stop PGD fools half a batch of photo crops that fast) and
+half never flips.
 
-Targets: t/a >= 1.0 and t/b >= 1.5 (ratios of median times), and (n) equal to (t) within 1e-5.
+Targets on each judged row: t/a >= 1.0 and t/b >= 1.5 (ratios of median times); on every row: max|n - t| <= --atol.
 
-    python -m benchmarks.speed_attacks                         # imagenet-lite0 at 96 px, batch 16, 10 steps
-    python -m benchmarks.speed_attacks --size 64 --batch 8 --repeats 3
+    python -m benchmarks.speed_attacks                         # imagenet-lite0 at 96 px, 16 galaxies, 10 steps
+    python -m benchmarks.speed_attacks --size 64 --batch 8 --repeats 3 --constructed --threads 1
 """
 
 from __future__ import annotations
@@ -33,15 +35,15 @@ from typing import Callable, Sequence
 
 import torch
 
-import attacks
-from blindspots import load_classifier
-from blindspots.data import demo_photos, prepare
+from blindspots.cli import Parser
 
-__all__ = ["photo_crops", "half_flipping_batch", "bench", "main"]
+__all__ = ["photo_crops", "half_flipping_batch", "natural_rows", "bench", "main"]
 
 
 def photo_crops(n: int, size: int, seed: int = 0) -> torch.Tensor:
     """`n` random square crops (side 30-100 % of the shorter side) of the bundled demo photos, resized to `size`."""
+    from blindspots.data import demo_photos, prepare
+
     photos, _ = demo_photos(size=256)
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -56,14 +58,14 @@ def photo_crops(n: int, size: int, seed: int = 0) -> torch.Tensor:
 def half_flipping_batch(model, pool: torch.Tensor, batch: int, steps: int = 10, seed: int = 0,
                         start_eps: float = 1e-5, factor: float = 1.5
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, dict]:
-    """A batch of which half is fooled within the first two PGD steps and half is never fooled, with labels = the
-    model's predictions.
+    """A constructed batch: half fooled within the first two PGD steps, half never fooled; labels = predictions.
 
-    eps grows geometrically from `start_eps` until early-stop PGD at eps fools at least half a batch of the pool
-    within its first two steps (fragile: at most 3 backwards, the start point's included); the other half is taken
-    among the pool samples PGD does not fool at that eps (robust: they run every step). Returns (images, labels,
-    pool indices (the per-sample seeds to use), eps, info).
+    eps grows geometrically from `start_eps` until early-stop PGD fools at least half a batch of the pool within
+    its first two steps (at most 3 backwards, the start point's included); the other half is taken among the pool
+    samples PGD does not fool at that eps. Returns (images, labels, per-sample seeds, eps, info).
     """
+    import attacks
+
     labels = model.predict(pool)[0]
     half = batch // 2
     eps = start_eps
@@ -83,6 +85,16 @@ def half_flipping_batch(model, pool: torch.Tensor, batch: int, steps: int = 10, 
     return pool[idx], labels[idx], idx + seed, eps, info
 
 
+def natural_rows(model, size: int, galaxies: int, seed: int = 0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, images, labels = the model's predictions) of the judged rows: the demo photos, simulated galaxies."""
+    from blindspots.data import demo_photos
+    from detectors.simulate import SimConfig, simulate
+
+    photos, _ = demo_photos(size=size)
+    sims = simulate(galaxies, SimConfig(image_size=size), seed=seed).images
+    return [(name, x, model.predict(x)[0]) for name, x in (("photos", photos), ("galaxies", sims))]
+
+
 def _time(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -91,33 +103,27 @@ def _time(fn: Callable[[], object]) -> float:
 
 def bench(model, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, repeats: int,
           seeds: torch.Tensor | int = 0) -> dict:
-    """Interleaved timings of (t), (a), (b); returns medians, ratios and the output check."""
+    """Interleaved timings of (t), (a), (n), (b); returns medians, ratios and the output checks."""
     import torchattacks
+
+    import attacks
 
     alpha = 2.5 * eps / steps
     ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
     ours = attacks.PGD(model, eps, "linf", steps, alpha, early_stop=False, seed=seeds)
     ours_es = attacks.PGD(model, eps, "linf", steps, alpha, early_stop=True, seed=seeds)
     ours_nchw = attacks.PGD(model, eps, "linf", steps, alpha, early_stop=False, seed=seeds, channels_last=False)
-    seed = 0
     model.eval()
 
     def run_t():
-        torch.manual_seed(seed)
+        torch.manual_seed(0)
         return ta(images, labels)
 
-    def start():
-        torch.manual_seed(seed)  # torchattacks' start: x + U(-eps, eps) from the global RNG, clipped
-        return torch.clamp(images + torch.empty_like(images).uniform_(-eps, eps), 0, 1)
-
-    init = start()
-    # correctness: same start -> same images
+    torch.manual_seed(0)  # torchattacks' start: x + U(-eps, eps) from the global RNG, clipped
+    init = torch.clamp(images + torch.empty_like(images).uniform_(-eps, eps), 0, 1)
     adv_t = run_t()
-    res_a = ours(images, labels, init=init)
-    res_b = ours_es(images, labels)
-    max_diff = float((adv_t - res_a.images).abs().max())
-    max_diff_n = float((adv_t - ours_nchw(images, labels, init=init).images).abs().max())
-    frac_diff = float(((adv_t - res_a.images).abs() > 1e-5).double().mean())
+    res_a, res_b = ours(images, labels, init=init), ours_es(images, labels)
+    diff_n = (adv_t - ours_nchw(images, labels, init=init).images).abs()
     runs = {"t": run_t, "a": lambda: ours(images, labels, init=init), "b": lambda: ours_es(images, labels),
             "n": lambda: ours_nchw(images, labels, init=init)}
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -132,57 +138,90 @@ def bench(model, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: 
         "images_per_s": {k: n / v for k, v in med.items()},
         "t_over_a": med["t"] / med["a"], "t_over_b": med["t"] / med["b"], "t_over_n": med["t"] / med["n"],
         "spread_s": {k: [min(v), max(v)] for k, v in times.items()},
-        "max_abs_diff_a_t": max_diff, "fraction_differing_a_t": frac_diff, "max_abs_diff_n_t": max_diff_n,
+        "fraction_differing_a_t": float(((adv_t - res_a.images).abs() > 1e-5).double().mean()),
+        "max_abs_diff_n_t": float(diff_n.max()), "bit_identical_n_t": bool((diff_n == 0).all()),
         "success_a": res_a.success_rate, "success_b": res_b.success_rate,
         "backwards_per_sample_b": float(res_b.backwards.double().mean()),
-        "first_steps_flips_b": float((res_b.success & (res_b.backwards <= 3)).double().mean()),
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns 0 if both speed targets are met and the outputs agree, else 1."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.speed_attacks", description=__doc__.split("\n\n")[0])
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = Parser(prog="python -m benchmarks.speed_attacks", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="imagenet-lite0", help="a blindspots.load_classifier spec")
+    p.add_argument("--weights", default=None, metavar="FILE", help="weights file for --model")
     p.add_argument("--size", type=int, default=96, help="input size in px")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--pool", type=int, default=64, help="photo crops to pick the half-flipping batch from")
+    p.add_argument("--batch", type=int, default=16, help="simulated galaxies in the galaxies row")
+    p.add_argument("--eps", type=float, default=4 / 255, help="l-inf budget of the judged rows")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats (medians are reported)")
+    p.add_argument("--constructed", action="store_true", help="add the constructed half-flip row (not judged)")
+    p.add_argument("--pool", type=int, default=64, help="photo crops to build the constructed row from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    p.add_argument("--out", type=Path, default=None, help="append the result as one JSON line to this file")
-    p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |ours - torchattacks| on the images")
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=None, help="append each row as one JSON line to this file")
+    p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |(n) - torchattacks| on the images")
+    p.add_argument("--min-a", type=float, default=1.0, help="target: t/a on the judged rows")
+    p.add_argument("--min-b", type=float, default=1.5, help="target: t/b on the judged rows")
+    p.add_argument("--quiet", action="store_true", help="print the rows and the verdict only")
+    return p.parse_args(argv)
+
+
+def _print_row(name: str, r: dict, judged: bool, args) -> None:
+    ips, how = r["images_per_s"], "judged" if judged else "constructed: shown, not judged"
+    print(f"[{name}] ({how}) PGD-linf eps={r['eps']:.4g} steps={r['steps']}, batch {r['batch']}, "
+          f"{r['threads']} threads, medians of {r['repeats']} interleaved repeats")
+    print(f"  torchattacks.PGD          {ips['t']:8.2f} images/s")
+    print(f"  attacks.PGD no early stop {ips['a']:8.2f} images/s   t/a ratio {r['t_over_a']:.2f}x  "
+          f"(target >= {args.min_a})  {r['fraction_differing_a_t']:.1e} of values differ")
+    print(f"  attacks.PGD no e.s., NCHW {ips['n']:8.2f} images/s   t/n ratio {r['t_over_n']:.2f}x  max|n - t| "
+          f"{r['max_abs_diff_n_t']:.2e} ({'bit-identical' if r['bit_identical_n_t'] else 'not bit-identical'})")
+    print(f"  attacks.PGD early stop    {ips['b']:8.2f} images/s   t/b ratio {r['t_over_b']:.2f}x  "
+          f"(target >= {args.min_b})  {r['success_b']:.0%} fooled, {r['backwards_per_sample_b']:.1f} "
+          f"backwards/sample of {args.steps + 1}")
+
+
+def _misses(name: str, r: dict, judged: bool, args) -> list[str]:
+    out = []
+    if r["max_abs_diff_n_t"] > args.atol:
+        out.append(f"{name}: max|n - t| {r['max_abs_diff_n_t']:.2e} > {args.atol}")
+    if judged and r["t_over_a"] < args.min_a:
+        out.append(f"{name}: t/a {r['t_over_a']:.2f}x < {args.min_a}x")
+    if judged and r["t_over_b"] < args.min_b:
+        out.append(f"{name}: t/b {r['t_over_b']:.2f}x < {args.min_b}x")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns 0 if every target is met and the outputs agree, else 1."""
+    args = _parse(argv)
     try:
         import torchattacks  # noqa: F401
     except ImportError:
-        print("torchattacks is not installed (pip install torchattacks; a dev-only dependency)")
+        print("target MISSED: torchattacks is not installed (pip install torchattacks; a dev-only dependency)")
         return 1
+    from blindspots import load_classifier
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_classifier(args.model)
-    pool = photo_crops(args.pool, args.size, args.seed)
-    images, labels, seeds, eps, info = half_flipping_batch(model, pool, args.batch, args.steps, args.seed)
-    r = bench(model, images, labels, eps, args.steps, args.repeats, seeds)
-    r.update(info, model=args.model, size=args.size)
-    ips = r["images_per_s"]
-    print(f"PGD-linf eps={eps:.4g} steps={args.steps}, {args.model} at {args.size} px, batch {args.batch} "
-          f"({info['fragile_in_pool']} fragile / {info['robust_in_pool']} robust in {args.pool} crops), "
-          f"{r['threads']} threads, medians of {args.repeats} interleaved repeats")
-    print(f"  torchattacks.PGD          {ips['t']:8.2f} images/s")
-    print(f"  attacks.PGD no early stop {ips['a']:8.2f} images/s   ratio {r['t_over_a']:.2f}x  (target >= 1.0)  "
-          f"{r['fraction_differing_a_t']:.1e} of values differ")
-    print(f"  attacks.PGD no e.s., NCHW {ips['n']:8.2f} images/s   ratio {r['t_over_n']:.2f}x  (no layout gain; "
-          f"+1 forward for the success mask)  max|diff| {r['max_abs_diff_n_t']:.2e}")
-    print(f"  attacks.PGD early stop    {ips['b']:8.2f} images/s   ratio {r['t_over_b']:.2f}x  (target >= 1.5)  "
-          f"{r['first_steps_flips_b']:.0%} fooled within 2 steps, {r['backwards_per_sample_b']:.1f} backwards/sample")
-    if args.out is not None:
-        with args.out.open("a") as f:
-            f.write(json.dumps(r) + "\n")
-    ok = r["t_over_a"] >= 1.0 and r["t_over_b"] >= 1.5 and r["max_abs_diff_n_t"] <= args.atol
-    if not ok:
-        print("  -> target missed")
-    return 0 if ok else 1
+    model = load_classifier(args.model, weights=args.weights)
+    rows = [(name, x, y, args.seed, args.eps, True, {})
+            for name, x, y in natural_rows(model, args.size, args.batch, args.seed)]
+    if args.constructed:
+        pool = photo_crops(args.pool, args.size, args.seed)
+        x, y, seeds, eps, info = half_flipping_batch(model, pool, args.batch, args.steps, args.seed)
+        rows.append(("constructed half-flip", x, y, seeds, eps, False, info))
+    misses = []
+    for name, x, y, seeds, eps, judged, info in rows:
+        r = bench(model, x, y, eps, args.steps, args.repeats, seeds)
+        r.update(info, row=name, judged=judged, model=args.model, size=args.size)
+        _print_row(name, r, judged, args)
+        misses += _misses(name, r, judged, args)
+        if args.out is not None:
+            with args.out.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+    print(f"target (judged rows: t/a >= {args.min_a}x, t/b >= {args.min_b}x; every row: max|n - t| <= {args.atol}): "
+          + ("met" if not misses else "MISSED: " + "; ".join(misses)))
+    return 1 if misses else 0
 
 
 if __name__ == "__main__":
