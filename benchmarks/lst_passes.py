@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="galaxy cutout size in px")
     p.add_argument("--photo-size", type=int, default=224)
     p.add_argument("--galaxies", type=Path, default=GALAXIES, help="folder of real galaxy cutouts")
-    p.add_argument("--fixed", default="0.1:40,0.15:28,0.2:20", help="fixed step:iterations settings to compare")
+    p.add_argument("--fixed", default="0.15:28,0.2:20", help="fixed step:iterations settings to compare")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="print only the verdict lines")
