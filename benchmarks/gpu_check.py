@@ -59,7 +59,7 @@ def _throughputs(name: str, iterations: int, max_batch: int) -> dict[str, float]
                          ("engine bf16+channels_last", {"amp": True, "channels_last": True}),
                          ("engine bf16+compile", {"amp": True, "compile": True})):
         run_cfg = LSTConfig(**{**cfg.to_dict(), **extra})
-        rows[label] = _rate(lambda: level_set_traversal(model, xs, xt, y, config=run_cfg, seed=0), batch, iterations)
+        rows[label] = _rate(lambda c=run_cfg: level_set_traversal(model, xs, xt, y, config=c, seed=0), batch, iterations)
     rows["published loop fp32"] = _rate(lambda: reference_lst(model, xs, xt, y, config=cfg, seed=0), batch, iterations)
     rows["bare fwd+bwd fp32"] = _rate(lambda: floor_passes(model, xs.cuda(), y.cuda(), iterations), batch, iterations)
     print(f"{name}: batch {batch}, {iterations} iterations", flush=True)
