@@ -17,6 +17,11 @@ processes may share the cores (on an oversubscribed machine, --threads 1 avoids 
 
     python -m benchmarks.speed_lst                       # resnet18 + deit_tiny at 64 and 224 px
     python -m benchmarks.speed_lst --models resnet18 --sizes 64 --batch 8 --iterations 20 --repeats 5
+    python -m benchmarks.speed_lst --channels-last --models resnet18 efficientnet_lite0 --sizes 224
+
+`--channels-last` instead times the engine with NCHW inputs against channels_last inputs (interleaved), and checks
+that the outputs agree within float tolerance (target: max |difference| <= --atol-cl); it reports the ratio and does
+not judge speed (which format is faster depends on the model and the machine).
 """
 
 from __future__ import annotations
@@ -198,6 +203,31 @@ def bench_one(name: str, size: int, batch: int, iterations: int, repeats: int, s
     }
 
 
+def bench_channels_last(name: str, size: int, batch: int, iterations: int, repeats: int, seed: int = 0) -> dict:
+    """Interleaved timings of the engine with NCHW inputs and with channels_last inputs (model weights untouched)."""
+    model = build_model(name, size, seed)
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.rand(batch, 3, size, size, generator=gen)
+    xt = torch.rand(batch, 3, size, size, generator=gen)
+    with torch.no_grad():
+        y = model(xs).argmax(1)
+    configs = {"nchw": LSTConfig.paper(iterations=iterations), "cl": LSTConfig.paper(iterations=iterations,
+                                                                                     channels_last=True)}
+    seconds: dict[str, list[float]] = {k: [] for k in configs}
+    outputs = {}
+    for k, cfg in configs.items():  # warm-up
+        level_set_traversal(model, xs, xt, y, config=LSTConfig(**{**cfg.to_dict(), "iterations": SHORT}), seed=seed)
+    for r in range(repeats):
+        for k in (list(configs) if r % 2 == 0 else list(configs)[::-1]):
+            dt, outputs[k] = _timed(lambda c=configs[k]: level_set_traversal(model, xs, xt, y, config=c, seed=seed))
+            seconds[k].append(dt)
+    ratio = [c / n for n, c in zip(seconds["nchw"], seconds["cl"])]
+    return {"model": name, "size": size, "batch": batch, "iterations": iterations,
+            "sec_per_sample_iter": {k: statistics.median(v) / (batch * iterations) for k, v in seconds.items()},
+            "cl_over_nchw": statistics.median(ratio), "cl_over_nchw_range": [min(ratio), max(ratio)],
+            "max_abs_diff": float((outputs["nchw"].images - outputs["cl"].images).abs().max())}
+
+
 def _print_row(r: dict) -> None:
     t, s = r["sec_per_sample_iter"], r["spread"]
     print(f"{r['model']:>24} {r['size']:>4}px  "
@@ -224,12 +254,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--out", type=Path, default=None, help="append one JSON line per configuration to this file")
     p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |engine - reference| on final images")
+    p.add_argument("--channels-last", action="store_true", help="time NCHW against channels_last inputs instead")
+    p.add_argument("--atol-cl", type=float, default=1e-4, help="largest allowed |NCHW - channels_last| on images")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.iterations <= SHORT:
         p.error(f"--iterations must exceed {SHORT} (the short runs' length)")
 
+    if args.channels_last:
+        return _main_channels_last(args)
     print(f"seconds per sample-iteration (median [min-max] over {args.repeats} interleaved repeats), batch "
           f"{args.batch}, T={args.iterations}, {torch.get_num_threads()} threads; a=engine b=reference c=floor")
     ok = True
@@ -245,6 +279,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok &= good
             if not good:
                 print(f"  -> target missed (b/a >= 1.35, a/c <= 1.10, max|a-b| <= {args.atol}, equal accepts)")
+    return 0 if ok else 1
+
+
+def _main_channels_last(args: argparse.Namespace) -> int:
+    ok = True
+    for name in args.models:
+        for size in args.sizes:
+            r = bench_channels_last(name, size, args.batch, args.iterations, args.repeats, args.seed)
+            t = r["sec_per_sample_iter"]
+            print(f"{name:>20} {size:>4}px  NCHW {t['nchw'] * 1e3:7.2f} ms  channels_last {t['cl'] * 1e3:7.2f} ms"
+                  f"  cl/nchw={r['cl_over_nchw']:.3f} [{r['cl_over_nchw_range'][0]:.2f}-"
+                  f"{r['cl_over_nchw_range'][1]:.2f}]  max|diff|={r['max_abs_diff']:.1e}", flush=True)
+            ok &= r["max_abs_diff"] <= args.atol_cl
     return 0 if ok else 1
 
 

@@ -19,7 +19,6 @@ depend on its batch-mates (each sample draws its start noise from its own seed).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import asdict, dataclass, replace
@@ -30,8 +29,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .metrics import distances
-from .models import Classifier, model_device, probing
+from .models import probing
+from .traversal_loop import Chunk, refuse_non_finite, start_noise
+from .traversal_probe import Probe, auto_batch_size, check_batch_independence, check_label_range, resolve_device
+
+_start_noise = start_noise  # the name benchmarks/speed_lst.py imports
 from .validation import check_images, check_labels, check_same_shape
 
 __all__ = ["LSTConfig", "LSTResult", "Trajectory", "level_set_traversal", "derangement_pairs", "sample_seeds"]
@@ -39,21 +41,32 @@ __all__ = ["LSTConfig", "LSTResult", "Trajectory", "level_set_traversal", "deran
 
 @dataclass(frozen=True)
 class LSTConfig:
-    """Settings of a traversal. `LSTConfig()` is a quick default for demos; `LSTConfig.paper()` the published one.
+    """Settings of a traversal. `LSTConfig()` is a quick default for demos; `LSTConfig.paper()` the published one;
+    `LSTConfig.adaptive()` a per-sample adaptive step that needs far fewer model passes (see its docstring).
 
     Attributes:
-        step_size: eta, the fraction of the orthogonal remaining difference taken per step.
-        iterations: T, the number of steps (each one forward+backward).
+        step_size: eta, the fraction of the orthogonal remaining difference taken per step, in (0, 1] (above 1 a
+            step moves past the target). In adaptive mode: the starting step.
+        iterations: T, the number of steps (each one forward+backward); in adaptive mode the most steps per sample.
         threshold: delta; a step is accepted iff p0 - p_y(x') < delta.
-        adv_eps: eps of the persistent per-pixel adversarial offset (0 turns the term off).
+        adv_eps: eps of the persistent per-pixel adversarial offset, in [0, 0.1] (0 turns the term off; the offset is
+            in [0, 1] pixel space and the paper uses 2e-3, so more than 0.1 = 25/255 cannot be meant).
         init_noise: r, half-width of the uniform start noise (2/255 in the paper).
-        stop_rms: per-sample early stop once the RMS-l2 distance to the target is below this (None: run all T).
+        stop_rms: per-sample early stop once the RMS-l2 distance to the target is below this (None: no such stop).
         log_every: record a trajectory every k iterations (0: off, and then it costs nothing).
         log_snapshots: also keep the images at each logged iteration (on CPU).
         use_prediction: take the model's own prediction on the source as the source class, instead of `labels`.
-        batch_size: process at most this many pairs at once (None: all at once).
-        amp: mixed precision (autocast float16) on CUDA; ignored elsewhere.
-        channels_last: feed the model channels_last tensors (faster convolutions on GPU).
+        batch_size: process at most this many pairs at once (None: all at once; "auto": on CUDA the largest power
+            of two that fits, found by trial; on CPU 32).
+        amp: run the model under bfloat16 autocast (CPU and CUDA). bfloat16 keeps float32's range, so confident
+            gradients do not underflow; the projection itself is computed in float32.
+        channels_last: feed the model channels_last tensors (faster convolutions on GPU; same values up to rounding).
+        compile: `torch.compile` the model's forward (and so its backward) for the call.
+        mode: "fixed" (one step size for all, the paper's) or "adaptive" (per-sample step and stop, see
+            `LSTConfig.adaptive`).
+        max_step, min_step, grow, shrink: adaptive mode's step bounds and its factors after accept / reject.
+        patience, min_progress: adaptive mode stops a sample once `patience` consecutive iterations brought its
+            RMS-l2 to the target no more than `min_progress` (relative) below the best distance it had reached.
     """
 
     step_size: float = 2.5e-2
@@ -65,35 +78,102 @@ class LSTConfig:
     log_every: int = 0
     log_snapshots: bool = False
     use_prediction: bool = False
-    batch_size: int | None = None
+    batch_size: int | str | None = None
     amp: bool = False
     channels_last: bool = False
+    compile: bool = False
+    mode: str = "fixed"
+    max_step: float = 1.0
+    min_step: float = 1e-3
+    grow: float = 2.0
+    shrink: float = 0.5
+    patience: int = 2
+    min_progress: float = 0.02
 
     @classmethod
     def paper(cls, **overrides: Any) -> "LSTConfig":
         """The paper's settings: step 1e-2, 400 iterations, threshold 0.2, adversarial step 2e-3."""
         return replace(cls(step_size=1e-2, iterations=400, threshold=0.2, adv_eps=2e-3), **overrides)
 
+    @classmethod
+    def adaptive(cls, **overrides: Any) -> "LSTConfig":
+        """Adaptive step mode: the paper's acceptance rule and orthogonal direction, a per-sample step and stop.
+
+        Per sample, each iteration makes the paper's candidate x' = clamp(x + eta_i d - a, 0, 1) (d: the remaining
+        difference to the target with its component along the gradient removed; a: the persistent adversarial
+        offset) and accepts it iff p0 - p_y(x') < threshold, as in paper mode, so every accepted point lies in the
+        same superlevel set. Then:
+
+        - accepted: eta_i <- min(eta_i * grow, max_step); rejected: eta_i <- max(eta_i * shrink, min_step);
+        - the sample stops when its RMS-l2 to the target falls below `stop_rms` (if set), or when `patience`
+          consecutive iterations did not bring that distance `min_progress` (relative) below the best it had
+          reached (it sits at the level set's projection of the target, or cannot move), or after `iterations`.
+
+        The step after an accept or reject is refined by the step's own cost: it is orthogonal to the gradient, so
+        the confidence it loses is second order, k eta^2; fitting k to the last step gives the step that would use
+        half the slack left to the threshold, and an accept grows eta to at most that, a reject shrinks it to that
+        (between eta/10 and shrink * eta).
+
+        Defaults (tuned on real galaxy pairs with imagenet-lite0; see benchmarks/lst_passes.py): eta starts at 0.5,
+        grow 1.5, shrink 0.5, bounds [1e-3, 1], patience 1, min_progress 0.02, stop_rms 1e-3 (a quarter of one
+        8-bit grey level), at most 100 iterations; threshold 0.2 and adversarial step 2e-3 as in the paper. Any field
+        can be overridden.
+        """
+        return replace(cls(step_size=0.5, iterations=100, threshold=0.2, adv_eps=2e-3, mode="adaptive", grow=1.5,
+                           patience=1, stop_rms=1e-3), **overrides)
+
     def __post_init__(self) -> None:
-        if not (self.step_size > 0 and math.isfinite(self.step_size)):
-            raise ValueError(f"step_size must be a positive number, got {self.step_size}")
-        if not isinstance(self.iterations, int) or self.iterations < 0:
-            raise ValueError(f"iterations must be a non-negative int, got {self.iterations!r}")
-        if not (0 < self.threshold <= 1):
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if not (self.adv_eps >= 0 and math.isfinite(self.adv_eps)):
-            raise ValueError(f"adv_eps must be >= 0, got {self.adv_eps}")
-        if not (0 <= self.init_noise <= 1):
-            raise ValueError(f"init_noise must be in [0, 1], got {self.init_noise}")
-        if self.stop_rms is not None and not self.stop_rms > 0:
-            raise ValueError(f"stop_rms must be positive or None, got {self.stop_rms}")
-        if not isinstance(self.log_every, int) or self.log_every < 0:
-            raise ValueError(f"log_every must be a non-negative int, got {self.log_every!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
+        _check_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+        and math.isfinite(v)
+
+
+def _check_config(c: LSTConfig) -> None:
+    """One clear error for a setting that cannot be meant (bools for numbers, steps past the target, ...)."""
+    for name in ("step_size", "threshold", "adv_eps", "init_noise", "max_step", "min_step", "grow", "shrink",
+                 "min_progress"):
+        if not _is_number(getattr(c, name)):
+            raise ValueError(f"{name} must be a finite number, got {getattr(c, name)!r}")
+    for name in ("iterations", "log_every", "patience"):
+        if not _is_int(getattr(c, name)) or getattr(c, name) < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {getattr(c, name)!r}")
+    if not 0 < c.step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1] (a fraction of the remaining difference; above 1 a step moves "
+                         f"past the target), got {c.step_size}")
+    if not 0 < c.threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {c.threshold}")
+    if not 0 <= c.adv_eps <= 0.1:
+        raise ValueError(f"adv_eps must be in [0, 0.1] (a per-pixel offset in [0, 1] pixel space; the paper uses "
+                         f"2e-3), got {c.adv_eps}")
+    if not 0 <= c.init_noise <= 1:
+        raise ValueError(f"init_noise must be in [0, 1], got {c.init_noise}")
+    if c.stop_rms is not None and not (_is_number(c.stop_rms) and c.stop_rms > 0):
+        raise ValueError(f"stop_rms must be a positive number or None, got {c.stop_rms!r}")
+    if c.batch_size is not None and c.batch_size != "auto" and not (_is_int(c.batch_size) and c.batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive int, 'auto' or None, got {c.batch_size!r}")
+    for name in ("log_snapshots", "use_prediction", "amp", "channels_last", "compile"):
+        if not isinstance(getattr(c, name), (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {getattr(c, name)!r}")
+    if not 0 < c.min_step <= c.max_step <= 1:
+        raise ValueError(f"need 0 < min_step <= max_step <= 1, got min_step={c.min_step}, max_step={c.max_step}")
+    if not (c.grow >= 1 and 0 < c.shrink <= 1):
+        raise ValueError(f"need grow >= 1 and 0 < shrink <= 1, got grow={c.grow}, shrink={c.shrink}")
+    if c.mode not in ("fixed", "adaptive"):
+        raise ValueError(f"mode must be 'fixed' or 'adaptive', got {c.mode!r}")
+    if c.mode == "adaptive" and c.patience < 1:
+        raise ValueError(f"patience must be >= 1 in adaptive mode, got {c.patience}")
+    if not 0 <= c.min_progress < 1:
+        raise ValueError(f"min_progress must be in [0, 1), got {c.min_progress}")
 
 
 @dataclass
@@ -131,6 +211,8 @@ class LSTResult:
     start_rms_l2: torch.Tensor
     config: LSTConfig
     trajectory: Trajectory | None = None
+    model_passes: torch.Tensor | None = None  # samples of this pair through the model (forwards, with or without
+    #                                           a backward): its cost in model passes
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -148,7 +230,7 @@ class LSTResult:
         """Read a result written by `save`, without executing pickled code."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         trajectory = Trajectory(**state["trajectory"]) if "trajectory" in state else None
-        return cls(**{k: state[k] for k in _RESULT_TENSORS}, config=LSTConfig(**state["config"]),
+        return cls(**{k: state.get(k) for k in _RESULT_TENSORS}, config=LSTConfig(**state["config"]),
                    trajectory=trajectory)
 
     def records(self) -> list[dict[str, Any]]:
@@ -170,12 +252,14 @@ class LSTResult:
             }
             if self.ssim is not None:
                 row["ssim"] = float(self.ssim[i])
+            if self.model_passes is not None:
+                row["model_passes"] = int(self.model_passes[i])
             out.append(row)
         return out
 
 
 _RESULT_TENSORS = ("images", "labels", "initial_confidence", "final_confidence", "acceptance_rate", "iterations",
-                   "rms_l2", "linf", "ssim", "misclassified", "seeds", "start_rms_l2")
+                   "rms_l2", "linf", "ssim", "misclassified", "seeds", "start_rms_l2", "model_passes")
 
 
 def sample_seeds(seed: int | Sequence[int] | torch.Tensor | None, n: int) -> torch.Tensor:
@@ -188,54 +272,6 @@ def sample_seeds(seed: int | Sequence[int] | torch.Tensor | None, n: int) -> tor
     if seeds.shape[0] != n:
         raise ValueError(f"seed must be an int or hold one seed per sample ({n}), got {seeds.shape[0]}")
     return seeds
-
-
-def _start_noise(seeds: torch.Tensor, shape: torch.Size, radius: float) -> torch.Tensor:
-    """U(-radius, radius) noise, each sample from its own generator, so batching does not change it."""
-    out = torch.empty((len(seeds), *shape))
-    gen = torch.Generator()
-    for i, s in enumerate(seeds.tolist()):
-        gen.manual_seed(s)
-        out[i].uniform_(-radius, radius, generator=gen)
-    return out
-
-
-class _Probe:
-    """Forward(+backward) of the model at a batch of points, in the configured precision and memory format."""
-
-    def __init__(self, model: nn.Module, config: LSTConfig, device: torch.device) -> None:
-        self.model = model
-        self.amp = config.amp and device.type == "cuda"
-        self.channels_last = config.channels_last
-
-    def _prep(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
-        with ctx:
-            logits = self.model(self._prep(x))
-        return logits.float()
-
-    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self._logits(x).log_softmax(-1)
-
-    def log_probs_and_grad(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log-softmax at x and g = grad_x(-log p_y(x)) per sample (one forward, one backward)."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            logp = self._logits(x).log_softmax(-1)
-            loss = -logp.gather(1, y[:, None]).sum()
-            if not loss.requires_grad:  # the output does not depend on the input: the gradient is zero
-                return logp.detach(), torch.zeros_like(x)
-            (g,) = torch.autograd.grad(loss, x, allow_unused=True)
-        return logp.detach(), torch.zeros_like(x) if g is None else g.to(x.dtype)
-
-
-def _per_sample(t: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-sample vector to broadcast over images."""
-    return t.view(-1, 1, 1, 1)
 
 
 def level_set_traversal(
@@ -257,11 +293,17 @@ def level_set_traversal(
         sources, targets: float (N, C, H, W) tensors in [0, 1].
         labels: source classes (N,). None, or `config.use_prediction`, uses the model's prediction on each source.
             Sources the model misclassifies are kept and flagged in `result.misclassified`.
-        config: `LSTConfig()` by default; `LSTConfig.paper()` for the published settings.
+        config: `LSTConfig()` by default; `LSTConfig.paper()` for the published settings, `LSTConfig.adaptive()`
+            for far fewer model passes.
         target_labels: classes of the targets, for the logged target confidence (default: the model's prediction).
         seed: an int (sample i uses seed + i), one seed per sample, or None (drawn from torch's global RNG).
         progress: show a tqdm progress bar.
-        device: where to compute (default: the model's device). Results come back on CPU.
+        device: where to compute (default: the model's device; a model elsewhere is refused, not moved). Results come
+            back on CPU.
+
+    Before the traversal, a few sources go through the model alone and in a batch: a model whose eval output depends
+    on its batch-mates (BatchNorm without running statistics, dropout left active) is refused, since the engine
+    evaluates many samples at once. Labels are checked against the width of the model's logits.
     """
     if isinstance(labels, LSTConfig):
         raise TypeError("the 4th argument is labels; pass the settings as config=LSTConfig(...)")
@@ -274,137 +316,57 @@ def level_set_traversal(
     check_images(targets, "targets")
     check_same_shape(sources, targets, "sources", "targets")
     n = sources.shape[0]
-    device = torch.device(device) if device is not None else model_device(model)
+    device = resolve_device(model, device)
     seeds = sample_seeds(seed, n)
-    num_classes = model.num_classes if isinstance(model, Classifier) else None
     if labels is not None:
-        labels = check_labels(labels, n, num_classes)
+        labels = check_labels(labels, n, None)
     if target_labels is not None:
-        target_labels = check_labels(target_labels, n, num_classes, "target_labels")
+        target_labels = check_labels(target_labels, n, None, "target_labels")
 
-    chunk = config.batch_size or n
     parts = []
-    n_chunks = math.ceil(n / chunk)
-    with probing(model), tqdm(total=config.iterations * n_chunks, disable=not progress, unit="it",
-                              desc="LST") as bar:
-        for lo in range(0, n, chunk):
-            sl = slice(lo, lo + chunk)
-            parts.append(_traverse_chunk(
-                model, sources[sl].to(device), targets[sl].to(device),
-                None if labels is None else labels[sl].to(device),
-                None if target_labels is None else target_labels[sl].to(device),
-                seeds[sl], config, device, bar))
+    with probing(model):
+        probe = Probe(model, amp=config.amp, channels_last=config.channels_last, compile=config.compile,
+                      device=device)
+        check_passes = _check_model(model, sources, labels, target_labels, device)
+        chunk = config.batch_size or n
+        if chunk == "auto":
+            y0 = labels[:1] if labels is not None else torch.zeros(1, dtype=torch.long)
+            chunk = auto_batch_size(probe, sources[:1].to(device), y0.to(device), n, device)
+        with tqdm(total=config.iterations * math.ceil(n / chunk), disable=not progress, unit="it", desc="LST") as bar:
+            for lo in range(0, n, chunk):
+                sl = slice(lo, lo + chunk)
+                traversal = Chunk(probe, sources[sl].to(device), targets[sl].to(device),
+                                   None if labels is None else labels[sl].to(device),
+                                   None if target_labels is None else target_labels[sl].to(device),
+                                   seeds[sl], config, lo)
+                parts.append(traversal.run(bar))
+    for part, lo in zip(parts, range(0, n, chunk)):
+        part["model_passes"] += check_passes[lo:lo + len(part["images"])]
     return _merge(parts, seeds, config)
 
 
-def _traverse_chunk(model, xs, xt, labels, target_labels, seeds, config: LSTConfig, device, bar) -> dict[str, Any]:
-    probe = _Probe(model, config, device)
-    n = xs.shape[0]
-    clean = probe.log_probs(xs)
-    if not bool(torch.isfinite(clean).all()):
-        bad = (~torch.isfinite(clean)).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"the model returned NaN/inf logits on sources {bad[:10]}")
-    if clean.shape[1] < 2:
-        raise ValueError(f"the model must return logits for at least 2 classes, got {clean.shape[1]}")
-    if labels is not None and int(labels.max()) >= clean.shape[1]:
-        raise ValueError(f"labels out of range: found {int(labels.max())}, the model has {clean.shape[1]} classes")
-    pred = clean.argmax(1)
-    y = pred if (labels is None or config.use_prediction) else labels
-    misclassified = (pred != labels) if labels is not None else torch.zeros(n, dtype=torch.bool, device=device)
-    p0 = clean.gather(1, y[:, None]).squeeze(1).exp()
-
-    logging = config.log_every > 0
-    if logging:
-        tcls = target_labels if target_labels is not None else probe.log_probs(xt).argmax(1)
-
-    noise = _start_noise(seeds, xs.shape[1:], config.init_noise).to(device=device, dtype=xs.dtype)
-    x = (xs + noise).clamp_(0, 1)
-    logp, g = probe.log_probs_and_grad(x, y)
-    a = torch.zeros_like(x)
-    accepted = torch.zeros(n, dtype=torch.long, device=device)
-    used = torch.zeros(n, dtype=torch.long, device=device)
-    eta, eps, delta = config.step_size, config.adv_eps, config.threshold
-
-    # Output buffers for the whole chunk; the working tensors hold only the active samples.
-    out_x, out_logp = x.clone(), logp.clone()
-    out_acc, out_used = accepted.clone(), used.clone()
-    active = torch.arange(n, device=device)
-    work_xt, work_y, work_p0 = xt, y, p0
-    log: dict[str, list[torch.Tensor]] = {k: [] for k in ("steps", "src", "tgt", "rms_t", "linf_t", "rms_s", "acc",
-                                                           "snap")}
-
-    def write_back() -> None:
-        out_x[active], out_logp[active] = x, logp
-        out_acc[active], out_used[active] = accepted, used
-
-    def record(step: int) -> None:
-        write_back()
-        log["steps"].append(torch.tensor(step))
-        log["src"].append(out_logp.gather(1, y[:, None]).squeeze(1).exp().cpu())
-        log["tgt"].append(out_logp.gather(1, tcls[:, None]).squeeze(1).exp().cpu())
-        dist = distances(out_x, xt, with_ssim=False)
-        log["rms_t"].append(dist["rms_l2"])
-        log["linf_t"].append(dist["linf"])
-        log["rms_s"].append(distances(out_x, xs, with_ssim=False)["rms_l2"])
-        log["acc"].append(out_acc.to("cpu", copy=True))
-        if config.log_snapshots:
-            log["snap"].append(out_x.to("cpu", copy=True))
-
-    if logging:
-        record(0)
-    for it in range(1, config.iterations + 1):
-        if config.stop_rms is not None:
-            remaining = (work_xt - x).flatten(1).norm(dim=1) / math.sqrt(x[0].numel())
-            keep = remaining >= config.stop_rms
-            if not bool(keep.all()):
-                write_back()
-                x, g, a, logp = x[keep], g[keep], a[keep], logp[keep]
-                accepted, used, active = accepted[keep], used[keep], active[keep]
-                work_xt, work_y, work_p0 = work_xt[keep], work_y[keep], work_p0[keep]
-                if active.numel() == 0:
-                    bar.update(config.iterations - it + 1)
-                    break
-        v = work_xt - x
-        gg = (g * g).flatten(1).sum(1)
-        gv = (g * v).flatten(1).sum(1)
-        coef = torch.where(gg > 0, gv / gg.clamp_min(torch.finfo(gg.dtype).tiny), torch.zeros_like(gg))
-        d = v - _per_sample(coef) * g
-        if eps > 0:
-            a = (a + (eps / 2) * g).clamp_(-eps, eps)
-            candidate = (x + eta * d - a).clamp_(0, 1)
-        else:
-            candidate = (x + eta * d).clamp_(0, 1)
-        if it < config.iterations:
-            logp_c, g_c = probe.log_probs_and_grad(candidate, work_y)
-        else:  # the last candidate's gradient would never be used: its forward alone decides
-            logp_c, g_c = probe.log_probs(candidate), g
-        p_c = logp_c.gather(1, work_y[:, None]).squeeze(1).exp()
-        ok = (work_p0 - p_c) < delta  # NaN confidences compare False: such candidates are rejected
-        okb = _per_sample(ok)
-        x = torch.where(okb, candidate, x)
-        g = torch.where(okb, g_c, g)
-        logp = torch.where(ok[:, None], logp_c, logp)
-        accepted += ok.long()
-        used += 1
-        bar.update(1)
-        if logging and (it % config.log_every == 0 or it == config.iterations):
-            record(it)
-    write_back()
-
-    result = {
-        "images": out_x.detach().cpu(),
-        "labels": y.cpu(),
-        "initial_confidence": p0.cpu(),
-        "final_confidence": out_logp.gather(1, y[:, None]).squeeze(1).exp().cpu(),
-        "acceptance_rate": (out_acc.double() / out_used.clamp_min(1)).float().cpu(),
-        "iterations": out_used.cpu(),
-        "misclassified": misclassified.cpu(),
-        "start_rms_l2": distances(xs, xt, with_ssim=False)["rms_l2"],
-    }
-    result.update(distances(out_x, xt))
-    if logging:
-        result["trajectory"] = {k: torch.stack(v) for k, v in log.items() if v}
-    return result
+def _check_model(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor | None,
+                 target_labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Once per call, in float32: the first sources alone and in a batch must agree, and the labels must index the
+    logits. Returns the model passes it spent per sample."""
+    plain = Probe(model, device=device)
+    m = min(4, sources.shape[0])
+    alone_ids = range(min(2, m))
+    xs = sources[:m].to(device)
+    alone = torch.cat([plain.logits(xs[i:i + 1]) for i in alone_ids])
+    passes = torch.zeros(sources.shape[0], dtype=torch.long)
+    passes[:len(alone_ids)] += 1
+    refuse_non_finite(torch.isfinite(alone).all(1), "logits on the sources", torch.arange(len(alone_ids)))
+    if alone.shape[1] < 2:
+        raise ValueError(f"the model must return logits for at least 2 classes, got {alone.shape[1]}")
+    check_label_range(labels, alone.shape[1])
+    check_label_range(target_labels, alone.shape[1], "target_labels")
+    if m > 1:
+        batch = plain.logits(xs)
+        passes[:m] += 1
+        check_batch_independence(model, batch[:len(alone_ids)], alone,
+                                 lambda: torch.cat([plain.logits(xs[i:i + 1]) for i in alone_ids]))
+    return passes
 
 
 def _merge(parts: list[dict[str, Any]], seeds: torch.Tensor, config: LSTConfig) -> LSTResult:
@@ -423,7 +385,7 @@ def _merge(parts: list[dict[str, Any]], seeds: torch.Tensor, config: LSTConfig) 
         final_confidence=cat("final_confidence"), acceptance_rate=cat("acceptance_rate"),
         iterations=cat("iterations"), rms_l2=cat("rms_l2"), linf=cat("linf"), ssim=cat("ssim"),
         misclassified=cat("misclassified"), seeds=seeds, config=config, trajectory=trajectory,
-        start_rms_l2=cat("start_rms_l2"),
+        start_rms_l2=cat("start_rms_l2"), model_passes=cat("model_passes"),
     )
 
 
@@ -434,7 +396,16 @@ def derangement_pairs(labels: torch.Tensor | Sequence[int], rounds: int = 5, see
     Uniformly random derangements are drawn by rejection; when classes repeat so much that rejection fails, a
     class-sorted cyclic shift (valid whenever no class holds more than half the pool) is used instead.
     """
-    labels_t = torch.as_tensor(labels).long().flatten()
+    labels_t = torch.as_tensor(labels)
+    if labels_t.ndim != 1:
+        raise ValueError(f"labels must be a 1-D sequence of class indices, got shape {tuple(labels_t.shape)}")
+    if labels_t.is_floating_point():
+        if not bool((torch.isfinite(labels_t) & (labels_t == labels_t.round())).all()):
+            raise ValueError("labels must be integer class indices; got non-integral floats "
+                             f"{labels_t[labels_t != labels_t.round()][:4].tolist()}")
+    elif labels_t.is_complex():
+        raise TypeError(f"labels must be integer class indices, got dtype {labels_t.dtype}")
+    labels_t = labels_t.long()
     n = labels_t.numel()
     if n < 2:
         raise ValueError("derangements need at least 2 images")
