@@ -106,7 +106,7 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
     x, y = _images(w)
     for m in models.values():
         assert (m.predict(x)[0] == y).all()
-    group = pc.Group(("ball", "linear"), (("toy", "ball", "linear"),), lambda limit, seed: (x, y, None))
+    group = pc.Group(("ball", "linear"), (("toy", "ball", "linear"),), lambda limit, seed, size: (x, y, None))
     config = LSTConfig.paper(iterations=60, step_size=0.05, threshold=0.1, adv_eps=0.0)
     result = pc.run_claims(tmp_path, {"toy": group}, rounds=2, config=config, min_confidence=0.6, models=models,
                            batch_size=24)
