@@ -29,8 +29,6 @@ ARCH = "efficientnet_lite0"
 TINY = ["--size", "32", "--train", "16", "--test", "16", "--pretrain", "16", "--pretrain-epochs", "1", "--probe", "12",
         "--epochs", "1", "--scratch-epochs", "1", "--batch-size", "8", "--iterations", "2", "--rounds", "2",
         "--sim-pairs", "4", "--min-accuracy", "0", "--threads", "1", "--quiet"]
-# The documented command for a real Zoobot encoder vs the ImageNet weights of the same architecture (README).
-ZOOBOT_COMMAND = "--arch {arch} --backbones imagenet,zoobot --zoobot-weights {zoobot} --imagenet-weights {imagenet}"
 
 
 @pytest.fixture(autouse=True)
@@ -229,13 +227,36 @@ def test_documented_zoobot_command_with_files_written_here(tmp_path):
     zoobot, imagenet = tmp_path / "zoobot-resnet18.safetensors", tmp_path / "resnet18-imagenet.safetensors"
     enc = _encoder_file(zoobot, "resnet18", 1)
     _encoder_file(imagenet, "resnet18", 2, head=True)
-    argv = ZOOBOT_COMMAND.format(arch="resnet18", zoobot=zoobot, imagenet=imagenet).split() + TINY + [
+    from experiments.zoobot.fetch import command
+
+    documented = command("resnet18", zoobot, imagenet).split()  # the command fetch prints and the README shows
+    assert documented[:2] == ["blindspots", "zoobot"]
+    argv = documented[2:] + TINY + [
         "--out", str(tmp_path / "out"), "--real", str(_real_folder(tmp_path / "real")), "--seeds", "0"]
     assert run_command("zoobot", zs, argv) == 0
     training = json.loads((tmp_path / "out" / "training.json").read_text())
     assert set(training) == {"imagenet/s0", "zoobot/s0"}
     clf = zs.build_backbone("zoobot", "resnet18", zoobot_weights=str(zoobot))
     assert clf.mean is None and torch.equal(clf.model.encoder.state_dict()["conv1.weight"], enc["conv1.weight"])
+    assert zs.build_backbone("imagenet", "resnet18", imagenet_weights=str(imagenet)).mean is not None
+
+
+def test_fetch_writes_the_two_files_through_timms_download(tmp_path, monkeypatch):
+    import timm
+
+    from experiments.zoobot import fetch
+
+    asked, real_create = [], timm.create_model
+
+    def fake_create(name, pretrained=False, **kwargs):  # timm's download, without the network
+        asked.append((name, pretrained, kwargs.get("num_classes")))
+        return real_create("resnet18", pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    zoobot, imagenet = fetch.fetch("resnet18", tmp_path)
+    assert asked == [("hf_hub:mwalmsley/zoobot-encoder-resnet18", True, 0), ("resnet18", True, None)]
+    monkeypatch.undo()
+    assert zs.build_backbone("zoobot", "resnet18", zoobot_weights=str(zoobot)).mean is None
     assert zs.build_backbone("imagenet", "resnet18", imagenet_weights=str(imagenet)).mean is not None
 
 

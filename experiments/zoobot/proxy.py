@@ -86,5 +86,6 @@ def probe_quality(args: argparse.Namespace, proxy_file: str, device: torch.devic
             continue
         feats = bb.encoder_features(clf.to(device), images)
         r2 = bb.linear_probe(feats[:cut], morph[:cut], feats[cut:], morph[cut:])
-        out[kind] = {"mean_r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else None, **{name: float(v) for name, v in zip(dt.MORPHOLOGY, r2)}}
+        mean = float(np.nanmean(r2)) if np.isfinite(r2).any() else None
+        out[kind] = {"mean_r2": mean, **{name: float(v) for name, v in zip(dt.MORPHOLOGY, r2)}}
     return out
