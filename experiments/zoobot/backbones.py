@@ -20,7 +20,7 @@ __all__ = ["BACKBONES", "build_backbone", "fine_tune", "pretrain_encoder", "save
 BACKBONES = {
     "imagenet": "ImageNet weights",
     "zoobot": "Zoobot encoder (local file)",
-    "galaxy-proxy": "galaxy-proxy: pretrained here on simulated galaxy morphology (a proxy for Zoobot, not Zoobot)",
+    "galaxy-proxy": "galaxy-proxy: trained here on simulated galaxy morphology (a proxy for Zoobot, not Zoobot)",
     "random": "random init",
 }
 PROXY_NORMALISATION = "none: inputs in [0, 1] without mean/std, as Zoobot's encoders"
@@ -123,13 +123,23 @@ def _head(model: nn.Module) -> nn.Linear | None:
 
 
 def pretrain_encoder(arch: str, images: torch.Tensor, morph: torch.Tensor, *, epochs: int, batch: int, lr: float,
-                     seed: int, device: torch.device, progress: bool = False) -> tuple[nn.Module, list[float]]:
-    """The galaxy-proxy: timm `arch` from random init, trained to regress the standardised simulated morphology
-    (MSE) from [0, 1] images without mean/std (Zoobot's convention). Returns the encoder (head removed) and losses."""
+                     seed: int, device: torch.device, init: str = "imagenet", imagenet_weights: str | None = None,
+                     progress: bool = False) -> tuple[nn.Module, list[float]]:
+    """The galaxy-proxy: timm `arch` from `init` ('imagenet': the ImageNet start of this study; 'random'), trained
+    to regress the standardised simulated morphology (MSE) from [0, 1] images without mean/std (Zoobot's
+    convention). Returns the encoder (head removed) and the per-step losses."""
     import timm
 
     torch.manual_seed(seed)
-    net = timm.create_model(arch, pretrained=False, num_classes=morph.shape[1])
+    if init == "imagenet":
+        start = build_backbone("imagenet", arch, imagenet_weights=imagenet_weights, num_outputs=morph.shape[1])
+        if start is None:
+            raise ValueError(f"--proxy-init imagenet needs ImageNet weights for {arch} (--imagenet-weights)")
+        net = start.model
+    elif init == "random":
+        net = timm.create_model(arch, pretrained=False, num_classes=morph.shape[1])
+    else:
+        raise ValueError(f"proxy init must be 'imagenet' or 'random', got {init!r}")
     losses = train(net, images, morph, nn.functional.mse_loss, epochs=epochs, batch=batch, lr=lr, seed=seed,
                    device=device, progress=progress, desc="pretrain galaxy-proxy")
     net.reset_classifier(0)
@@ -169,17 +179,36 @@ def encoder_features(clf: Classifier, images: torch.Tensor, batch: int = 128) ->
     return torch.cat(feats)
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 ridge: float = 1e-2) -> np.ndarray:
-    """R^2 per target of a ridge regression (closed form, standardised features, penalty `ridge` x n) fitted on
-    train and scored on held-out test (NaN for a target constant on the test set)."""
-    mu, sd = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    a = torch.cat([(train_x - mu) / sd, torch.ones(train_x.shape[0], 1)], 1).double()
-    b = torch.cat([(test_x - mu) / sd, torch.ones(test_x.shape[0], 1)], 1).double()
+RIDGES = tuple(10.0 ** k for k in range(-3, 5))  # penalties per sample, chosen per target on held-out train
+
+
+def _ridge_fit(a: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
     reg = ridge * a.shape[0] * torch.eye(a.shape[1], dtype=torch.float64)
-    reg[-1, -1] = 0
-    w = torch.linalg.solve(a.T @ a + reg, a.T @ train_y.double())
-    resid = ((b @ w - test_y.double()) ** 2).sum(0)
-    total = ((test_y.double() - test_y.double().mean(0)) ** 2).sum(0)
-    r2 = (1 - resid / total).numpy()
-    return np.where(total.numpy() > 0, r2, np.nan)  # a target constant on the test set has no R^2
+    reg[-1, -1] = 0  # the intercept is not penalised
+    return torch.linalg.solve(a.T @ a + reg, a.T @ y)
+
+
+def _r2(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    total = ((y - y.mean(0)) ** 2).sum(0)
+    r2 = 1 - ((pred - y) ** 2).sum(0) / total
+    return torch.where(total > 0, r2, torch.full_like(r2, float("nan")))  # a constant target has no R^2
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 ridges: tuple[float, ...] = RIDGES) -> np.ndarray:
+    """R^2 per target on held-out test of a ridge regression on standardised features (dead features dropped);
+    each target's penalty is chosen among `ridges` on the last quarter of train, then refitted on all of train."""
+    sd = train_x.std(0)
+    keep = sd > 1e-4 * sd.max().clamp_min(1e-12)
+    mu, sd = train_x[:, keep].mean(0), sd[keep]
+
+    def design(x):
+        return torch.cat([(x[:, keep] - mu) / sd, torch.ones(x.shape[0], 1)], 1).double()
+
+    a, b, ya, yb = design(train_x), design(test_x), train_y.double(), test_y.double()
+    cut = (3 * a.shape[0]) // 4
+    scores = torch.stack([_r2(a[cut:] @ _ridge_fit(a[:cut], ya[:cut], r), ya[cut:]).nan_to_num(-1e9)
+                          for r in ridges])
+    best = scores.argmax(0)
+    pred = torch.stack([b @ _ridge_fit(a, ya[:, [j]], ridges[int(best[j])]) for j in range(ya.shape[1])], 1)
+    return _r2(pred.squeeze(-1), yb).numpy()

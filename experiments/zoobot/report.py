@@ -27,7 +27,7 @@ def sig(x: Any, digits: int = 3) -> str:
     """Three significant digits (n/a for missing or non-finite values)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+    return f"{x:#.{digits}g}".rstrip(".") if isinstance(x, float) else str(x)
 
 
 def label(kind: str) -> str:
@@ -95,6 +95,8 @@ def paired_figure(comps: Sequence[Comparison], path: Path) -> Path | None:
                             fmt="D", color="k", capsize=4, ms=5)
         ax.axhline(1.0, color="k", lw=0.8, ls=":")
         ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter("%.3g"))
         ax.set_xticks(range(len(sub)))
         ax.set_xticklabels([f"{c.a}\nseed {c.seed}\nn={c.n}" for c in sub], fontsize=9)
         ax.set_title(f"{cat} pairs", fontsize=11)
@@ -105,9 +107,14 @@ def paired_figure(comps: Sequence[Comparison], path: Path) -> Path | None:
     return st.figure_to_png(fig, path)
 
 
-def _verdict_text(result: Mapping[str, Any], seeds: Sequence[int]) -> str:
+def _headline(result: Mapping[str, Any]) -> str:
     if not result["verdicts"]:
         return "No verdict: the ImageNet backbone and at least one other backbone must both be measured."
+    return "Verdict: " + "; ".join(f"{label(k)} vs ImageNet: " + (o if o == "inconclusive" else
+                                   f"{label(o)} is more under-sensitive") for k, (o, _) in result["verdicts"].items())
+
+
+def _verdict_text(result: Mapping[str, Any], seeds: Sequence[int]) -> str:
     lines = [sentence for _, sentence in result["verdicts"].values()]
     lines.append(f"Fine-tuning seeds per backbone: {len(seeds)} ({', '.join(map(str, seeds))}); same pairs and "
                  "same start noise for every backbone and seed.")
@@ -117,8 +124,10 @@ def _verdict_text(result: Mapping[str, Any], seeds: Sequence[int]) -> str:
 def _proxy_caption(proxy_log: Mapping[str, Any] | None) -> str:
     if not proxy_log:
         return "No galaxy-proxy in this run (or its encoder was given as a file)."
-    return (f"galaxy-proxy = pretrained here from random init on {proxy_log['pretrain_images']} simulated galaxies "
-            f"x {proxy_log['pretrain_epochs']} epochs ({proxy_log['pretrain_seconds']} s), MSE on their standardised "
+    start = "the ImageNet weights" if proxy_log.get("init") == "imagenet" else "random init"
+    return (f"galaxy-proxy = trained here from {start} on {proxy_log['pretrain_images']} simulated galaxies "
+            f"x {proxy_log['pretrain_epochs']} epochs ({proxy_log['pretrain_seconds']} s wall, "
+            f"{proxy_log.get('pretrain_cpu_seconds')} s CPU), MSE on their standardised "
             f"morphology; a proxy for Zoobot, not Zoobot. Encoder file: {proxy_log['file']} (Zoobot layout, "
             f"normalisation {proxy_log['normalisation']}). Linear probe: ridge regression from each encoder's pooled "
             "features (before any fine-tuning) to held-out simulated morphology, R² on a third held out.")
@@ -126,7 +135,7 @@ def _proxy_caption(proxy_log: Mapping[str, Any] | None) -> str:
 
 def write_report(out: Path, args: argparse.Namespace, seeds: Sequence[int], records: Sequence[dict[str, Any]],
                  result: Mapping[str, Any], training: Mapping[str, Any], proxy_log: Mapping[str, Any] | None,
-                 cfg: Any, seconds: float) -> Path:
+                 cfg: Any, seconds: float, cpu_seconds: float = math.nan) -> Path:
     """report.html, comparisons.csv, backbones.csv, tables.json, records.csv and paired.png in `out`."""
     comps = result["comparisons"]
     shown, backs = comparison_rows(comps), backbone_rows(result["index"], training)
@@ -138,10 +147,10 @@ def write_report(out: Path, args: argparse.Namespace, seeds: Sequence[int], reco
     st.write_json({"verdicts": {k: {"outcome": o, "sentence": s} for k, (o, s) in result["verdicts"].items()},
                    "rule": RULE, "seeds": list(seeds), "comparisons": [c.row() for c in comps],
                    "training": training, "proxy": proxy_log, "lst_config": cfg.to_dict(), "settings": settings,
-                   "seconds": round(seconds, 1)}, out / "tables.json")
+                   "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}, out / "tables.json")
     fig = paired_figure(comps, out / "paired.png")
     path = st.write_html_report(out / "report.html", TITLE, [
-        {"heading": "Verdict", "text": RULE + "\n\n" + verdict},
+        {"heading": _headline(result), "text": RULE + "\n\n" + verdict},
         {"heading": "Paired comparison with ImageNet (ratio < 1: the backbone gets closer to the other galaxy "
                     "while keeping its class)", "table": shown},
         {"figure": fig, "caption": "Each point is one pair: RMS-l2 left to the target by the backbone / by "
@@ -153,11 +162,11 @@ def write_report(out: Path, args: argparse.Namespace, seeds: Sequence[int], reco
         {"heading": "Settings", "table": [{"setting": k, "value": json.dumps(v)} for k, v in settings.items()]
          + [{"setting": f"lst.{k}", "value": json.dumps(v)} for k, v in cfg.to_dict().items()]
          + [{"setting": "backbones", "value": "; ".join(f"{k}: {v}" for k, v in BACKBONES.items())},
-            {"setting": "wall time (s)", "value": f"{seconds:.0f}"}]},
+            {"setting": "wall time (s)", "value": f"{seconds:.0f} (CPU time of this process: {cpu_seconds:.0f} s)"}]},
     ])
     path.write_text(path.read_text(encoding="utf-8").replace("</style>", WRAP + "</style>", 1), encoding="utf-8")
     if not args.quiet:
-        print("\n" + verdict + "\n")
+        print("\n" + _headline(result) + "\n\n" + verdict + "\n")
         print(st.markdown_table(shown))
-        print(f"\nreport: {path} ({seconds:.0f} s)")
+        print(f"\nreport: {path} ({seconds:.0f} s wall, {cpu_seconds:.0f} s CPU)")
     return path

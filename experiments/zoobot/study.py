@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-clump-flux", type=float, default=0.03,
                    help="clumpy class: 2-8 clumps each of at least this fraction of the host's flux (up to 0.08)")
     p.add_argument("--crop", type=float, default=0.5, help="central fraction of the real cutouts kept")
-    p.add_argument("--pretrain", type=positive_int, default=3072, help="simulated galaxies for the proxy")
+    p.add_argument("--proxy-init", choices=("imagenet", "random"), default="imagenet",
+                   help="the proxy's start before its galaxy training (imagenet: the same ImageNet weights)")
+    p.add_argument("--pretrain", type=positive_int, default=4096, help="simulated galaxies for the proxy")
     p.add_argument("--pretrain-epochs", type=positive_int, default=4)
     p.add_argument("--probe", type=positive_int, default=768, help="held-out galaxies of the proxy's linear probe")
     p.add_argument("--train", type=positive_int, default=1024, help="simulated galaxies for fine-tuning")
@@ -232,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     info = st.init_distributed(device)
     out = Path(args.out)
     try:
@@ -263,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
 
             result = analyse(records, [k for k in kinds if any(k == m[0] for m in measured)], seeds)
             write_report(out, args, seeds, records, result, training, proxy_log, cfg,
-                         seconds=time.perf_counter() - started)
+                         seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu)
     finally:
         st.finish_distributed(info)
     return 0
