@@ -266,12 +266,16 @@ def test_fetch_writes_the_two_files_through_timms_download(tmp_path, monkeypatch
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
-    for argv, words in ((["--backbones", "imagenet,nope"], "--backbones"), (["--seeds", "0,x"], "--seeds"),
-                        (["--zoobot-weights", str(tmp_path / "none.safetensors")], "no such file"),
-                        (["--model", "timm:resnet18"], "zoobot:<arch>")):
+    cases = [(["--backbones", "imagenet,nope"], "--backbones"), (["--seeds", "0,x"], "--seeds"),
+             (["--zoobot-weights", str(tmp_path / "none.safetensors")], "no such file"),
+             (["--model", "timm:resnet18"], "zoobot:<arch>"), (["--crop", "0"], "--crop")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "CUDA is not available"))
+    for argv, words in cases:
         assert run_command("zoobot", zs, argv + ["--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0]
+        assert not (tmp_path / "o").exists()  # refused before any work
 
 
 def test_simulated_task_classes():
