@@ -20,7 +20,7 @@ from .paired import RULE, Comparison, stalled
 __all__ = ["write_report", "sig", "comparison_rows", "backbone_rows", "paired_figure"]
 
 TITLE = "Zoobot vs ImageNet: paired under-sensitivity of galaxy classifiers"
-WRAP = "td,th,p,figcaption{overflow-wrap:anywhere}"
+WRAP = "td,th,p,figcaption{overflow-wrap:break-word}"
 
 
 def sig(x: Any, digits: int = 3) -> str:
@@ -95,8 +95,9 @@ def paired_figure(comps: Sequence[Comparison], path: Path) -> Path | None:
                             fmt="D", color="k", capsize=4, ms=5)
         ax.axhline(1.0, color="k", lw=0.8, ls=":")
         ax.set_yscale("log")
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(sub)))
         ax.set_xticklabels([f"{c.a}\nseed {c.seed}\nn={c.n}" for c in sub], fontsize=9)
         ax.set_title(f"{cat} pairs", fontsize=11)
@@ -159,10 +160,10 @@ def write_report(out: Path, args: argparse.Namespace, seeds: Sequence[int], reco
         {"heading": "Backbones (simulated test accuracy, per fine-tuning seed)", "table": backs},
         {"heading": "How good is the proxy? Linear probe R² on held-out simulated morphology",
          "table": proxy_rows(proxy_log), "caption": _proxy_caption(proxy_log)},
-        {"heading": "Settings", "table": [{"setting": k, "value": json.dumps(v)} for k, v in settings.items()]
-         + [{"setting": f"lst.{k}", "value": json.dumps(v)} for k, v in cfg.to_dict().items()]
-         + [{"setting": "backbones", "value": "; ".join(f"{k}: {v}" for k, v in BACKBONES.items())},
-            {"setting": "wall time (s)", "value": f"{seconds:.0f} (CPU time of this process: {cpu_seconds:.0f} s)"}]},
+        {"heading": "Settings", "text": "; ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+         + "\n\nLST: " + "; ".join(f"{k} = {json.dumps(v)}" for k, v in cfg.to_dict().items())
+         + "\n\nBackbones: " + "; ".join(f"{k}: {v}" for k, v in BACKBONES.items())
+         + f"\n\nThis invocation: {seconds:.0f} s wall, {cpu_seconds:.0f} s CPU (a rerun reuses finished work)."},
     ])
     path.write_text(path.read_text(encoding="utf-8").replace("</style>", WRAP + "</style>", 1), encoding="utf-8")
     if not args.quiet:

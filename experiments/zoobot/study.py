@@ -225,6 +225,8 @@ def analyse(records: Sequence[dict[str, Any]], kinds: Sequence[str], seeds: Sequ
         mine = [c for s in seeds for d in doms for c in compare(index, kind, reference, s, d)]
         comps += mine
         verdicts[kind] = verdict(mine, kind, reference, seeds)
+    order = {"sim": 0, "real cross-class": 1, "real within-class": 2, "real mixed": 3}
+    comps.sort(key=lambda c: (kinds.index(c.a), order.get(c.category, 9), str(c.seed)))
     return {"comparisons": comps, "verdicts": verdicts, "index": index}
 
 
