@@ -85,6 +85,7 @@ def test_paired_log_ratios_count_stalled_apart_and_split_real_pairs():
     (sim,) = compare(index, "a", "imagenet", 0, "sim")
     assert sim.total == 3 and sim.stalled_a == 2 and sim.stalled_b == 0 and sim.n == 1
     assert sim.d[0] == pytest.approx(math.log(0.5))
+    assert sim.row()["sources"] == 1 and sim.row()["targets"] == 1
     real = {c.category: c for c in compare(index, "a", "imagenet", 0, "real")}
     assert set(real) == {"real mixed", "real within-class"}
     assert real["real within-class"].d[0] == pytest.approx(math.log(2.0))

@@ -89,6 +89,7 @@ class Comparison:
         lo, hi = self.interval()
         return {"backbone": self.a, "vs": self.b, "pairs": self.category, "seed": self.seed, "n": self.n,
                 "stalled_a": self.stalled_a, "stalled_b": self.stalled_b, "of_pairs": self.total,
+                "sources": len({k[1] for k in self.pairs}), "targets": len({k[2] for k in self.pairs}),
                 "ratio": math.exp(self.mean()) if self.n else None, "ratio_lo": math.exp(lo) if self.n >= 2 else None,
                 "ratio_hi": math.exp(hi) if self.n >= 2 else None, "mean_log_ratio": self.mean() if self.n else None}
 

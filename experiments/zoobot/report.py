@@ -40,6 +40,7 @@ def comparison_rows(comps: Sequence[Comparison]) -> list[dict[str, str]]:
     for c in comps:
         r = c.row()
         rows.append({"backbone": label(c.a), "pairs": c.category, "seed": str(c.seed), "n used": str(c.n),
+                     "distinct sources / targets": f"{r['sources']} / {r['targets']}",
                      "stalled (backbone / ImageNet)": f"{c.stalled_a} / {c.stalled_b} of {c.total}",
                      "RMS-l2 ratio": sig(r["ratio"]),
                      "95% interval": f"[{sig(r['ratio_lo'])}, {sig(r['ratio_hi'])}]",
@@ -156,7 +157,9 @@ def write_report(out: Path, args: argparse.Namespace, seeds: Sequence[int], reco
                     "while keeping its class)", "table": shown},
         {"figure": fig, "caption": "Each point is one pair: RMS-l2 left to the target by the backbone / by "
                                    "ImageNet, same pair and start noise. Stalled pairs are left out and counted "
-                                   "in the table."},
+                                   "in the table. Pairs that share a source or a target are not independent: the "
+                                   "intervals (bootstrap over pairs) are too narrow where few distinct images "
+                                   "make up many pairs (see 'distinct sources / targets')."},
         {"heading": "Backbones (simulated test accuracy, per fine-tuning seed)", "table": backs},
         {"heading": "How good is the proxy? Linear probe R² on held-out simulated morphology",
          "table": proxy_rows(proxy_log), "caption": _proxy_caption(proxy_log)},
