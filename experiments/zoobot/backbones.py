@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from blindspots import Classifier
-from blindspots.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier, load_weights
+from blindspots.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 
 __all__ = ["BACKBONES", "build_backbone", "fine_tune", "pretrain_encoder", "save_encoder", "encoder_features",
            "linear_probe"]

@@ -14,7 +14,7 @@ import torch
 
 from blindspots import Classifier, LSTConfig
 from blindspots import studies as st
-from blindspots.cli import OUT_ROOT, UsageError, add_common_options, positive_int, resolve_device
+from blindspots.cli import UsageError, add_common_options, positive_int, resolve_device
 from blindspots.models import load_weights
 from blindspots.store import RunStore
 
