@@ -305,3 +305,17 @@ def test_report_fits_a_1280_px_window_in_chromium(study, tmp_path):
                          timeout=120).stdout
     width = int(dom.split('data-sw="')[1].split('"')[0])
     assert 0 < width <= 1280  # no horizontal scrolling: tables and figures fit the window
+
+
+def test_shared_model_and_weights_name_the_zoobot_encoder(tmp_path):
+    import argparse
+
+    from experiments.zoobot import study
+
+    f = tmp_path / "z.safetensors"
+    _encoder_file(f, "resnet18", 0)
+    p = argparse.ArgumentParser()
+    study.add_arguments(p)
+    args = p.parse_args(["--model", "zoobot:resnet18", "--weights", str(f)])
+    assert study._check(args) == ["imagenet", "zoobot", "galaxy-proxy"]
+    assert (args.arch, args.zoobot_weights, args.model, args.weights) == ("resnet18", str(f), None, None)
