@@ -46,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=float, default=0.5, help="central fraction of the real cutouts kept")
     p.add_argument("--proxy-init", choices=("imagenet", "random"), default="imagenet",
                    help="the proxy's start before its galaxy training (imagenet: the same ImageNet weights)")
-    p.add_argument("--pretrain", type=positive_int, default=4096, help="simulated galaxies for the proxy")
-    p.add_argument("--pretrain-epochs", type=positive_int, default=4)
+    p.add_argument("--pretrain", type=positive_int, default=8192, help="simulated galaxies for the proxy")
+    p.add_argument("--pretrain-epochs", type=positive_int, default=6)
     p.add_argument("--probe", type=positive_int, default=768, help="held-out galaxies of the proxy's linear probe")
     p.add_argument("--train", type=positive_int, default=1024, help="simulated galaxies for fine-tuning")
     p.add_argument("--test", type=positive_int, default=256, help="held-out simulated galaxies (accuracy, pairs)")
