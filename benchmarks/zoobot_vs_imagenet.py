@@ -1,6 +1,6 @@
-"""Zoobot vs ImageNet under-sensitivity: a thin script over `experiments.zoobot_study`."""
+"""Zoobot vs ImageNet under-sensitivity (`blindspots zoobot`): a thin script over `experiments.zoobot`."""
 
-from experiments.zoobot_study import main
+from experiments.zoobot import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The study's data: simulated SDSS-like galaxies (`detectors.simulate`) for the clumpy / not-clumpy task and for the
+proxy's pretraining (their simulated morphology), real cutouts, and the pairs LST walks along."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["MAX_CLUMP_FLUX", "MORPHOLOGY", "sim_config", "simulated_set", "pretraining_set", "cached",
+           "real_cutouts", "default_real", "real_targets", "sim_targets"]
+
+MAX_CLUMP_FLUX = 0.08  # the simulator's default upper clump flux (fraction of the host's r-band flux)
+MORPHOLOGY = ("clump count", "star count", "log disk radius", "axis ratio", "bulge fraction", "log flux")
+
+
+def sim_config(size: int, fov: float):
+    """The simulator's SDSS-like settings at `size` pixels across a field of `fov` arcsec."""
+    from detectors.simulate import SimConfig
+
+    return SimConfig(image_size=size, pixel_scale=fov / size)
+
+
+def _morphology(params: Sequence[Any]) -> torch.Tensor:
+    """Standardised simulated morphology (N, 6), in the order of MORPHOLOGY."""
+    morph = torch.tensor([[float((q.label == 1).sum()), float((q.label == 2).sum()), math.log(q.disk_re),
+                           q.axis_ratio, q.bulge_fraction, math.log(q.flux_r)] for q in params])
+    return (morph - morph.mean(0)) / morph.std(0).clamp_min(1e-6)
+
+
+def simulated_set(n: int, size: int, seed: int, *, fov: float = 42.0, min_clump_flux: float = 0.03
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """n simulated galaxies for the clumpy task, classes interleaved: half with no clumps (label 0), half with 2-8
+    clumps of `min_clump_flux`-8% of the host's flux each (label 1). Images (N, 3, size, size) in [0, 1], labels."""
+    from detectors.simulate import simulate
+
+    if not 0 < min_clump_flux <= MAX_CLUMP_FLUX:
+        raise ValueError(f"min_clump_flux must be in (0, {MAX_CLUMP_FLUX}], got {min_clump_flux}")
+    cfg = sim_config(size, fov)
+    half = n // 2
+    parts = [simulate(half, cfg.replace(n_clumps=(0, 0)), seed=seed),
+             simulate(n - half, cfg.replace(n_clumps=(2, 8), clump_flux=(min_clump_flux, MAX_CLUMP_FLUX)),
+                      seed=seed + 1)]
+    images = torch.cat([p.images for p in parts]).clamp(0, 1)
+    labels = torch.cat([torch.zeros(half, dtype=torch.long), torch.ones(n - half, dtype=torch.long)])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return images[order].contiguous(), labels[order]
+
+
+def pretraining_set(n: int, size: int, seed: int, *, fov: float = 42.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n simulated galaxies with the simulator's own morphology mix (0-8 clumps of 0.5-8% flux, foreground stars,
+    bulges) and their standardised morphology (N, 6): the proxy's pretraining data and its probe's data."""
+    from detectors.simulate import simulate
+
+    batch = simulate(n, sim_config(size, fov), seed=seed)
+    return batch.images.clamp(0, 1).contiguous(), _morphology(batch.params)
+
+
+def cached(path: Path, make: Callable[[], dict[str, torch.Tensor]], is_main: bool = True,
+           barrier: Callable[[], None] = lambda: None) -> dict[str, torch.Tensor]:
+    """Tensors from `path` (safetensors), made by the main process with `make` and saved atomically the first time.
+    The folder's RunStore key pins the settings that made them."""
+    from safetensors.torch import load_file, save_file
+
+    if is_main and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in make().items()}, str(tmp))
+        os.replace(tmp, path)
+    barrier()
+    return load_file(str(path))
+
+
+def default_real() -> Path:
+    """../shared/data/galaxies beside the repository."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "galaxies"
+
+
+def real_cutouts(folder: str | Path, size: int, crop: float, limit: int | None) -> tuple[torch.Tensor, list[str]]:
+    """Real galaxy cutouts (every image under `folder`, sorted), central `crop` fraction resized to `size`."""
+    from skimage import io
+
+    from blindspots.data import IMAGE_SUFFIXES, prepare, to_tensor
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if limit:
+        files = files[:limit]
+    if len(files) < 2:
+        raise FileNotFoundError(f"need at least 2 images under {folder}, found {len(files)}")
+    return torch.stack([prepare(to_tensor(io.imread(p))[:3], size, crop) for p in files]), \
+        [str(p.relative_to(folder)) for p in files]
+
+
+def sim_targets(labels: torch.Tensor, rounds: int, seed: int) -> torch.Tensor:
+    """(rounds, N) target positions: each simulated source to a galaxy of the other (true) class."""
+    from blindspots import derangement_pairs
+
+    return derangement_pairs(labels, rounds, seed)
+
+
+def real_targets(consensus: torch.Tensor, rounds: int, seed: int) -> torch.Tensor:
+    """(rounds, N) target positions for the real cutouts: every source to a cutout of another *predicted* class
+    (`consensus`: the majority prediction over every backbone and seed) where one exists, else to another cutout;
+    the targets of a source differ between rounds where the pool allows."""
+    lab = torch.as_tensor(consensus).long().numpy()
+    n = lab.size
+    if n < 2:
+        raise ValueError("real pairs need at least 2 cutouts")
+    rng = np.random.default_rng([int(seed), 7])
+    out = np.empty((rounds, n), dtype=np.int64)
+    for i in range(n):
+        other = [j for j in range(n) if lab[j] != lab[i]]
+        same = [j for j in range(n) if j != i and lab[j] == lab[i]]
+        order = list(rng.permutation(other)) + list(rng.permutation(same))  # other class first
+        for r in range(rounds):
+            out[r, i] = order[r % len(order)] if r < len(other) or not other else other[r % len(other)]
+    return torch.from_numpy(out)
