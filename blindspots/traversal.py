@@ -127,8 +127,9 @@ class LSTConfig:
         Where the savings end: on real galaxy pairs the threshold rarely binds and a sample reaches its fixed point in
         a few large steps (over 20x fewer passes than paper mode, closer to the target). Where it binds along the
         whole path (scikit-image's photos with imagenet-lite0), the largest orthogonal step that keeps the threshold
-        stays at 0.02-0.05 of the remaining difference, so about 50+ steps are needed whatever the step rule, and
-        adaptive mode saves about 6x (`python -m benchmarks.lst_passes --probe-steps` prints both).
+        stays at 0.02-0.1 of the remaining difference (measured on a grid along adaptive's path), so 30 or more
+        steps are needed whatever the step rule, and adaptive mode saves about 7x
+        (`python -m benchmarks.lst_passes --probe-steps` prints both).
         """
         return replace(cls(step_size=0.5, iterations=100, threshold=0.2, adv_eps=2e-3, mode="adaptive", grow=1.5,
                            patience=1, min_progress=0.1, stop_rms=1e-3), **overrides)
