@@ -10,6 +10,8 @@ SSIM >= paper's - 0.01; threshold held at every accepted step. The best fixed st
 settings that meets the same quality targets; its ratio to adaptive is printed beside.
 
     python -m benchmarks.lst_passes                                   # imagenet-lite0: photos + real galaxies
+                                        # (defaults: 4 pairs per set, photos at 128 px, galaxies at 96 px: a few
+                                        #  minutes on 2 idle CPU cores; paper mode's 400 iterations dominate)
     python -m benchmarks.lst_passes --sets galaxies --size 96 --pairs 6 --quiet
     python -m benchmarks.lst_passes --model mnist-cnn-at --sets ...   # any load_classifier spec
 """
@@ -120,11 +122,58 @@ def _print(rows: dict, best: str | None) -> None:
               f"{float(r.ssim.min()):>7.3f}{str(row['held']):>6}{'ok' if row['meets'] else 'MISS':>9}"
               f"{row['seconds']:>7.1f}")
     ad = rows["adaptive"]
+    need = _oracle_passes(ad["res"], rows["paper"]["res"])
+    if need is not None:
+        print(f"  adaptive's own path, stopped the moment it reaches paper's RMS-l2 * 1.05 on each pair (an oracle "
+              f"stop): {need} passes, {rows['paper']['passes'] / need:.1f}x fewer than paper")
+    else:
+        print("  adaptive's own path never reaches paper's RMS-l2 * 1.05 on some pair")
     if best is not None:
         print(f"  best fixed step meeting paper's quality: {best} ({rows[best]['passes']} passes); adaptive uses "
               f"{rows[best]['passes'] / ad['passes']:.2f}x fewer")
     else:
         print("  no fixed step tried met paper's quality on every pair")
+
+
+def _oracle_passes(ad, paper) -> int | None:
+    """Passes adaptive would spend if each pair stopped at the first iteration its RMS-l2 is <= paper's * 1.05 (from
+    its trajectory, logged every iteration): what any stop rule on this path could save at best."""
+    rms = ad.trajectory.rms_to_target
+    overhead = ad.model_passes - ad.iterations
+    total = 0
+    for i in range(rms.shape[1]):
+        hit = (rms[:, i] <= paper.rms_l2[i] * 1.05).nonzero()
+        if hit.numel() == 0:
+            return None
+        total += int(overhead[i]) + int(ad.trajectory.steps[hit[0, 0]])
+    return total
+
+
+STEP_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def step_probe(model, xs: torch.Tensor, xt: torch.Tensor, seed: int, iterations: int = 60, every: int = 10) -> None:
+    """Along adaptive's path (no stop rule), the largest step of STEP_GRID whose orthogonal step alone (no offset)
+    keeps the threshold, per pair: where it stays small, no step rule can reach the target in few iterations."""
+    from blindspots.traversal_probe import Probe
+
+    cfg = LSTConfig.adaptive(patience=10**6, stop_rms=None, iterations=iterations, log_every=every,
+                             log_snapshots=True)
+    res = level_set_traversal(model, xs, xt, config=cfg, seed=seed)
+    y, p0, tr = res.labels.to(model.device), res.initial_confidence.to(model.device), res.trajectory
+    with probing(model):
+        probe = Probe(model)
+        for k in range(len(tr.steps)):
+            x = tr.snapshots[k].to(model.device)
+            g = probe.log_probs_and_grad(x, y)[1]
+            v = xt.to(model.device) - x
+            d = v - ((g * v).flatten(1).sum(1) / (g * g).flatten(1).sum(1).clamp_min(1e-30)).view(-1, 1, 1, 1) * g
+            best = torch.zeros(len(x))
+            for eta in STEP_GRID:
+                p = probe.log_probs((x + eta * d).clamp(0, 1)).gather(1, y[:, None]).squeeze(1).exp()
+                best = torch.where((p0 - p < cfg.threshold).cpu(), torch.tensor(eta), best)
+            print(f"  it {int(tr.steps[k]):>3}: RMS-l2 {' '.join(f'{v:.4f}' for v in tr.rms_to_target[k].tolist())}; "
+                  f"largest step kept: {' '.join(f'{v:g}' for v in best.tolist())}")
 
 
 def _parse_fixed(text: str) -> list[tuple[float, int]]:
@@ -141,14 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="imagenet-lite0", help="load_classifier spec (e.g. mnist-cnn-at)")
     p.add_argument("--weights", default=None, help="weights file for the spec")
     p.add_argument("--sets", default="photos,galaxies", help="comma list of: photos, galaxies")
-    p.add_argument("--pairs", type=int, default=8, help="pairs per set (photos: at most 12)")
-    p.add_argument("--size", type=int, default=128, help="galaxy cutout size in px")
-    p.add_argument("--photo-size", type=int, default=224)
+    p.add_argument("--pairs", type=int, default=4, help="pairs per set (photos: at most 12)")
+    p.add_argument("--size", type=int, default=96, help="galaxy cutout size in px")
+    p.add_argument("--photo-size", type=int, default=128)
     p.add_argument("--galaxies", type=Path, default=GALAXIES, help="folder of real galaxy cutouts")
-    p.add_argument("--fixed", default="0.15:28,0.2:20", help="fixed step:iterations settings to compare")
+    p.add_argument("--fixed", default="0.08:50,0.15:28", help="fixed step:iterations settings to compare")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="print only the verdict lines")
+    p.add_argument("--probe-steps", action="store_true", help="also print, along adaptive's path, the largest "
+                   "step of a grid that keeps the threshold, per pair")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quiet:
             print(f"{name}: {len(xs)} pairs at {xs.shape[-1]} px, model {args.model}")
         out = run_set(model, xs, xt, fixed, args.seed, log=not args.quiet)
+        if args.probe_steps:
+            step_probe(model, xs, xt, args.seed)
         ad = out["rows"]["adaptive"]
         print(f"{name}: adaptive {ad['ratio']:.1f}x fewer passes than paper (target >= 20), quality on every pair "
               f"{'met' if ad['meets'] else 'MISSED'} -> {'ok' if out['ok'] else 'MISS'}", flush=True)

@@ -148,6 +148,7 @@ class Chunk:
                            "unstable at the images LST visits)", self.index[self.active])
         p_c = logp_c.gather(1, self.wy[:, None]).squeeze(1).exp()
         ok = (self.wp0 - p_c) < c.threshold
+        eta_used = self.eta
         if c.mode == "adaptive":
             self.adapt(ok, self.logp.gather(1, self.wy[:, None]).squeeze(1).exp(), p_c)
         self.x = torch.where(_per_sample(ok), candidate, x)
@@ -156,7 +157,7 @@ class Chunk:
         self.acc += ok.long()
         self.used += 1
         if c.mode == "adaptive":
-            self.count_stalls(ok)
+            self.count_stalls(ok, eta_used)
 
     def adapt(self, ok: torch.Tensor, p_x: torch.Tensor, p_c: torch.Tensor) -> None:
         """Adaptive mode's next step size (before x moves). The step is orthogonal to the gradient, so the confidence
@@ -173,14 +174,16 @@ class Chunk:
         shrunk = torch.minimum(torch.maximum(fitted, eta * 0.1), eta * c.shrink)
         self.eta = torch.where(ok, grown, shrunk).clamp(c.min_step, c.max_step)
 
-    def count_stalls(self, ok: torch.Tensor) -> None:
-        """Iterations without progress (an accept that did not bring the distance min_progress below the reference,
-        or a reject at the smallest step); an improvement resets the count and becomes the new reference."""
+    def count_stalls(self, ok: torch.Tensor, eta: torch.Tensor) -> None:
+        """Iterations without progress: an accepted step of size eta that did not bring the distance to the target
+        down by at least min_progress * eta (relative; far from its fixed point a step of size eta removes about a
+        fraction eta of it), or a rejected step at the smallest step. Small accepted steps that still make progress
+        in proportion to their size are progress; any progress resets the count."""
         c = self.config
         dist = _rms_to(self.x, self.wxt)
-        improved = dist < self.ref_dist * (1 - c.min_progress)
-        self.ref_dist = torch.where(improved, dist, self.ref_dist)
+        improved = ok & (dist < self.ref_dist * (1 - c.min_progress * eta))
         no_progress = (ok & ~improved) | (~ok & self.at_floor)
+        self.ref_dist = dist
         self.stalled = torch.where(improved, torch.zeros_like(self.stalled), self.stalled + no_progress.long())
 
     def record(self, step: int) -> None:

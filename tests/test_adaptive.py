@@ -104,3 +104,16 @@ def test_model_passes_count_every_sample_through_the_model():
         res = level_set_traversal(model, xs, xt, config=cfg, seed=0)
         assert int(res.model_passes.sum()) == sum(seen)
         assert bool((res.model_passes >= res.iterations + 2).all())  # clean forward + start gradient + iterations
+
+
+def test_small_steps_that_still_progress_do_not_stop_a_sample():
+    # grow=1 keeps the step at 1%: each accepted step shortens the distance by about 1%, below any absolute tolerance
+    # but in proportion to its size, so the sample keeps going to the iteration cap (stall is judged per step size)
+    model = LinearBinary()
+    xs, xt = _pair()
+    cfg = LSTConfig.adaptive(step_size=0.01, grow=1.0, iterations=15, adv_eps=0.0, init_noise=0.0)
+    creep = level_set_traversal(model, xs, xt, config=cfg, seed=0)
+    assert bool((creep.iterations == 15).all())
+    fixed = level_set_traversal(model, xs, xt, config=LSTConfig(step_size=0.01, iterations=15, adv_eps=0.0,
+                                                                init_noise=0.0), seed=0)
+    torch.testing.assert_close(creep.images, fixed.images, atol=1e-6, rtol=0)
