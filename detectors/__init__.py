@@ -10,5 +10,6 @@ from .train import TrainResult, load_checkpoint, train
 from .data import collate, load_cutouts, read_boxes_csv, read_coco, write_boxes_csv, write_coco
 from .evaluate import (STRICT, MatchRule, ap50, average_precision, completeness_vs_flux, draw_detections,
                        evaluate_detections, loose_rule, score_sweep, select_threshold)
-from .simulate import SimConfig, SimulatedBatch, SimulatedClumps, inject_batch, inject_clumps  # not `simulate`:
+from .inject import inject_batch, inject_clumps
+from .simulate import SimConfig, SimulatedBatch, SimulatedClumps  # not `simulate`:
 # re-exporting the function would shadow the submodule `detectors.simulate`

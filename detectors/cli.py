@@ -139,7 +139,7 @@ def _real_host_completeness(det: Any, cfg: DetectRun, sim: Any, rule: Any, thres
     from .data import load_cutouts
     from .evaluate import completeness_vs_flux
     from .frcnn import detect
-    from .simulate import inject_batch
+    from .inject import inject_batch
 
     cutouts = torch.cat([load_cutouts(folder, cfg.image_size, cfg.host_crop)[0] for folder in cfg.hosts])
     inject_sim = dataclasses.replace(sim, star_rate=0.0)

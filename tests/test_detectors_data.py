@@ -23,16 +23,8 @@ from detectors.evaluate import (
     score_sweep,
     select_threshold,
 )
-from detectors.simulate import (
-    SimConfig,
-    SimulatedClumps,
-    inject_clumps,
-    inverse_lupton,
-    lupton_rgb,
-    measure_host,
-    render_flux,
-    simulate,
-)
+from detectors.inject import inject_clumps, measure_host
+from detectors.simulate import SimConfig, SimulatedClumps, inverse_lupton, lupton_rgb, render_flux, simulate
 
 GALAXIES = Path(__file__).resolve().parents[2] / "shared/data/galaxies"
 
