@@ -46,6 +46,15 @@ class TinyCNN(nn.Module):
         return self.head(self.features(x))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread avoids thread-pool synchronisation costing more than the maths."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def linear_model():
     return LinearBinary()

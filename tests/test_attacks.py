@@ -19,13 +19,7 @@ from conftest import LinearBinary, TinyCNN
 MEAN, STD = (0.4, 0.5, 0.6), (0.25, 0.3, 0.2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models here are tiny: one thread avoids thread-pool synchronisation costing more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_setup(n: int = 6, seed: int = 0):

@@ -22,12 +22,7 @@ from blindspots.validation import check_labels
 from conftest import LinearBinary, TinyCNN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> str:
