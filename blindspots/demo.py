@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.size < 32:
         raise UsageError(f"--size {args.size} is too small for an ImageNet model (use at least 32)")
     device = resolve_device(args.device)
-    config = LSTConfig.paper() if args.paper else LSTConfig()
+    config = LSTConfig.paper() if args.paper else LSTConfig.adaptive()  # adaptive: fewer passes, closer (README)
     overrides = {"log_every": max(1, (args.iterations or config.iterations) // 40), "amp": False}
     if args.iterations is not None:
         overrides["iterations"] = args.iterations

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-steps", type=positive_int, default=None, help="cap on bisection rounds")
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps per budget")
     p.add_argument("--rounds", type=int, default=1, help="LST targets per image (0: skip LST)")
-    add_common_options(p, "attack", iterations=160)
+    add_common_options(p, "attack", iterations=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         if args.limit is not None:
             images, names = images[:args.limit], names[:args.limit]
     model = load_classifier(args.model, weights=args.weights, device=device)
-    config = LSTConfig(iterations=args.iterations, batch_size=args.batch_size)
+    config = LSTConfig.adaptive(batch_size=args.batch_size,
+                                **({"iterations": args.iterations} if args.iterations else {}))
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "restart", "out", "device")}
     with RunStore(out, "attack", model=model, settings=settings, inputs={"images": images}, restart=args.restart):

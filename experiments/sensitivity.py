@@ -100,7 +100,7 @@ def sensitivity_profile(
             relative precision `rtol`, at most `search_steps` rounds; PGD steps per budget).
         rounds: LST targets per image, drawn by `derangement_pairs` (each image's target is an image of another
             class); 0 skips the under-sensitivity side (its columns are then NaN).
-        config: LST settings (default `LSTConfig()`); seed: seeds both sides (LST round r uses seed + r * N).
+        config: LST settings (default `LSTConfig.adaptive()`: fewer model passes than the fixed step and closer); seed: seeds both sides (LST round r uses seed + r * N).
         device, progress: where to compute; show progress bars.
         checkpoint: a run-store folder where each stage (the budget search, every LST round) is kept as it
             completes; a rerun with the same model weights, images and settings reuses them, any change is refused
@@ -121,7 +121,7 @@ def sensitivity_profile(
         raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
     labels = _labels(model, images, labels, device)
     pairs = derangement_pairs(labels.cpu(), rounds, seed) if rounds > 0 else None  # clear error without targets
-    config = config or LSTConfig()
+    config = config or LSTConfig.adaptive()
     settings = {"norm": norm, "max_eps": max_eps, "search_steps": search_steps, "rtol": rtol, "steps": steps,
                 "rounds": rounds,
                 "seed": seed, "config": config.to_dict()}
