@@ -292,7 +292,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-weights", default=None, help="ImageNet AlexNet weights for LPIPS (torchvision's alexnet "
                    "checkpoint, or an lpips state dict)")
     add_common_options(p, "tables", iterations=None, batch_size=20)
-    p.set_defaults()
 
 
 def run(args: argparse.Namespace) -> int:
