@@ -258,7 +258,10 @@ def test_fetch_writes_the_two_files_through_timms_download(tmp_path, monkeypatch
         asked.append((name, pretrained, kwargs.get("num_classes")))
         return real_create("resnet18", pretrained=False, **kwargs)
 
+    import blindspots.validation
+
     monkeypatch.setattr(timm, "create_model", fake_create)
+    monkeypatch.setattr(blindspots.validation, "timm_download_blocked", lambda name: None)  # as if online
     zoobot, imagenet = fetch.fetch("resnet18", tmp_path)
     assert asked == [("hf_hub:mwalmsley/zoobot-encoder-resnet18", True, 0), ("resnet18", True, None)]
     monkeypatch.undo()
