@@ -33,7 +33,7 @@ from torch import nn
 from blindspots import LSTConfig, derangement_pairs, load_classifier
 from blindspots import studies as st
 from blindspots.cli import add_common_options, positive_int
-from blindspots.store import RunStore, record_sort_key
+from blindspots.store import record_sort_key
 
 HELP = "the LST paper's Table 1 (distances, SSIM, confidence) and Table 2 (triangle hulls) for any models"
 
@@ -126,13 +126,8 @@ def run_study(
                      "min_confidence": min_confidence, "hull": hull, "grid_step": grid_step,
                      "lpips": lpips_weights is not None, "pool": pool.tolist(), "labels": labels_t.tolist(),
                      **(settings or {})}
-    key = dict(model=dict(models), settings=full_settings, inputs={"images": images}, rank=info.rank,
-               world=info.world)
-    if info.is_main:
-        store = RunStore(out, "lst_tables", restart=restart, **key)
-    st.barrier(info)
-    if not info.is_main:
-        store = RunStore(out, "lst_tables", **key)
+    store = st.open_run_store(out, "lst_tables", info, restart=restart, model=dict(models), settings=full_settings,
+                              inputs={"images": images})
     try:
         return _run(store, models, images, labels_t, pool, targets, out, config, protocol, info, hull,
                     grid_step, lpips_weights, image_names, progress, report)

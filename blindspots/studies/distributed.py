@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ..store import record_sort_key
+from ..store import RunStore, record_sort_key
 
 
 @dataclass
@@ -102,3 +102,14 @@ def _dedup_sorted(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         seen.setdefault(r["key"], r)
     return [seen[k] for k in sorted(seen, key=record_sort_key)]
+
+
+def open_run_store(folder, job: str, info: DistInfo, *, restart: bool = False, **key: Any) -> RunStore:
+    """The study's `RunStore` on every rank: rank 0 opens it first (taking the lock, checking or writing the key,
+    discarding the old run on `restart`), then the other ranks open it for their own records files."""
+    if info.is_main:
+        store = RunStore(folder, job, restart=restart, rank=info.rank, world=info.world, **key)
+    barrier(info)
+    if not info.is_main:
+        store = RunStore(folder, job, rank=info.rank, world=info.world, **key)
+    return store

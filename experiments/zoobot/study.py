@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             elif info.is_main:
                 proxy_file, proxy_log = px.ensure_proxy(args, info.device)
             proxy_file, proxy_log = st.broadcast_object((proxy_file, proxy_log), info)
-        store = _open_store(out, _settings(args, seeds), args.restart, info)
+        store = st.open_run_store(out, "zoobot", info, restart=args.restart, settings=_settings(args, seeds))
         with store:
             data = _task(args, out, info)
             models, training = _train_all(kinds, seeds, args, data, proxy_file, out, info)
@@ -271,15 +271,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         st.finish_distributed(info)
     return 0
-
-
-def _open_store(out: Path, settings: dict[str, Any], restart: bool, info: st.DistInfo) -> RunStore:
-    if info.is_main:
-        store = RunStore(out, "zoobot", settings=settings, restart=restart, rank=info.rank, world=info.world)
-    st.barrier(info)
-    if not info.is_main:
-        store = RunStore(out, "zoobot", settings=settings, rank=info.rank, world=info.world)
-    return store
 
 
 def _gate(models, training, min_accuracy: float):
