@@ -41,7 +41,7 @@ __all__ = ["LSTConfig", "LSTResult", "Trajectory", "level_set_traversal", "deran
 
 @dataclass(frozen=True)
 class LSTConfig:
-    """Settings of a traversal. `LSTConfig()` is a quick default for demos; `LSTConfig.paper()` the published one;
+    """Settings of a traversal. `LSTConfig()` is a quick fixed step; `LSTConfig.paper()` the published one;
     `LSTConfig.adaptive()` a per-sample adaptive step that needs far fewer model passes (see its docstring).
 
     Attributes:
