@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 __all__ = ["RunStore", "RunChanged", "FolderInUse", "fingerprint_model", "fingerprint_tensor", "jsonable",
-           "atomic_write_text", "record_sort_key"]
+           "atomic_write_text", "temporary_path", "record_sort_key"]
 
 T = TypeVar("T")
 KEY_FILE = "run.json"
@@ -90,10 +90,17 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A hidden, unique temporary name beside `path` (pid + random), so two writers never collide; written, then
+    renamed into place with `os.replace`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write text through a uniquely named temporary file and rename it into place."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_path(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
@@ -232,7 +239,7 @@ class RunStore:
 
         path = self.stage_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = temporary_path(path)
         data = {k: v.detach().cpu().contiguous().clone() for k, v in (tensors or {}).items()}
         save_file(data, str(tmp), metadata={"meta": json.dumps(jsonable(meta))})
         os.replace(tmp, path)

@@ -16,7 +16,6 @@ Checkpoint files (only tensors and plain containers, nothing unpickled on load):
 from __future__ import annotations
 
 import json
-import uuid
 import math
 import os
 import random
@@ -31,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from blindspots.models import model_device
-from blindspots.store import RunStore, atomic_write_text, fingerprint_model
+from blindspots.store import RunStore, atomic_write_text, fingerprint_model, temporary_path
 
 __all__ = ["train", "TrainResult", "load_checkpoint", "flip_sample", "lr_factor", "LR_SCHEDULES", "CHECKPOINT_POINTER"]
 
@@ -111,14 +110,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _save_weights(model: nn.Module, path: Path, meta: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = _tmp(path)
+    tmp = temporary_path(path)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
@@ -126,7 +121,7 @@ def _save_weights(model: nn.Module, path: Path, meta: dict[str, str] | None = No
 def _save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]) -> None:
     step = info["step"]
     _save_weights(model, out / f"ckpt-{step}.safetensors", {"step": str(step)})
-    tmp = _tmp(out / f"ckpt-{step}.pt")
+    tmp = temporary_path(out / f"ckpt-{step}.pt")
     torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state(), "step": step}, tmp)
     os.replace(tmp, out / f"ckpt-{step}.pt")
     previous = _read_pointer(out)

@@ -33,7 +33,6 @@ from torch import nn
 from blindspots import LSTConfig, derangement_pairs, load_classifier
 from blindspots import studies as st
 from blindspots.cli import add_common_options, positive_int
-from blindspots.store import record_sort_key
 
 HELP = "the LST paper's Table 1 (distances, SSIM, confidence) and Table 2 (triangle hulls) for any models"
 
@@ -168,7 +167,7 @@ def _run(store, models, images, labels_t, pool, targets, out, config, protocol, 
 
 def build_tables(records: Sequence[dict[str, Any]], model_order: Sequence[str]) -> dict[str, Any]:
     """Table 1 and 2 (mean, std and n per column and model) from the records; deterministic given the records."""
-    records = sorted({r['key']: r for r in reversed(list(records))}.values(), key=lambda r: record_sort_key(r['key']))
+    records = st.dedup_sorted(records)
     order = {m: i for i, m in enumerate(model_order)}
     lst = [r for r in records if r["kind"] == "lst"]
     hull = [r for r in records if r["kind"] == "hull"]

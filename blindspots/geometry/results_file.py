@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..store import temporary_path
 from ..validation import check_images, check_labels, check_same_shape
 
 # ------------------------------------------------------------------------------------------------ saved results
@@ -48,7 +48,7 @@ def save_lst_results(
         data[k] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique: writers never collide
+    tmp = temporary_path(path)
     torch.save(data, tmp)
     os.replace(tmp, path)
     return path

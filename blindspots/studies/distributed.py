@@ -76,12 +76,12 @@ def gather_records(records: list[dict[str, Any]], info: DistInfo) -> list[dict[s
     import torch.distributed as dist
 
     if not info.distributed:
-        return _dedup_sorted(records)
+        return dedup_sorted(records)
     parts: list[Any] | None = [None] * info.world if info.is_main else None
     dist.gather_object(records, parts, dst=0)
     if not info.is_main:
         return None
-    return _dedup_sorted([r for part in parts for r in part])  # type: ignore[union-attr]
+    return dedup_sorted([r for part in parts for r in part])  # type: ignore[union-attr]
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
@@ -97,7 +97,8 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
 
 
 
-def _dedup_sorted(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def dedup_sorted(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with one per key (the first seen), sorted by key."""
     seen: dict[str, dict[str, Any]] = {}
     for r in records:
         seen.setdefault(r["key"], r)

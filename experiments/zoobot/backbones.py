@@ -13,6 +13,7 @@ from torch import nn
 
 from blindspots import Classifier
 from blindspots.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier
+from blindspots.store import temporary_path
 
 __all__ = ["BACKBONES", "build_backbone", "fine_tune", "pretrain_encoder", "save_encoder", "encoder_features",
            "linear_probe"]
@@ -155,7 +156,7 @@ def save_encoder(encoder: nn.Module, path: Path, meta: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     info = {"normalisation": PROXY_NORMALISATION, **meta}
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp),
               metadata={k: json.dumps(v) for k, v in info.items()})

@@ -11,6 +11,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from blindspots.store import temporary_path
+
 __all__ = ["MAX_CLUMP_FLUX", "MORPHOLOGY", "sim_config", "simulated_set", "pretraining_set", "cached",
            "real_cutouts", "default_real", "real_targets", "sim_targets"]
 
@@ -68,7 +70,7 @@ def cached(path: Path, make: Callable[[], dict[str, torch.Tensor]], is_main: boo
 
     if is_main and not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = temporary_path(path)
         save_file({k: v.contiguous() for k, v in make().items()}, str(tmp))
         os.replace(tmp, path)
     barrier()
