@@ -47,7 +47,7 @@ class APGD(Attack):
         restarts: independent random starts; with early stop a restart only runs the samples not fooled yet.
         rho: the oscillation threshold of the step-size schedule (0.75 in the paper).
         loss: "ce" (APGD-CE) or "margin".
-        early_stop, seed, device, progress, channels_last: see `attacks.base.Attack`.
+        early_stop, seed, device, progress, channels_last, amp, compile: see `attacks.base.Attack`.
 
     Returns the first (early stop) or the last adversarial iterate of a sample; for a sample never fooled, its
     highest-loss iterate.
@@ -58,9 +58,10 @@ class APGD(Attack):
     def __init__(self, model: nn.Module, eps: float | Sequence[float] | torch.Tensor = 8 / 255, norm: str = "linf",
                  steps: int = 100, *, restarts: int = 1, rho: float = 0.75, loss: str = "ce",
                  early_stop: bool = True, seed: int | Sequence[int] | None = None,
-                 device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True) -> None:
+                 device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True,
+                 amp: bool = False, compile: bool = False) -> None:
         super().__init__(model, early_stop=early_stop, seed=seed, device=device, progress=progress,
-                         channels_last=channels_last)
+                         channels_last=channels_last, amp=amp, compile=compile)
         self.eps = check_budget(eps, "eps")
         self.norm = check_choice(norm, NORMS, "norm")
         self.loss = check_choice(loss, LOSSES, "loss")

@@ -26,6 +26,7 @@ from blindspots.metrics import l2 as l2_distance
 from blindspots.metrics import linf as linf_distance
 from blindspots.models import Classifier, model_device, probing
 from blindspots.traversal import sample_seeds
+from blindspots.traversal_probe import Probe
 from blindspots.validation import check_images, check_labels, check_logits, check_same_shape
 
 __all__ = ["AttackResult", "Attack", "per_sample_noise", "check_gradient", "compute_dtype", "NORMS", "LOSSES"]
@@ -195,20 +196,12 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _model_logits(model: nn.Module, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Float logits, the input fed channels_last when asked (faster convolutions, same values up to rounding)."""
-    if channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return model(x).float()
-
-
 class _Run:
     """Bookkeeping of one attack call: the clean batch, labels/targets, per-sample pass counters and outputs."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
-                 seeds: torch.Tensor, channels_last: bool = False) -> None:
-        self.model = model
-        self.channels_last = channels_last
+    def __init__(self, probe: Probe, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
+                 seeds: torch.Tensor) -> None:
+        self.probe = probe
         self.x, self.y, self.t = x, y, t
         self.targeted = t is not None
         self.seeds = seeds
@@ -228,7 +221,7 @@ class _Run:
     def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """The model's float logits at x (samples `idx`; no counting), checked: finite, and the first time, every
         label and target below the logits' width (a model without class names is checked this way)."""
-        logits = _model_logits(self.model, x, self.channels_last)
+        logits = self.probe.float_logits(x)
         labels = None
         if not self.labels_checked:
             labels = {"labels": self.y, "targets": self.t}
@@ -319,6 +312,9 @@ class Attack:
         progress: show a tqdm progress bar.
         channels_last: feed the model channels_last tensors (same results up to float rounding; convolutions run
             markedly faster on CPU with oneDNN, and on GPU). Results are returned in the inputs' layout.
+        amp: run the model under bfloat16 autocast (CPU and CUDA; logits and input gradients come back in float32,
+            so steps, projections and budgets stay exact in float32).
+        compile: `torch.compile` the model's forward (and so its backward) for each call.
     """
 
     name = "attack"
@@ -327,7 +323,7 @@ class Attack:
 
     def __init__(self, model: nn.Module, *, early_stop: bool = True, seed: int | Sequence[int] | None = None,
                  device: str | torch.device | None = None, progress: bool = False,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, amp: bool = False, compile: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (ideally a blindspots.Classifier), got {type(model).__name__}")
         self.model = model
@@ -336,6 +332,12 @@ class Attack:
         self.device = device
         self.progress = progress
         self.channels_last = bool(channels_last)
+        self.amp = bool(amp)
+        self.compile = bool(compile)
+
+    def model_options(self) -> dict[str, bool]:
+        """How the model is called (layout, precision, compilation): passed on to an attack's inner attacks."""
+        return {"channels_last": self.channels_last, "amp": self.amp, "compile": self.compile}
 
     # settings shown in results and reports
     def params(self) -> dict[str, Any]:
@@ -377,18 +379,20 @@ class Attack:
         x = images.detach().to(device=device, dtype=compute_dtype(self.model))  # float64/16 images: model's dtype
         everyone = torch.arange(n, device=device)
         with probing(self.model):
+            probe = Probe(self.model, amp=self.amp, channels_last=self.channels_last, compile=self.compile,
+                          device=device)
             clean_logits = None
             if labels is None:
                 with torch.no_grad():
-                    clean_logits = check_logits(_model_logits(self.model, x, self.channels_last),
-                                                {"targets": targets}, where="at the clean images")
+                    clean_logits = check_logits(probe.float_logits(x), {"targets": targets},
+                                                where="at the clean images")
                 labels = clean_logits.argmax(1)
             y = labels.to(device)
             t = targets.to(device) if targets is not None else None
             if t is not None and bool((t == y).any()):
                 bad = (t == y).nonzero().flatten().tolist()
                 raise ValueError(f"targets equal the labels for samples {bad[:10]}; pick a different target class")
-            run = _Run(self.model, x, y, t, seeds, self.channels_last)
+            run = _Run(probe, x, y, t, seeds)
             if clean_logits is not None:
                 run.forwards += 1
                 run.mark_clean(everyone, clean_logits)

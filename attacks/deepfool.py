@@ -30,7 +30,8 @@ class DeepFool(Attack):
         steps: at most this many linearisation steps per sample.
         overshoot: the final perturbation is (1 + overshoot) times the accumulated one.
         candidates: number of other classes considered (the highest clean logits), each costing one backward.
-        device, progress, channels_last: see `attacks.base.Attack`. No budget: read `result.l2` for the distance.
+        device, progress, channels_last, amp, compile: see `attacks.base.Attack`. No budget: read `result.l2` for the
+            distance.
     """
 
     name = "deepfool"
@@ -38,9 +39,10 @@ class DeepFool(Attack):
     supports_targeted = False
 
     def __init__(self, model: nn.Module, steps: int = 50, overshoot: float = 0.02, candidates: int = 10, *,
-                 device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True) -> None:
+                 device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True,
+                 amp: bool = False, compile: bool = False) -> None:
         super().__init__(model, early_stop=True, seed=0, device=device, progress=progress,
-                         channels_last=channels_last)
+                         channels_last=channels_last, amp=amp, compile=compile)
         check_positive_int(steps, "steps")
         if not overshoot >= 0:
             raise ValueError(f"overshoot must be >= 0, got {overshoot}")

@@ -81,7 +81,7 @@ class PGD(Attack):
         random_start: start each restart at a random point of the budget (per-sample seeds, see `seed`).
         restarts: independent runs; with early stop a restart only runs the samples not fooled yet.
         loss: "ce" (cross-entropy) or "margin" (Carlini-Wagner logit margin).
-        early_stop, seed, device, progress, channels_last: see `attacks.base.Attack`.
+        early_stop, seed, device, progress, channels_last, amp, compile: see `attacks.base.Attack`.
 
     Call: ``PGD(model, eps=8/255)(images, labels, targets=None, init=None) -> AttackResult``.
     """
@@ -91,9 +91,10 @@ class PGD(Attack):
     def __init__(self, model: nn.Module, eps: float | Sequence[float] | torch.Tensor = 8 / 255, norm: str = "linf",
                  steps: int = 10, step_size: float | None = None, *, random_start: bool = True, restarts: int = 1,
                  loss: str = "ce", early_stop: bool = True, seed: int | Sequence[int] | None = None,
-                 device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True) -> None:
+                 device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True,
+                 amp: bool = False, compile: bool = False) -> None:
         super().__init__(model, early_stop=early_stop, seed=seed, device=device, progress=progress,
-                         channels_last=channels_last)
+                         channels_last=channels_last, amp=amp, compile=compile)
         self.eps = check_budget(eps, "eps")
         self.norm = check_choice(norm, NORMS, "norm")
         self.loss = check_choice(loss, LOSSES, "loss")
@@ -184,9 +185,11 @@ class FGSM(PGD):
 
     def __init__(self, model: nn.Module, eps: float | Sequence[float] | torch.Tensor = 8 / 255, *, loss: str = "ce",
                  early_stop: bool = True, device: str | torch.device | None = None, progress: bool = False,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, amp: bool = False,
+                 compile: bool = False) -> None:
         super().__init__(model, eps, "linf", steps=1, step_size=eps, random_start=False, restarts=1, loss=loss,
-                         early_stop=early_stop, seed=0, device=device, progress=progress, channels_last=channels_last)
+                         early_stop=early_stop, seed=0, device=device, progress=progress, channels_last=channels_last,
+                         amp=amp, compile=compile)
 
     def params(self) -> dict[str, Any]:
         return {"eps": self.eps if isinstance(self.eps, float) else "per-sample", "loss": self.loss}
@@ -201,9 +204,10 @@ class MinimalEpsilon(Attack):
                  min_eps: float | None = None, rtol: float = 0.05, search_steps: int | None = None, steps: int = 20,
                  restarts: int = 1, random_start: bool = True, loss: str = "ce",
                  seed: int | Sequence[int] | None = None, device: str | torch.device | None = None,
-                 progress: bool = False, channels_last: bool = True) -> None:
+                 progress: bool = False, channels_last: bool = True, amp: bool = False,
+                 compile: bool = False) -> None:
         super().__init__(model, early_stop=True, seed=seed, device=device, progress=progress,
-                         channels_last=channels_last)
+                         channels_last=channels_last, amp=amp, compile=compile)
         self.norm = check_choice(norm, NORMS, "norm")
         self.max_eps = _positive((0.1 if self.norm == "linf" else 10.0) if max_eps is None else max_eps, "max_eps")
         self.min_eps = self.max_eps * 1e-4 if min_eps is None else _positive(min_eps, "min_eps")
@@ -228,8 +232,7 @@ class MinimalEpsilon(Attack):
         return True  # an already-fooled sample has minimal budget 0
 
     def _pgd_round(self, run: _Run, idx: torch.Tensor, eps: torch.Tensor) -> _Run:
-        sub = _Run(run.model, run.x[idx], run.y[idx], None if run.t is None else run.t[idx], run.seeds[idx.cpu()],
-                   run.channels_last)
+        sub = _Run(run.probe, run.x[idx], run.y[idx], None if run.t is None else run.t[idx], run.seeds[idx.cpu()])
         sub.clean_known[:] = True  # checked once by the caller
         self.pgd.eps = eps
         self.pgd._run(sub, torch.arange(idx.numel(), device=idx.device), None)
@@ -293,7 +296,8 @@ def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     rtol: float = 0.05, search_steps: int | None = None, steps: int = 20, restarts: int = 1,
                     random_start: bool = True, loss: str = "ce", targets: torch.Tensor | Sequence[int] | None = None,
                     seed: int | Sequence[int] | None = None, device: str | torch.device | None = None,
-                    progress: bool = False, channels_last: bool = True) -> AttackResult:
+                    progress: bool = False, channels_last: bool = True, amp: bool = False,
+                    compile: bool = False) -> AttackResult:
     """Per-sample smallest flipping budget: PGD (early stop) at `max_eps`, then bisection of log(eps) on the
     samples it fooled, between the floor `min_eps` (default max_eps / 1e4) and the smallest budget known to flip,
     until the two are within a factor 1 + `rtol` (about log2(log(max_eps / min_eps) / log(1 + rtol)) rounds: 8 with
@@ -310,5 +314,5 @@ def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     """
     attack = MinimalEpsilon(model, norm=norm, max_eps=max_eps, min_eps=min_eps, rtol=rtol, search_steps=search_steps,
                             steps=steps, restarts=restarts, random_start=random_start, loss=loss, seed=seed,
-                            device=device, progress=progress, channels_last=channels_last)
+                            device=device, progress=progress, channels_last=channels_last, amp=amp, compile=compile)
     return attack(images, labels, targets=targets)

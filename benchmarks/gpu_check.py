@@ -4,11 +4,14 @@ protocol (1,000 sources x 5 rounds) in paper mode and in adaptive mode.
 
 Throughput is sample-iterations per second (one sample through one forward+backward) of: the engine in float32,
 bfloat16 autocast, channels_last, and torch.compile; the published loop structure (two evaluations per iteration,
-`benchmarks.speed_lst.reference_lst`); a bare forward+backward. Adaptive mode's passes per pair are measured here on
+`benchmarks.speed_lst.reference_lst`); PGD (l-inf, no early stop) in float32, bfloat16 and compiled; a bare
+forward+backward. Adaptive mode's passes per pair are measured here on
 the real photos with `imagenet-lite0`. Meant to finish in under 8 minutes on one GPU; without CUDA it says so and
 exits 0 (nothing to measure).
 
     python -m benchmarks.gpu_check [--iterations 10] [--max-batch 256] [--skip-tests]
+    python -m benchmarks.gpu_check --device cpu --skip-tests --models resnet18 --size 64 --pairs 1 --iterations 2
+                                   # a CPU smoke test of this script (about a minute)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
+import attacks
 from blindspots import LSTConfig, level_set_traversal, load_classifier
 from blindspots.models import probing
 from blindspots.traversal_probe import Probe, auto_batch_size
@@ -35,23 +39,28 @@ MODELS = ("resnet50", "deit_small_patch16_224")
 PAPER_PAIRS = 1000 * 5
 
 
-def _rate(fn: Callable[[], object], samples: int, iterations: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(fn: Callable[[], object], samples: int, iterations: int, device: torch.device) -> float:
     """Sample-iterations per second of fn (one warm-up call, then one timed call)."""
     fn()
-    torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    _sync(device)
     return samples * iterations / (time.perf_counter() - t0)
 
 
-def _throughputs(name: str, iterations: int, max_batch: int) -> dict[str, float]:
-    model = build_model(name, 224).cuda()
+def _throughputs(name: str, iterations: int, max_batch: int, device: torch.device, size: int) -> dict[str, float]:
+    model = build_model(name, size).to(device)
     gen = torch.Generator().manual_seed(0)
     with probing(model):
-        batch = auto_batch_size(Probe(model), torch.rand(1, 3, 224, 224, device="cuda"),
-                                torch.zeros(1, dtype=torch.long, device="cuda"), max_batch, torch.device("cuda"))
-    xs, xt = torch.rand(batch, 3, 224, 224, generator=gen), torch.rand(batch, 3, 224, 224, generator=gen)
+        batch = auto_batch_size(Probe(model), torch.rand(1, 3, size, size, device=device),
+                                torch.zeros(1, dtype=torch.long, device=device), max_batch, device)
+    xs, xt = torch.rand(batch, 3, size, size, generator=gen), torch.rand(batch, 3, size, size, generator=gen)
     y = torch.zeros(batch, dtype=torch.long)
     cfg = LSTConfig.paper(iterations=iterations)
     rows = {}
@@ -59,21 +68,28 @@ def _throughputs(name: str, iterations: int, max_batch: int) -> dict[str, float]
                          ("engine bf16+channels_last", {"amp": True, "channels_last": True}),
                          ("engine bf16+compile", {"amp": True, "compile": True})):
         run_cfg = LSTConfig(**{**cfg.to_dict(), **extra})
-        rows[label] = _rate(lambda c=run_cfg: level_set_traversal(model, xs, xt, y, config=c, seed=0), batch, iterations)
-    rows["published loop fp32"] = _rate(lambda: reference_lst(model, xs, xt, y, config=cfg, seed=0), batch, iterations)
-    rows["bare fwd+bwd fp32"] = _rate(lambda: floor_passes(model, xs.cuda(), y.cuda(), iterations), batch, iterations)
+        rows[label] = _rate(lambda c=run_cfg: level_set_traversal(model, xs, xt, y, config=c, seed=0), batch,
+                            iterations, device)
+    for label, extra in (("PGD fp32", {}), ("PGD bf16", {"amp": True}), ("PGD bf16+compile", {"amp": True,
+                                                                                             "compile": True})):
+        pgd = attacks.PGD(model, 4 / 255, steps=iterations, early_stop=False, seed=0, **extra)
+        rows[label] = _rate(lambda a=pgd: a(xs, y), batch, iterations, device)
+    rows["published loop fp32"] = _rate(lambda: reference_lst(model, xs, xt, y, config=cfg, seed=0), batch,
+                                        iterations, device)
+    rows["bare fwd+bwd fp32"] = _rate(lambda: floor_passes(model, xs.to(device), y.to(device), iterations), batch,
+                                      iterations, device)
     print(f"{name}: batch {batch}, {iterations} iterations", flush=True)
     for label, rate in rows.items():
         print(f"  {label:<28}{rate:>10.0f} sample-iterations/s")
     return rows
 
 
-def _adaptive_passes_per_pair() -> tuple[float, float]:
-    """Mean model passes per pair of paper and adaptive mode on the real photos with imagenet-lite0 (12 pairs)."""
+def _adaptive_passes_per_pair(device: torch.device, pairs: int, size: int) -> tuple[float, float]:
+    """Mean model passes per pair of paper and adaptive mode on the real photos with imagenet-lite0."""
     from .lst_passes import photo_pairs
 
-    model = load_classifier("imagenet-lite0", device="cuda")
-    xs, xt = photo_pairs(model, 224, 12)
+    model = load_classifier("imagenet-lite0", device=device)
+    xs, xt = photo_pairs(model, size, pairs)
     paper = level_set_traversal(model, xs, xt, config=LSTConfig.paper(), seed=0)
     adaptive = level_set_traversal(model, xs, xt, config=LSTConfig.adaptive(), seed=0)
     return float(paper.model_passes.float().mean()), float(adaptive.model_passes.float().mean())
@@ -85,20 +101,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=10, help="LST iterations per timed run")
     p.add_argument("--max-batch", type=int, default=256, help="upper bound of the batch-size search")
     p.add_argument("--skip-tests", action="store_true")
+    p.add_argument("--models", default=",".join(MODELS), help="timm/torchvision names (random weights)")
+    p.add_argument("--size", type=int, default=224, help="image size of the throughput runs")
+    p.add_argument("--pairs", type=int, default=12, help="photo pairs for the passes per pair (at most 12)")
+    p.add_argument("--device", default="cuda", help="cuda (the point); cpu only to smoke-test this script")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing measured (run it on a GPU machine)")
         return 0
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test)"
+    print(f"device: {name}, torch {torch.__version__}", flush=True)
     ok = True
     if not args.skip_tests:
         rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], cwd=REPO)
         print(f"cuda tests: {'passed' if rc == 0 else 'FAILED'}", flush=True)
         ok = rc == 0
-    paper_pp, adaptive_pp = _adaptive_passes_per_pair()
-    print(f"passes per pair on the photos (imagenet-lite0, 224 px): paper {paper_pp:.0f}, adaptive {adaptive_pp:.1f}")
-    for name in MODELS:
-        rows = _throughputs(name, args.iterations, args.max_batch)
+    paper_pp, adaptive_pp = _adaptive_passes_per_pair(device, args.pairs, args.size)
+    print(f"passes per pair on the photos (imagenet-lite0, {args.size} px): paper {paper_pp:.0f}, "
+          f"adaptive {adaptive_pp:.1f}")
+    for model_name in filter(None, args.models.split(",")):
+        rows = _throughputs(model_name, args.iterations, args.max_batch, device, args.size)
         best = max(v for k, v in rows.items() if k.startswith("engine"))
         for mode, pp in (("paper", paper_pp), ("adaptive", adaptive_pp)):
             hours = PAPER_PAIRS * pp / best / 3600

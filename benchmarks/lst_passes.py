@@ -9,11 +9,12 @@ Targets (adaptive vs paper, each set): total passes >= 20x fewer; on EVERY pair 
 SSIM >= paper's - 0.01; threshold held at every accepted step. The best fixed step is the cheapest of the `--fixed`
 settings that meets the same quality targets; its ratio to adaptive is printed beside.
 
-    python -m benchmarks.lst_passes                                   # imagenet-lite0: photos + real galaxies
-                                        # (defaults: 4 pairs per set, photos at 128 px, galaxies at 96 px: a few
-                                        #  minutes on 2 idle CPU cores; paper mode's 400 iterations dominate)
+    python -m benchmarks.lst_passes           # imagenet-lite0 on photos + real galaxies, and the four MNIST zoo models
+                                              # (8 pairs per set, photos at 128 px, galaxies at 96 px: about 5 min
+                                              #  on 2 idle CPU cores; paper mode's 400 iterations dominate)
     python -m benchmarks.lst_passes --sets galaxies --size 96 --pairs 6 --quiet
-    python -m benchmarks.lst_passes --model mnist-cnn-at --sets ...   # any load_classifier spec
+    python -m benchmarks.lst_passes --sets mnist --mnist-models mnist-cnn-at
+    python -m benchmarks.lst_passes --model resnet18 --sets photos    # any load_classifier spec
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from blindspots import LSTConfig, derangement_pairs, level_set_traversal, load_classifier
 from blindspots.models import probing
 
-__all__ = ["photo_pairs", "galaxy_pairs", "run_set", "main"]
+__all__ = ["photo_pairs", "galaxy_pairs", "mnist_pairs", "run_set", "main"]
 
 GALAXIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galaxies"
 
@@ -65,6 +66,18 @@ def galaxy_pairs(model, size: int, limit: int, folder: Path = GALAXIES, crop: fl
     return images[:limit], images[tgt][:limit]
 
 
+def mnist_pairs(model, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `limit` held-out MNIST digits the model classifies correctly, each towards another of them with a
+    different label (a seeded derangement)."""
+    from blindspots.zoo import mnist_split
+
+    images, labels = mnist_split("test")
+    pred, _ = model.predict(images[:20 * limit].to(model.device))
+    keep = (pred.cpu() == labels[:20 * limit]).nonzero().squeeze(1)[:limit]
+    xs, ys = images[keep], labels[keep]
+    return xs, xs[derangement_pairs(ys, rounds=1, seed=0)[0]]
+
+
 def _threshold_held(model, res, sources: torch.Tensor) -> bool:
     """Every accepted point keeps p0 - p < delta: the logged confidences, and a separate forward of the outputs."""
     delta = res.config.threshold
@@ -91,10 +104,11 @@ def _meets(row: dict, paper: dict) -> bool:
 
 
 def run_set(model, xs: torch.Tensor, xt: torch.Tensor, fixed: Sequence[tuple[float, int]], seed: int,
-            log: bool = True) -> dict:
-    """Paper, adaptive and each fixed (step, iterations) on the same pairs; returns the rows and the verdict."""
+            log: bool = True, adaptive: dict | None = None) -> dict:
+    """Paper, adaptive (with `adaptive` overrides) and each fixed (step, iterations) on the same pairs; returns the
+    rows and the verdict."""
     rows = {"paper": _run(model, xs, xt, LSTConfig.paper(log_every=1), seed),
-            "adaptive": _run(model, xs, xt, LSTConfig.adaptive(log_every=1), seed)}
+            "adaptive": _run(model, xs, xt, LSTConfig.adaptive(log_every=1, **(adaptive or {})), seed)}
     for step, iters in fixed:
         rows[f"fixed {step:g} x{iters}"] = _run(model, xs, xt, LSTConfig.paper(step_size=step, iterations=iters,
                                                                                log_every=1), seed)
@@ -176,6 +190,52 @@ def step_probe(model, xs: torch.Tensor, xt: torch.Tensor, seed: int, iterations:
                   f"largest step kept: {' '.join(f'{v:g}' for v in best.tolist())}")
 
 
+def _sets(args, parser):
+    """(name, model, sources, targets) per image set asked for."""
+    model = None
+    for name in filter(None, args.sets.split(",")):
+        if name in ("photos", "galaxies"):
+            if model is None:
+                model = load_classifier(args.model, weights=args.weights)
+            if name == "photos":
+                yield f"photos ({args.model})", model, *photo_pairs(model, args.photo_size, args.pairs)
+            elif not args.galaxies.is_dir():
+                print(f"galaxies: folder {args.galaxies} not found; set skipped")
+            else:
+                yield f"galaxies ({args.model})", model, *galaxy_pairs(model, args.size, args.pairs, args.galaxies)
+        elif name == "mnist":
+            for spec in filter(None, args.mnist_models.split(",")):
+                digits = load_classifier(spec)
+                yield f"mnist ({spec})", digits, *mnist_pairs(digits, args.pairs)
+        else:
+            parser.error(f"unknown set {name!r} (photos, galaxies, mnist)")
+
+
+def _print_summary(summary: list) -> None:
+    """One line per set: passes ratio, pairs meeting paper's quality, RMS-l2 and SSIM against paper's."""
+    print(f"\n{'set':<27}{'paper/adaptive':>15}{'pairs ok':>10}{'RMS/paper med':>14}{'worst':>7}"
+          f"{'dSSIM med':>10}{'worst':>8}{'best fixed / adaptive':>23}")
+    for name, out in summary:
+        rows = out["rows"]
+        ad, pa = rows["adaptive"]["res"], rows["paper"]["res"]
+        ratio, dssim = ad.rms_l2 / pa.rms_l2, ad.ssim - pa.ssim
+        good = (ratio <= 1.05) & (dssim >= -0.01)
+        best = out["best_fixed"]
+        vs = f"{rows[best]['passes'] / rows['adaptive']['passes']:.2f}x ({best})" if best else "none met quality"
+        print(f"{name:<27}{rows['adaptive']['ratio']:>14.1f}x{f'{int(good.sum())}/{len(good)}':>10}"
+              f"{float(ratio.median()):>14.2f}{float(ratio.max()):>7.2f}{float(dssim.median()):>+10.3f}"
+              f"{float(dssim.min()):>+8.3f}  {vs}")
+
+
+def _parse_overrides(text: str) -> dict:
+    """"offset_scale_max=1,patience=2" -> {"offset_scale_max": 1.0, "patience": 2} (LSTConfig checks the values)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+    return out
+
+
 def _parse_fixed(text: str) -> list[tuple[float, int]]:
     out = []
     for item in filter(None, text.split(",")):
@@ -187,14 +247,18 @@ def _parse_fixed(text: str) -> list[tuple[float, int]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 when adaptive meets every target on every set, else 1."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.lst_passes", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="imagenet-lite0", help="load_classifier spec (e.g. mnist-cnn-at)")
+    p.add_argument("--model", default="imagenet-lite0", help="load_classifier spec for the photos and galaxies")
     p.add_argument("--weights", default=None, help="weights file for the spec")
-    p.add_argument("--sets", default="photos,galaxies", help="comma list of: photos, galaxies")
-    p.add_argument("--pairs", type=int, default=4, help="pairs per set (photos: at most 12)")
+    p.add_argument("--sets", default="photos,galaxies,mnist", help="comma list of: photos, galaxies, mnist")
+    p.add_argument("--mnist-models", default="mnist-cnn,mnist-cnn-at,mnist-vit,mnist-vit-at",
+                   help="zoo models the mnist set runs (each its own set)")
+    p.add_argument("--pairs", type=int, default=8, help="pairs per set (photos: at most 12)")
     p.add_argument("--size", type=int, default=96, help="galaxy cutout size in px")
     p.add_argument("--photo-size", type=int, default=128)
     p.add_argument("--galaxies", type=Path, default=GALAXIES, help="folder of real galaxy cutouts")
     p.add_argument("--fixed", default="0.08:50,0.15:28", help="fixed step:iterations settings to compare")
+    p.add_argument("--adaptive", default="", metavar="K=V,...",
+                   help="LSTConfig.adaptive overrides, e.g. offset_scale_max=1 (the offset unscaled)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="print only the verdict lines")
@@ -203,28 +267,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_classifier(args.model, weights=args.weights)
     fixed = _parse_fixed(args.fixed)
-    ok = True
-    for name in filter(None, args.sets.split(",")):
-        if name == "photos":
-            xs, xt = photo_pairs(model, args.photo_size, args.pairs)
-        elif name == "galaxies":
-            if not args.galaxies.is_dir():
-                print(f"galaxies: folder {args.galaxies} not found; set skipped")
-                continue
-            xs, xt = galaxy_pairs(model, args.size, args.pairs, args.galaxies)
-        else:
-            p.error(f"unknown set {name!r} (photos, galaxies)")
+    adaptive = _parse_overrides(args.adaptive)
+    summary = []
+    for name, model, xs, xt in _sets(args, p):
         if not args.quiet:
-            print(f"{name}: {len(xs)} pairs at {xs.shape[-1]} px, model {args.model}")
-        out = run_set(model, xs, xt, fixed, args.seed, log=not args.quiet)
+            print(f"{name}: {len(xs)} pairs at {xs.shape[-1]} px")
+        out = run_set(model, xs, xt, fixed, args.seed, log=not args.quiet, adaptive=adaptive)
         if args.probe_steps:
             step_probe(model, xs, xt, args.seed)
         ad = out["rows"]["adaptive"]
         print(f"{name}: adaptive {ad['ratio']:.1f}x fewer passes than paper (target >= 20), quality on every pair "
               f"{'met' if ad['meets'] else 'MISSED'} -> {'ok' if out['ok'] else 'MISS'}", flush=True)
-        ok &= out["ok"]
+        summary.append((name, out))
+    _print_summary(summary)
+    ok = all(out["ok"] for _, out in summary)
     return 0 if ok else 1
 
 

@@ -15,7 +15,9 @@ from .traversal_probe import Probe
 if TYPE_CHECKING:
     from .traversal import LSTConfig
 
-__all__ = ["Chunk", "start_noise", "refuse_non_finite"]
+__all__ = ["Chunk", "start_noise", "refuse_non_finite", "PAPER_STEP"]
+
+PAPER_STEP = 1e-2  # the paper's step; `LSTConfig.offset_scale_max` counts a step of eta as eta / PAPER_STEP of them
 
 
 def start_noise(seeds: torch.Tensor, shape: torch.Size, radius: float) -> torch.Tensor:
@@ -81,6 +83,7 @@ class Chunk:
         self.wxt, self.wy, self.wp0 = xt, self.y, self.p0
         self.eta = torch.full((n,), config.step_size, device=device)
         self.ref_dist, self.stalled = _rms_to(x, xt), torch.zeros(n, dtype=torch.long, device=device)
+        self.start_dist = self.ref_dist.clone()
         self.log: dict[str, list[torch.Tensor]] = {k: [] for k in ("steps", "src", "tgt", "rms_t", "linf_t", "rms_s",
                                                                     "acc", "snap")}
 
@@ -120,7 +123,7 @@ class Chunk:
             return True
         self.write_back()
         for name in ("x", "g", "a", "logp", "acc", "used", "active", "wxt", "wy", "wp0", "eta", "ref_dist",
-                     "stalled"):
+                     "stalled", "start_dist"):
             setattr(self, name, getattr(self, name)[keep])
         return self.active.numel() > 0
 
@@ -134,7 +137,11 @@ class Chunk:
         coef = torch.where(gg > 0, gv / gg.clamp_min(torch.finfo(gg.dtype).tiny), torch.zeros_like(gg))
         d = v - _per_sample(coef) * g
         eta = _per_sample(self.eta) if c.mode == "adaptive" else c.step_size
-        if c.adv_eps > 0:
+        if c.adv_eps > 0 and c.offset_scale_max > 1:
+            s = self.offset_scale(eta)
+            self.a = (self.a + s * (c.adv_eps / 2) * g).clamp_(-c.adv_eps, c.adv_eps)
+            candidate = (x + eta * d - s * self.a).clamp_(0, 1)
+        elif c.adv_eps > 0:
             self.a = (self.a + (c.adv_eps / 2) * g).clamp_(-c.adv_eps, c.adv_eps)
             candidate = (x + eta * d - self.a).clamp_(0, 1)
         else:
@@ -158,6 +165,16 @@ class Chunk:
         self.used += 1
         if c.mode == "adaptive":
             self.count_stalls(ok, eta_used)
+
+    def offset_scale(self, eta: torch.Tensor | float) -> torch.Tensor:
+        """Per sample, how many paper steps' worth of adversarial offset this step applies (see
+        `LSTConfig.adaptive`): min(eta / PAPER_STEP, offset_scale_max), faded towards 1 in proportion to the remaining
+        distance to the target over the starting one."""
+        c = self.config
+        x = self.x
+        full = (torch.as_tensor(eta, dtype=x.dtype, device=x.device) / PAPER_STEP).clamp(1, c.offset_scale_max)
+        remaining = (_rms_to(x, self.wxt) / self.start_dist.clamp_min(torch.finfo(x.dtype).tiny)).clamp(0, 1)
+        return 1 + (full - 1) * _per_sample(remaining)
 
     def adapt(self, ok: torch.Tensor, p_x: torch.Tensor, p_c: torch.Tensor) -> None:
         """Adaptive mode's next step size (before x moves). The step is orthogonal to the gradient, so the confidence

@@ -19,7 +19,8 @@ CPU_AUTO_BATCH = 32  # CPU: large enough to amortise per-call overhead, small en
 
 
 class Probe:
-    """Forward(+backward) of the model at a batch of points, in the configured precision and memory format.
+    """Forward(+backward) of the model at a batch of points, in the configured precision and memory format (the LST
+    engine's model calls, and the attacks' through `float_logits`).
 
     `amp` runs the model under bfloat16 autocast (on CPU too): bfloat16 has float32's exponent range, so the gradient
     of -log p on a confident source does not underflow to zero as it can in float16 without loss scaling. Logits are
@@ -34,8 +35,10 @@ class Probe:
         self.device_type = (device or model_device(model)).type
         self.channels_last = channels_last
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+    def float_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits at x as float32, in the configured precision and layout; the caller's grad mode holds
+        (the attacks take their gradients through this)."""
+        if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(self.device_type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         with ctx:
@@ -44,17 +47,17 @@ class Probe:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self._logits(x)
+            return self.float_logits(x)
 
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self._logits(x).log_softmax(-1)
+            return self.float_logits(x).log_softmax(-1)
 
     def log_probs_and_grad(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log-softmax at x and g = grad_x(-log p_y(x)) per sample (one forward, one backward)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            logp = self._logits(x).log_softmax(-1)
+            logp = self.float_logits(x).log_softmax(-1)
             loss = -logp.gather(1, y[:, None]).sum()
             if not loss.requires_grad:  # the output does not depend on the input: the gradient is zero
                 return logp.detach(), torch.zeros_like(x)

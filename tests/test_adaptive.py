@@ -3,6 +3,9 @@ the model-pass counts."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from blindspots import LSTConfig, level_set_traversal
@@ -53,10 +56,12 @@ def _cnn_batch(n=4, size=16, seed=0):
     return torch.rand((n, 3, size, size), generator=gen), torch.rand((n, 3, size, size), generator=gen)
 
 
-def test_adaptive_threshold_holds_at_every_accepted_point():
+@pytest.mark.parametrize("adv_eps, offset_scale_max", [(0.01, 1.0), (1e-3, 10.0)])
+def test_adaptive_threshold_holds_at_every_accepted_point(adv_eps, offset_scale_max):
     model = _sharp_cnn()
     xs, xt = _cnn_batch()
-    cfg = LSTConfig.adaptive(threshold=0.02, adv_eps=0.01, iterations=40, log_every=1)
+    cfg = LSTConfig.adaptive(threshold=0.02, adv_eps=adv_eps, offset_scale_max=offset_scale_max, iterations=40,
+                             log_every=1)
     res = level_set_traversal(model, xs, xt, config=cfg, seed=0)
     tr = res.trajectory
     moved = tr.accepted > 0
@@ -87,10 +92,48 @@ def test_adaptive_without_growth_or_stop_equals_fixed_mode():
     xs, xt = _cnn_batch(n=3)
     fixed = level_set_traversal(model, xs, xt, config=LSTConfig(step_size=0.1, iterations=12, threshold=0.05), seed=2)
     frozen = LSTConfig.adaptive(step_size=0.1, iterations=12, threshold=0.05, grow=1.0, shrink=1.0, patience=100,
-                                adv_eps=2e-3)
+                                adv_eps=2e-3, offset_scale_max=1.0)
     ad = level_set_traversal(model, xs, xt, config=frozen, seed=2)
     torch.testing.assert_close(ad.images, fixed.images, atol=1e-6, rtol=0)
     assert torch.equal(ad.acceptance_rate, fixed.acceptance_rate)
+
+
+def _reference_scaled_offset(model, xs, xt, eta, eps, smax, delta, iterations):
+    """The traversal with the scaled offset written out plainly (no noise, one sample at a time, two passes per step)."""
+    out = []
+    for x0, tgt in zip(xs, xt):
+        x0, tgt = x0[None], tgt[None]
+        with torch.no_grad():
+            probs = model(x0).softmax(-1)[0]
+        y = int(probs.argmax())
+        p0 = float(probs[y])
+        x, a = x0.clone(), torch.zeros_like(x0)
+        start = float((tgt - x).pow(2).mean().sqrt())
+        for _ in range(iterations):
+            xg = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(-model(xg).log_softmax(-1)[0, y], xg)
+            v = tgt - x
+            d = v - (g * v).sum() / (g * g).sum() * g
+            s = 1 + (min(eta / 1e-2, smax) - 1) * min(float((tgt - x).pow(2).mean().sqrt()) / start, 1.0)
+            a = (a + s * eps / 2 * g).clamp(-eps, eps)
+            candidate = (x + eta * d - s * a).clamp(0, 1)
+            with torch.no_grad():
+                if p0 - float(model(candidate).softmax(-1)[0, y]) < delta:
+                    x = candidate
+        out.append(x)
+    return torch.cat(out)
+
+
+def test_scaled_offset_matches_a_plain_reference_loop():
+    model = _sharp_cnn().eval()
+    xs, xt = _cnn_batch(n=3)
+    cfg = LSTConfig(step_size=0.3, iterations=10, threshold=0.02, adv_eps=2e-3, offset_scale_max=5.0, init_noise=0.0)
+    res = level_set_traversal(model, xs, xt, config=cfg, seed=0)
+    assert bool((res.acceptance_rate < 1).any()) and bool((res.acceptance_rate > 0).any())
+    ref = _reference_scaled_offset(model, xs, xt, eta=0.3, eps=2e-3, smax=5.0, delta=0.02, iterations=10)
+    torch.testing.assert_close(res.images, ref, atol=1e-5, rtol=0)
+    plain = level_set_traversal(model, xs, xt, config=replace(cfg, offset_scale_max=1.0), seed=0)
+    assert float((plain.images - res.images).abs().max()) > 1e-3  # the scale is not a no-op here
 
 
 def test_model_passes_count_every_sample_through_the_model():

@@ -59,6 +59,33 @@ def test_deepfool_and_minimal_epsilon_match_the_closed_form_on_a_linear_classifi
         assert (dist <= res.epsilon * (1 + 1e-5) + 1e-7).all()
 
 
+def test_bfloat16_attacks_keep_the_closed_form_and_their_budgets():
+    # the linear classifier's minimal flips are known; under bfloat16 autocast the model runs in bfloat16 (8-bit
+    # mantissa) while steps and projections stay float32, so budgets hold exactly and the flips land within ~1%
+    linear, x, margin, w = _linear_setup()
+    layer = nn.Linear(w.numel(), 2)  # the same function as an nn.Linear, which autocast runs in bfloat16
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([linear.model.w.flatten(), torch.zeros(w.numel())]))
+        layer.bias.copy_(torch.stack([linear.model.b, torch.zeros(())]))
+    model = Classifier(nn.Sequential(nn.Flatten(), layer), MEAN, STD).eval()
+    dtypes = []
+    hook = layer.register_forward_hook(lambda m, inp, out: dtypes.append(out.dtype))
+    exact_l2, exact_linf = margin / w.norm(), margin / w.abs().sum()
+    df = attacks.DeepFool(model, amp=True)(x)
+    assert torch.bfloat16 in dtypes  # the model did compute in bfloat16
+    ratio = df.l2 / exact_l2
+    assert df.success.all() and (ratio >= 0.99).all() and (ratio <= 1.06).all(), ratio
+    res = attacks.minimal_epsilon(model, x, norm="linf", max_eps=0.1, search_steps=10, steps=20, seed=0, amp=True)
+    assert res.success.all() and res.images.dtype == torch.float32
+    assert (res.epsilon >= exact_linf * 0.99).all() and (res.epsilon <= exact_linf * 1.06 + 0.1 / 2**10).all()
+    assert (res.linf <= res.epsilon * (1 + 1e-5) + 1e-7).all()
+    factor = torch.tensor([0.9, 1.2] * (len(x) // 2))
+    pgd = attacks.PGD(model, exact_linf * factor, "linf", steps=30, seed=0, amp=True)(x)
+    assert (pgd.linf <= exact_linf * factor * (1 + 1e-5) + 1e-7).all()
+    assert pgd.success.tolist() == (factor > 1).tolist()
+    hook.remove()
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_stays_in_its_ball_and_flips_exactly_when_the_budget_allows(norm):
     model, x, margin, w = _linear_setup()

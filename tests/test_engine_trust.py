@@ -4,6 +4,7 @@ the adversarial offset, bfloat16 autocast, logging with early stop and batching,
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -245,3 +246,20 @@ def test_labels_are_checked_against_the_logits_width(labels):
     if min(labels) >= 0:  # the width, not the six class names, decides
         with pytest.raises(ValueError, match=r"4 classes"):
             level_set_traversal(model, xs, xt, labels=labels, config=LSTConfig(iterations=1))
+
+
+def test_compiled_model_gives_the_eager_results_for_lst_and_attacks():
+    # torch.compile on CPU (inductor, a C++ compiler): the same traversal and the same PGD run as eager, to float
+    # tolerance. One model for both, so the second call reuses the compiled graph.
+    import attacks
+
+    model = TinyCNN().eval()
+    xs, xt = _images(3, (3, 16, 16))
+    cfg = LSTConfig(step_size=0.1, iterations=4, log_every=0)
+    eager = level_set_traversal(model, xs, xt, config=cfg, seed=0)
+    compiled = level_set_traversal(model, xs, xt, config=replace(cfg, compile=True), seed=0)
+    torch.testing.assert_close(compiled.images, eager.images, atol=1e-5, rtol=0)
+    assert torch.equal(compiled.acceptance_rate, eager.acceptance_rate)
+    pgd_eager = attacks.PGD(model, 4 / 255, steps=3, seed=0, early_stop=False)(xs)
+    pgd_compiled = attacks.PGD(model, 4 / 255, steps=3, seed=0, early_stop=False, compile=True)(xs)
+    torch.testing.assert_close(pgd_compiled.images, pgd_eager.images, atol=1e-5, rtol=0)

@@ -1,7 +1,8 @@
 """Tests of blindspots.studies and the benchmark studies: the paper's protocol end to end on a tiny seeded model and
 a synthetic pool, resume after a real kill, and a 2-process torch.distributed run equal to the single-process one.
 
-This file doubles as the script the subprocess tests launch: `python tests/test_studies.py OUT [--slow]`.
+This file doubles as the script the subprocess tests launch:
+`python tests/test_studies.py OUT [--slow] [--device cpu|cuda] [--backend gloo|nccl]`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def run_tiny_study(out: Path, info: st.DistInfo | None = None, slow: float = 0.0
     from experiments.lst_tables import run_study
 
     x, y = synthetic_pool()
-    models = [("tiny0", tiny_model(0, slow)), ("tiny1", tiny_model(1, slow))]
+    device = info.device if info is not None else torch.device("cpu")
+    models = [("tiny0", tiny_model(0, slow).to(device)), ("tiny1", tiny_model(1, slow).to(device))]
     return run_study(models, x, y, out, config=LSTConfig.paper(iterations=ITERATIONS),
                      protocol=st.ProtocolConfig(rounds=ROUNDS, seed=3, pairs_per_batch=PAIRS_PER_BATCH),
                      info=info, report=report)
@@ -207,6 +209,18 @@ def test_distributed_two_processes_equal_single(reference_run: Path, tmp_path: P
     assert _records(out) == _records(reference_run)
 
 
+def test_one_process_group_equals_single(reference_run: Path, tmp_path: Path) -> None:
+    # a group of one (torchrun, one process, --backend given) runs every collective; test_cuda.py does this with nccl
+    out = tmp_path / "group1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", __file__,
+           str(out), "--backend", "gloo"]
+    res = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "process group: gloo" in res.stdout  # the collectives ran
+    assert _tables(out)["table1"] == _tables(reference_run)["table1"]
+    assert _records(out) == _records(reference_run)
+
+
 def test_pair_results_do_not_depend_on_batching(tmp_path: Path) -> None:
     x, y = synthetic_pool()
     pool = torch.arange(9)
@@ -249,9 +263,24 @@ def test_store_torn_lines_and_summaries(tmp_path: Path) -> None:
     assert len(seeds) == 250 and st.pair_seed(0, 1, 2) == st.pair_seed(0, 1, 2) != st.pair_seed(1, 1, 2)
 
 
-if __name__ == "__main__":  # the subprocess side of the kill and distributed tests
-    info = st.init_distributed()
+def run_in_subprocess(argv: list[str] | None = None) -> None:
+    """The subprocess side of the kill and distributed tests (and of the NCCL test in test_cuda.py)."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("out", type=Path)
+    p.add_argument("--slow", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default=None)
+    args = p.parse_args(argv)
+    info = st.init_distributed(args.device, args.backend)
+    if torch.distributed.is_initialized():
+        print(f"process group: {torch.distributed.get_backend()}", flush=True)
     try:
-        run_tiny_study(Path(sys.argv[1]), info, slow=0.05 if "--slow" in sys.argv else 0.0)
+        run_tiny_study(args.out, info, slow=0.05 if args.slow else 0.0)
     finally:
         st.finish_distributed(info)
+
+
+if __name__ == "__main__":
+    run_in_subprocess()

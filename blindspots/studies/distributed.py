@@ -14,12 +14,14 @@ from ..store import RunStore, record_sort_key
 
 @dataclass
 class DistInfo:
-    """This process's place in a (possibly single-process) run."""
+    """This process's place in a (possibly single-process) run. `in_group`: a process group is in use (always with
+    more than one process; with one when a backend was asked for, so its collectives run and can be tested)."""
 
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_group: bool = False
+    in_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -27,14 +29,15 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.in_group
 
 
 def init_distributed(device: str | torch.device | None = None, backend: str | None = None) -> DistInfo:
     """Join the process group that `torchrun` describes in the environment (WORLD_SIZE > 1), or run alone.
 
     Backend: nccl when the device is CUDA, gloo otherwise (unless given). With CUDA and no `device`, rank r uses
-    cuda:LOCAL_RANK. An already-initialised group is reused (and not destroyed by `finish_distributed`).
+    cuda:LOCAL_RANK. An already-initialised group is reused (and not destroyed by `finish_distributed`). A single
+    process runs alone, unless `backend` is given under torchrun: then it joins a group of one.
     """
     import torch.distributed as dist
 
@@ -48,11 +51,11 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), device, owns_group=False)
-    if world <= 1:
+        return DistInfo(dist.get_rank(), dist.get_world_size(), device, owns_group=False, in_group=True)
+    if world <= 1 and (backend is None or "MASTER_ADDR" not in os.environ):
         return DistInfo(0, 1, device)
     dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
-    return DistInfo(dist.get_rank(), dist.get_world_size(), device, owns_group=True)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), device, owns_group=True, in_group=True)
 
 
 def finish_distributed(info: DistInfo) -> None:
