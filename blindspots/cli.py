@@ -46,9 +46,10 @@ def positive_int(text: str) -> int:
 
 
 def add_common_options(parser: argparse.ArgumentParser, command: str, *, model: str | None = "imagenet-lite0",
-                       iterations: int | None | bool = False, batch_size: int = 64) -> None:
+                       iterations: int | None | bool = False, batch_size: int = 64, model_calls: bool = False) -> None:
     """The shared vocabulary. `model=None` makes --model optional without a default (e.g. read from a file);
-    `iterations=False` leaves --iterations out (the command does not iterate)."""
+    `iterations=False` leaves --iterations out (the command does not iterate); `model_calls` adds --amp,
+    --channels-last and --compile (read them with `model_call_options`)."""
     g = parser.add_argument_group("shared options")
     g.add_argument("--model", default=model, metavar="SPEC",
                    help="model: imagenet-lite0, imagenet-mobilenetv2, mnist-cnn[-at], mnist-vit[-at], "
@@ -66,6 +67,17 @@ def add_common_options(parser: argparse.ArgumentParser, command: str, *, model: 
                        help="LST iterations (default: %(default)s, the mode's own)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     g.add_argument("--restart", action="store_true", help="discard a different earlier run in --out")
+    if model_calls:
+        g.add_argument("--amp", action="store_true",
+                       help="run the model under bfloat16 autocast (CPU and CUDA; steps stay float32)")
+        g.add_argument("--channels-last", action="store_true",
+                       help="feed LST's model calls channels_last tensors (the attacks always do)")
+        g.add_argument("--compile", action="store_true", help="torch.compile the model's forward and backward")
+
+
+def model_call_options(args: argparse.Namespace) -> dict[str, bool]:
+    """--amp, --channels-last and --compile as `LSTConfig` fields (the attacks take amp and compile)."""
+    return {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile}
 
 
 def resolve_device(text: str | None):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import UsageError, add_common_options, positive_int, resolve_device
+from .cli import UsageError, add_common_options, model_call_options, positive_int, resolve_device
 from .data import DEMO_PHOTOS, demo_photos, load_image_folder
 from .models import load_classifier
 from .store import RunStore
@@ -34,15 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=positive_int, default=224, help="image size in pixels (at least 32)")
     parser.add_argument("--no-geometry", action="store_true",
                         help="skip the level-set geometry (paths, triangle hulls, tube width) of the outputs")
-    add_common_options(parser, "demo", iterations=None, batch_size=64)
+    add_common_options(parser, "demo", iterations=None, batch_size=64, model_calls=True)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.size < 32:
         raise UsageError(f"--size {args.size} is too small for an ImageNet model (use at least 32)")
     device = resolve_device(args.device)
-    config = LSTConfig.paper() if args.paper else LSTConfig.adaptive()  # adaptive: fewer passes, closer (README)
-    overrides = {"log_every": max(1, (args.iterations or config.iterations) // 40), "amp": False}
+    config = LSTConfig.paper() if args.paper else LSTConfig.adaptive()  # far fewer passes (README)
+    overrides = {"log_every": max(1, (args.iterations or config.iterations) // 40), **model_call_options(args)}
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
     config = LSTConfig(**{**config.to_dict(), **overrides})

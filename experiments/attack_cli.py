@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blindspots.cli import add_common_options, positive_int, resolve_device
+from blindspots.cli import add_common_options, model_call_options, positive_int, resolve_device
 from blindspots.store import RunStore
 
 HELP = "over- vs under-sensitivity: minimal flipping budget (PGD bisection) beside LST, per image"
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-steps", type=positive_int, default=None, help="cap on bisection rounds")
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps per budget")
     p.add_argument("--rounds", type=int, default=1, help="LST targets per image (0: skip LST)")
-    add_common_options(p, "attack", iterations=None)
+    add_common_options(p, "attack", iterations=None, model_calls=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         if args.limit is not None:
             images, names = images[:args.limit], names[:args.limit]
     model = load_classifier(args.model, weights=args.weights, device=device)
-    config = LSTConfig.adaptive(batch_size=args.batch_size,
+    calls = model_call_options(args)
+    config = LSTConfig.adaptive(batch_size=args.batch_size, **calls,
                                 **({"iterations": args.iterations} if args.iterations else {}))
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "restart", "out", "device")}
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                                       search_steps=args.search_steps, rtol=args.rtol, steps=args.steps,
                                       rounds=args.rounds,
                                       config=config, seed=args.seed, device=device, progress=not args.quiet,
+                                      attack_options={"amp": calls["amp"], "compile": calls["compile"]},
                                       checkpoint=out / "checkpoint", restart=args.restart)
         csv_path = profile.to_csv(out / "sensitivity.csv")
         meta = {"model": args.model, "images": str(args.images) if args.images else "demo photos",

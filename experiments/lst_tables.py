@@ -32,7 +32,7 @@ from torch import nn
 
 from blindspots import LSTConfig, derangement_pairs, load_classifier
 from blindspots import studies as st
-from blindspots.cli import add_common_options, positive_int
+from blindspots.cli import add_common_options, model_call_options, positive_int
 
 HELP = "the LST paper's Table 1 (distances, SSIM, confidence) and Table 2 (triangle hulls) for any models"
 
@@ -285,7 +285,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid-step", type=float, default=0.1)
     p.add_argument("--lpips-weights", default=None, help="ImageNet AlexNet weights for LPIPS (torchvision's alexnet "
                    "checkpoint, or an lpips state dict)")
-    add_common_options(p, "tables", iterations=None, batch_size=20)
+    add_common_options(p, "tables", iterations=None, batch_size=20, model_calls=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         labels = _read_labels(args.labels, names) if args.labels else None
         overrides = {k: v for k, v in (("iterations", args.iterations), ("step_size", args.step_size),
                                        ("threshold", args.threshold), ("adv_eps", args.adv_eps)) if v is not None}
-        config = LSTConfig.paper(**overrides)
+        config = LSTConfig.paper(**overrides, **model_call_options(args))
         protocol = st.ProtocolConfig(rounds=args.rounds, seed=args.seed, pairs_per_batch=args.batch_size)
         settings = {"images": args.images or "skimage", "size": args.size, "weights": weights}
         tables = run_study(models, images, labels, args.out, config=config, protocol=protocol,

@@ -35,7 +35,7 @@ import torch
 
 from blindspots import LSTConfig, load_classifier
 from blindspots import studies as st
-from blindspots.cli import add_common_options, positive_int, resolve_device
+from blindspots.cli import add_common_options, model_call_options, positive_int, resolve_device
 from blindspots.stats import bootstrap_interval, wilson_interval
 from blindspots.store import RunStore
 
@@ -279,7 +279,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-confidence", type=float, default=0.6, help="pool: confidence needed (the paper's 0.6)")
     p.add_argument("--photo-size", type=positive_int, default=128,
                    help="ImageNet photos' size in pixels (the paper: 224, about 3x longer)")
-    add_common_options(p, "paper", model=None, iterations=None, batch_size=50)
+    add_common_options(p, "paper", model=None, iterations=None, batch_size=50, model_calls=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--groups: unknown {unknown}; choose from {list(GROUPS)}")
     if args.model is not None or args.weights is not None:
         raise ValueError("--model/--weights: this study probes its fixed model groups (see --groups)")
-    config = LSTConfig.paper(**({"iterations": args.iterations} if args.iterations else {}))
+    config = LSTConfig.paper(**({"iterations": args.iterations} if args.iterations else {}), **model_call_options(args))
     result = run_claims(args.out, groups, sources=args.sources, rounds=args.rounds, config=config,
                         min_confidence=args.min_confidence, seed=args.seed, device=resolve_device(args.device),
                         batch_size=args.batch_size, photo_size=args.photo_size, progress=not args.quiet,

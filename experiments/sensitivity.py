@@ -89,6 +89,7 @@ def sensitivity_profile(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     restart: bool = False,
+    attack_options: dict[str, Any] | None = None,
 ) -> SensitivityProfile:
     """Per image: the minimal adversarial distance and the LST distance/confidence to other-class targets.
 
@@ -100,18 +101,20 @@ def sensitivity_profile(
             relative precision `rtol`, at most `search_steps` rounds; PGD steps per budget).
         rounds: LST targets per image, drawn by `derangement_pairs` (each image's target is an image of another
             class); 0 skips the under-sensitivity side (its columns are then NaN).
-        config: LST settings (default `LSTConfig.adaptive()`: fewer model passes than the fixed step and closer); seed: seeds both sides (LST round r uses seed + r * N).
+        config: LST settings (default `LSTConfig.adaptive()`: far fewer model passes than paper mode, see the
+            README); seed: seeds both sides (LST round r uses seed + r * N).
         device, progress: where to compute; show progress bars.
         checkpoint: a run-store folder where each stage (the budget search, every LST round) is kept as it
             completes; a rerun with the same model weights, images and settings reuses them, any change is refused
             naming what changed (unless `restart=True`).
+        attack_options: more keyword arguments of `attacks.minimal_epsilon` (e.g. amp=True, compile=True).
 
     Row columns: index, name, label, class_name, min_eps (in `norm`; 0 if misclassified, inf if `max_eps` does not
     flip it), min_eps_text ("<= x" where the search reached its floor, "> max_eps" where nothing flipped),
-    min_eps_lower (the largest budget at which PGD failed), adv_rms_l2, adv_linf (the perturbation found at min_eps), adv_success; lst_rms_l2 (RMS-l2 left to the
-    target after LST, mean over rounds; smaller = a larger blind spot), lst_rms_l2_min, lst_linf, lst_start_rms_l2
-    (source-target distance), lst_fraction_left (lst_rms_l2 / lst_start_rms_l2), lst_confidence (source-class
-    confidence at the end), lst_initial_confidence, lst_misclassified.
+    min_eps_lower (the largest budget at which PGD failed), adv_rms_l2, adv_linf (the perturbation found at min_eps),
+    adv_success; lst_rms_l2 (RMS-l2 left to the target after LST, mean over rounds; smaller = a larger blind spot),
+    lst_rms_l2_min, lst_linf, lst_start_rms_l2 (source-target distance), lst_fraction_left (lst_rms_l2 /
+    lst_start_rms_l2), lst_confidence (source-class confidence at the end), lst_initial_confidence, lst_misclassified.
     """
     check_images(images, "images")
     n = images.shape[0]
@@ -122,9 +125,9 @@ def sensitivity_profile(
     labels = _labels(model, images, labels, device)
     pairs = derangement_pairs(labels.cpu(), rounds, seed) if rounds > 0 else None  # clear error without targets
     config = config or LSTConfig.adaptive()
+    attack_options = dict(attack_options or {})
     settings = {"norm": norm, "max_eps": max_eps, "search_steps": search_steps, "rtol": rtol, "steps": steps,
-                "rounds": rounds,
-                "seed": seed, "config": config.to_dict()}
+                "rounds": rounds, "seed": seed, "config": config.to_dict(), "attack_options": attack_options}
     store = None
     if checkpoint is not None:
         store = RunStore(checkpoint, "sensitivity", model=model, settings=settings,
@@ -132,8 +135,7 @@ def sensitivity_profile(
     try:
         adv = _stage(store, "adversarial", attacks.AttackResult, lambda: attacks.minimal_epsilon(
             model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps, rtol=rtol, steps=steps,
-            seed=seed,
-            device=device, progress=progress))
+            seed=seed, device=device, progress=progress, **attack_options))
         lst_results = [_stage(store, f"lst-round{r}", LSTResult, lambda r=r: level_set_traversal(
             model, images, images[pairs[r]], labels, config, target_labels=labels[pairs[r]], seed=seed + r * n,
             progress=progress, device=device)) for r in range(rounds)]

@@ -359,3 +359,31 @@ def test_attack_cli_writes_table_and_figure(tmp_path):
     rows = json.loads((out / "sensitivity.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["a.png", "b.png"]
     assert (out / "sensitivity.csv").exists() and (out / "sensitivity.png").stat().st_size > 0
+
+
+def test_model_call_options_reach_both_sides_of_the_profile_and_every_command():
+    import argparse
+    import importlib
+
+    from blindspots import LSTConfig
+    from blindspots.cli import model_call_options
+    from experiments.sensitivity import sensitivity_profile
+
+    torch.manual_seed(0)
+    layer = nn.Linear(3 * 8 * 8, 3)  # autocast runs nn.Linear in bfloat16
+    model = Classifier(nn.Sequential(nn.Flatten(), layer), MEAN, STD).eval()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    dtypes = []
+    layer.register_forward_hook(lambda m, inp, out: dtypes.append(out.dtype))
+    quick = dict(max_eps=0.1, search_steps=2, steps=3, rounds=1)
+    for lst_amp, attack_amp in ((False, True), (True, False)):
+        dtypes.clear()
+        sensitivity_profile(model, x, **quick, config=LSTConfig.adaptive(iterations=3, amp=lst_amp),
+                            attack_options={"amp": attack_amp})
+        bf16 = [d == torch.bfloat16 for d in dtypes]
+        assert any(bf16) and not all(bf16)  # one side in bfloat16, the other (and the labels' forward) not
+    for name in ("blindspots.demo", "experiments.attack_cli", "experiments.lst_tables", "experiments.paper_claims"):
+        parser = argparse.ArgumentParser()
+        importlib.import_module(name).add_arguments(parser)
+        args = parser.parse_args(["--amp", "--channels-last", "--compile"])
+        assert model_call_options(args) == {"amp": True, "channels_last": True, "compile": True}, name
