@@ -335,10 +335,6 @@ class Attack:
         self.amp = bool(amp)
         self.compile = bool(compile)
 
-    def model_options(self) -> dict[str, bool]:
-        """How the model is called (layout, precision, compilation): passed on to an attack's inner attacks."""
-        return {"channels_last": self.channels_last, "amp": self.amp, "compile": self.compile}
-
     # settings shown in results and reports
     def params(self) -> dict[str, Any]:
         return {"early_stop": self.early_stop}
