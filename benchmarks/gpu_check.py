@@ -10,8 +10,8 @@ the real photos with `imagenet-lite0`. Meant to finish in under 8 minutes on one
 exits 0 (nothing to measure).
 
     python -m benchmarks.gpu_check [--iterations 10] [--max-batch 256] [--skip-tests]
-    python -m benchmarks.gpu_check --device cpu --skip-tests --models resnet18 --size 64 --pairs 1 --iterations 2
-                                   # a CPU smoke test of this script (about a minute)
+    python -m benchmarks.gpu_check --device cpu --skip-tests --models resnet18 --size 64 --pairs 1 --iterations 2 \
+        --max-batch 4              # a CPU smoke test of this script (about 2 minutes)
 """
 
 from __future__ import annotations
