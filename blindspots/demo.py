@@ -143,8 +143,13 @@ def _print_table(records: list[dict]) -> None:
     print(f"{'source':>12} -> {'target':<12} {'p_src start':>11} {'p_src end':>9} {'RMS-l2':>7} {'l-inf':>6} "
           f"{'SSIM':>6}")
     for r in records:
-        print(f"{r['source']:>12} -> {r['target']:<12} {r['initial_confidence']:>11.3f} "
-              f"{r['final_confidence']:>9.3f} {r['rms_l2']:>7.3f} {r['linf']:>6.3f} {r.get('ssim', float('nan')):>6.3f}")
+        mark = "*" if r.get("unconstrained") else " "
+        print(f"{r['source']:>12} -> {r['target']:<12} {r['initial_confidence']:>10.3f}{mark} "
+              f"{r['final_confidence']:>9.3f} {r['rms_l2']:>7.3f} {r['linf']:>6.3f} "
+              f"{r.get('ssim', float('nan')):>6.3f}")
+    if any(r.get("unconstrained") for r in records):
+        print("* the source's confidence starts at or below the threshold: no step could be rejected, so the output "
+              "says nothing about its level set")
 
 
 def _save_figures(out: Path, images, names, class_names, rows) -> None:
@@ -153,8 +158,11 @@ def _save_figures(out: Path, images, names, class_names, rows) -> None:
     n = images.shape[0]
     outputs = torch.full((n, n, *images.shape[1:]), float("nan"))
     conf = torch.full((n, n), float("nan"))
+    unconstrained = torch.zeros(n, dtype=torch.bool)
     for i, (targets, result) in rows.items():
         outputs[i, targets] = result.images
         conf[i, targets] = result.final_confidence
-    plots.lst_grid(images, outputs, conf, names=names, class_names=class_names, path=out / "grid.png")
+        unconstrained[i] = bool(result.unconstrained.any())
+    plots.lst_grid(images, outputs, conf, names=names, class_names=class_names, unconstrained=unconstrained,
+                   path=out / "grid.png")
     plots.lst_curves([r for _, r in rows.values()], path=out / "curves.png")

@@ -198,6 +198,7 @@ def lst_grid(
     *,
     names: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
+    unconstrained: torch.Tensor | None = None,
     path: str | os.PathLike | None = None,
 ):
     """The paper's Fig. 1 layout: an N x N grid whose first row holds the targets and first column the sources;
@@ -207,6 +208,8 @@ def lst_grid(
         sources: (N, C, H, W) images (each serves as source and as target).
         outputs: (N, N, C, H, W) LST outputs; cells with NaN (the diagonal, same-class pairs) are left blank.
         confidence: (N, N) final source-class confidence of each output.
+        unconstrained: (N,) bool, sources whose confidence started at or below the threshold
+            (`LSTResult.unconstrained`): their cells say so in red, as nothing held them to a level set.
     """
     n = sources.shape[0]
     if outputs.shape[:2] != (n, n) or confidence.shape != (n, n):
@@ -233,7 +236,11 @@ def lst_grid(
                 continue
             ax = axes[i + 1, j + 1]
             ax.imshow(_image(outputs[i, j]))
-            ax.set_title(f"p(src) = {float(confidence[i, j]):.3f}", fontsize=7)
+            if unconstrained is not None and bool(unconstrained[i]):
+                ax.set_title(f"p(src) = {float(confidence[i, j]):.3f}\nunconstrained: p0 <= threshold", fontsize=6,
+                             color="tab:red")
+            else:
+                ax.set_title(f"p(src) = {float(confidence[i, j]):.3f}", fontsize=7)
     _save(fig, path)
     return fig
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
@@ -241,6 +242,12 @@ class LSTResult:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def unconstrained(self) -> torch.Tensor:
+        """(N,) bool: sources whose confidence starts at or below the threshold. For them p0 - p < threshold holds
+        for every p, so no step can be rejected and the output says nothing about the source's level set."""
+        return self.initial_confidence <= self.config.threshold
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the result as plain tensors and numbers (readable with `weights_only=True`, no pickled code)."""
         state = {k: getattr(self, k) for k in _RESULT_TENSORS}
@@ -267,6 +274,7 @@ class LSTResult:
                 "seed": int(self.seeds[i]),
                 "misclassified": bool(self.misclassified[i]),
                 "initial_confidence": float(self.initial_confidence[i]),
+                "unconstrained": bool(self.unconstrained[i]),
                 "final_confidence": float(self.final_confidence[i]),
                 "acceptance_rate": float(self.acceptance_rate[i]),
                 "iterations": int(self.iterations[i]),
@@ -366,7 +374,19 @@ def level_set_traversal(
                 parts.append(traversal.run(bar))
     for part, lo in zip(parts, range(0, n, chunk)):
         part["model_passes"] += check_passes[lo:lo + len(part["images"])]
-    return _merge(parts, seeds, config)
+    result = _merge(parts, seeds, config)
+    _warn_unconstrained(result)
+    return result
+
+
+def _warn_unconstrained(result: "LSTResult") -> None:
+    """One warning when some source starts at or below the threshold (its traversal cannot reject a step)."""
+    bad = result.unconstrained.nonzero().flatten().tolist()
+    if bad:
+        warnings.warn(f"{len(bad)} of {len(result)} sources start with a source-class confidence at or below the "
+                      f"threshold {result.config.threshold:g} (samples {bad[:10]}): no step can be rejected for them, "
+                      "so their outputs say nothing about a level set (LSTResult.unconstrained marks them)",
+                      stacklevel=3)
 
 
 def _check_model(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor | None,

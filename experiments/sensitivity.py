@@ -114,7 +114,8 @@ def sensitivity_profile(
     min_eps_lower (the largest budget at which PGD failed), adv_rms_l2, adv_linf (the perturbation found at min_eps),
     adv_success; lst_rms_l2 (RMS-l2 left to the target after LST, mean over rounds; smaller = a larger blind spot),
     lst_rms_l2_min, lst_linf, lst_start_rms_l2 (source-target distance), lst_fraction_left (lst_rms_l2 /
-    lst_start_rms_l2), lst_confidence (source-class confidence at the end), lst_initial_confidence, lst_misclassified.
+    lst_start_rms_l2), lst_confidence (source-class confidence at the end), lst_initial_confidence, lst_misclassified,
+    lst_unconstrained (the source's confidence started at or below the threshold: its LST columns mean nothing).
     """
     check_images(images, "images")
     n = images.shape[0]
@@ -182,6 +183,7 @@ def _row(i: int, names, labels, class_names, adv, lst_results: list[LSTResult]) 
         "lst_confidence": _mean([float(res.final_confidence[i]) for res in lst_results]),
         "lst_initial_confidence": _mean([float(res.initial_confidence[i]) for res in lst_results]),
         "lst_misclassified": bool(lst_results[0].misclassified[i]) if lst_results else False,
+        "lst_unconstrained": bool(lst_results[0].unconstrained[i]) if lst_results else False,
     })
     return row
 

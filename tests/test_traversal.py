@@ -152,6 +152,20 @@ def test_misclassified_sources_are_reported_not_dropped():
     assert torch.equal(res_none.labels, pred) and not res_none.misclassified.any()
 
 
+def test_sources_at_or_below_the_threshold_are_marked_and_warned():
+    model = LinearBinary(scale=0.2)
+    xs, xt = _pair(n=6)
+    with torch.no_grad():
+        p0 = model(xs).softmax(-1).amax(1)
+    threshold = float(p0.median())  # half the sources start at or below it
+    cfg = LSTConfig(step_size=0.5, iterations=3, threshold=threshold, adv_eps=0.0)
+    with pytest.warns(UserWarning, match=r"3 of 6 sources start with a source-class confidence at or below"):
+        res = level_set_traversal(model, xs, xt, config=cfg, seed=0)
+    assert res.unconstrained.tolist() == (p0 <= threshold).tolist()
+    assert [r["unconstrained"] for r in res.records()] == res.unconstrained.tolist()
+    assert bool((res.acceptance_rate[res.unconstrained] == 1).all())  # nothing can reject their steps
+
+
 def test_model_state_restored_and_no_parameter_grads():
     model = TinyCNN().train()
     flags_before = [p.requires_grad for p in model.parameters()]
