@@ -42,7 +42,8 @@ __all__ = ["TABLE1_FIELDS", "TABLE2_FIELDS", "hull_metric", "lpips_metric", "run
 TABLE1_FIELDS = {"rms_l2": "RMS-l2", "linf": "l-inf", "ssim_paper": "SSIM (Gaussian 11, sigma 1.5; the paper's)",
                  "ssim": "SSIM (7x7 uniform; scikit-image)", "lpips": "LPIPS",
                  "final_confidence": "final confidence", "initial_confidence": "source confidence",
-                 "acceptance_rate": "acceptance rate"}
+                 "acceptance_rate": "acceptance rate",
+                 "unconstrained": "unconstrained (source confidence <= threshold; its mean is their share)"}
 # Table 2: every triangle (source, b_i, b_j) probed on the 66-point barycentric grid of step 0.1 (vertices and edges
 # included; the published code keeps 64 of them); "frac" counts probes with p >= p_src - delta (- 1e-5 for float
 # rounding; the published code uses a strict '>'); per source, means over its triangles except the worst edge minimum.
