@@ -137,13 +137,10 @@ class Chunk:
         coef = torch.where(gg > 0, gv / gg.clamp_min(torch.finfo(gg.dtype).tiny), torch.zeros_like(gg))
         d = v - _per_sample(coef) * g
         eta = _per_sample(self.eta) if c.mode == "adaptive" else c.step_size
-        if c.adv_eps > 0 and c.offset_scale_max > 1:
-            s = self.offset_scale(eta)
+        if c.adv_eps > 0:
+            s = self.offset_scale(eta)  # 1.0 (exact: the paper's offset) unless offset_scale_max > 1
             self.a = (self.a + s * (c.adv_eps / 2) * g).clamp_(-c.adv_eps, c.adv_eps)
             candidate = (x + eta * d - s * self.a).clamp_(0, 1)
-        elif c.adv_eps > 0:
-            self.a = (self.a + (c.adv_eps / 2) * g).clamp_(-c.adv_eps, c.adv_eps)
-            candidate = (x + eta * d - self.a).clamp_(0, 1)
         else:
             candidate = (x + eta * d).clamp_(0, 1)
         if it < c.iterations:
@@ -166,11 +163,13 @@ class Chunk:
         if c.mode == "adaptive":
             self.count_stalls(ok, eta_used)
 
-    def offset_scale(self, eta: torch.Tensor | float) -> torch.Tensor:
+    def offset_scale(self, eta: torch.Tensor | float) -> torch.Tensor | float:
         """Per sample, how many paper steps' worth of adversarial offset this step applies (see
         `LSTConfig.adaptive`): min(eta / PAPER_STEP, offset_scale_max), faded towards 1 in proportion to the remaining
-        distance to the target over the starting one."""
+        distance to the target over the starting one; the float 1.0 when the scale is off (offset_scale_max 1)."""
         c = self.config
+        if c.offset_scale_max <= 1:
+            return 1.0
         x = self.x
         full = (torch.as_tensor(eta, dtype=x.dtype, device=x.device) / PAPER_STEP).clamp(1, c.offset_scale_max)
         remaining = (_rms_to(x, self.wxt) / self.start_dist.clamp_min(torch.finfo(x.dtype).tiny)).clamp(0, 1)
