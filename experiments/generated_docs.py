@@ -1,0 +1,99 @@
+"""Documentation blocks generated from results files, so that no measured figure or verdict is copied by hand.
+
+A block of README.md or docs/*.md lies between two markers::
+
+    <!-- generated:NAME -->
+    ...rendered text...
+    <!-- /generated:NAME -->
+
+`BLOCKS` maps NAME to (results file, renderer): the results file (relative to the repository) is written by the
+command that measures it; the renderer turns its parsed JSON into Markdown. `python -m experiments.generated_docs`
+rewrites every block; `--check` rewrites nothing and exits 1 naming each block that differs (the test suite runs it),
+so a sentence or table in the docs cannot drift from its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+__all__ = ["BLOCKS", "REPO", "render_block", "update_text", "update_files", "main"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+Renderer = Callable[[Any], str]
+
+# NAME -> (results file relative to the repository, renderer of its parsed JSON). Register a block here, next to
+# nothing else: the renderer lives in the module that owns the results.
+BLOCKS: dict[str, tuple[str, Renderer]] = {}
+
+_BLOCK = re.compile(r"(<!-- generated:(?P<name>[A-Za-z0-9_.-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)",
+                    re.DOTALL)
+
+
+def render_block(name: str, blocks: Mapping[str, tuple[str, Renderer]] | None = None,
+                 root: Path = REPO) -> str:
+    """The Markdown of block `name`, rendered from its results file (one line per error: unknown block, missing
+    or unreadable results file)."""
+    blocks = BLOCKS if blocks is None else blocks
+    if name not in blocks:
+        raise KeyError(f"generated block {name!r} is not registered in experiments.generated_docs.BLOCKS")
+    rel, render = blocks[name]
+    path = root / rel
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"generated block {name!r}: cannot read its results file {path}: {exc}") from None
+    text = render(data)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def update_text(text: str, blocks: Mapping[str, tuple[str, Renderer]] | None = None,
+                root: Path = REPO) -> tuple[str, list[str]]:
+    """`text` with every generated block re-rendered, and the names of the blocks whose content changed."""
+    changed: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        body = render_block(m["name"], blocks, root)
+        if body != m["body"]:
+            changed.append(m["name"])
+        return m.group(1) + body + m.group(4)
+
+    return _BLOCK.sub(sub, text), changed
+
+
+def doc_files(root: Path = REPO) -> list[Path]:
+    """README.md and every Markdown file under docs/."""
+    return [p for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))] if p.is_file()]
+
+
+def update_files(check: bool = False, blocks: Mapping[str, tuple[str, Renderer]] | None = None,
+                 root: Path = REPO) -> dict[str, list[str]]:
+    """Re-render the blocks of every doc file (or, with `check`, only compare); {file: changed blocks}."""
+    drift: dict[str, list[str]] = {}
+    for path in doc_files(root):
+        old = path.read_text()
+        new, changed = update_text(old, blocks, root)
+        if changed:
+            drift[str(path.relative_to(root))] = changed
+            if not check:
+                path.write_text(new)
+    return drift
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.generated_docs", description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="compare only; exit 1 when a block differs")
+    args = p.parse_args(argv)
+    drift = update_files(check=args.check)
+    for path, names in drift.items():
+        print(f"{path}: {'differs' if args.check else 'updated'}: {', '.join(names)}")
+    return 1 if drift and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

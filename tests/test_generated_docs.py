@@ -1,0 +1,39 @@
+"""Docs blocks generated from results files: the mechanism, and no drift in the repository's own docs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.generated_docs import update_files, update_text
+
+
+def _blocks():
+    return {"acc": ("res.json", lambda d: f"| model | clean |\n|---|---|\n| {d['model']} | {d['clean']:.3f} |")}
+
+
+def test_block_is_rendered_from_its_results_file_and_check_reports_drift(tmp_path):
+    (tmp_path / "res.json").write_text(json.dumps({"model": "m", "clean": 0.9712}))
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "page.md"
+    doc.write_text("intro\n<!-- generated:acc -->\nstale | 0.5\n<!-- /generated:acc -->\noutro\n")
+    assert update_files(check=True, blocks=_blocks(), root=tmp_path) == {"docs/page.md": ["acc"]}
+    assert "stale" in doc.read_text()  # --check writes nothing
+    update_files(blocks=_blocks(), root=tmp_path)
+    assert doc.read_text() == ("intro\n<!-- generated:acc -->\n| model | clean |\n|---|---|\n| m | 0.971 |\n"
+                               "<!-- /generated:acc -->\noutro\n")
+    assert update_files(check=True, blocks=_blocks(), root=tmp_path) == {}
+    (tmp_path / "res.json").write_text(json.dumps({"model": "m", "clean": 0.5}))  # the results changed
+    assert update_files(check=True, blocks=_blocks(), root=tmp_path) == {"docs/page.md": ["acc"]}
+
+
+def test_unknown_block_and_missing_results_file_are_named(tmp_path):
+    with pytest.raises(KeyError, match="nosuch"):
+        update_text("<!-- generated:nosuch -->\n<!-- /generated:nosuch -->", _blocks(), tmp_path)
+    with pytest.raises(ValueError, match="res.json"):
+        update_text("<!-- generated:acc -->\n<!-- /generated:acc -->", _blocks(), tmp_path)
+
+
+def test_repository_docs_equal_their_results_files():
+    assert update_files(check=True) == {}, "run `python -m experiments.generated_docs` and commit the result"
