@@ -33,7 +33,13 @@ class Trajectory:
 
 @dataclass
 class LSTResult:
-    """Per-sample outcome of a traversal; every tensor has the batch as its first dimension (on CPU)."""
+    """Per-sample outcome of a traversal; every tensor has the batch as its first dimension (on CPU).
+
+    Two flags say an output means nothing about the source's level set (`flagged` is their union; leave such
+    samples out of any figure that depends on the threshold): `unconstrained` (the source starts at or below the
+    threshold) and `start_outside` (the noisy start already broke the acceptance rule, so, kept as the published
+    code keeps it, the output lies past the threshold; `LSTConfig(start="redraw")` avoids it).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import load_classifier
+    from ..models import check_model_input, load_classifier
     from ..store import fingerprint_model
     from .report import geometry_report
     from .results_file import load_lst_results
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{' with ' + str(weights) if weights else ''} has here; pass the --model and --weights "
                          "that made it")
     sources, outputs, labels = data["sources"], data["outputs"], data["labels"]
+    check_model_input(model, sources, device)
     if args.max_sources is not None:
         sources, outputs, labels = (t[:args.max_sources] for t in (sources, outputs, labels))
     report = geometry_report(
