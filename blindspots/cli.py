@@ -174,6 +174,7 @@ def _load(name: str, module_path: str) -> ModuleType:
 # ValueError raised *in* one of them is still reported as a user error. Empty this once they raise InputError.
 LEGACY_VALUE_ERRORS = ("experiments.paper_claims", "experiments.lst_tables", "experiments.zoobot", "attacks.apgd",
                        "blindspots.stats")
+_TOOLKIT = ("blindspots", "attacks", "detectors", "experiments")
 # OSErrors about a user's file or folder (missing, unreadable, no space, ...): one line naming the path
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
@@ -181,16 +182,18 @@ _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirector
 def is_user_error(exc: BaseException) -> bool:
     """Whether the command line reports `exc` as one line (a user's mistake) rather than a traceback (a bug):
     the toolkit's `InputError` (run-store refusals included), an OSError about a file or folder, and, for now, a
-    plain ValueError raised in a module of `LEGACY_VALUE_ERRORS`."""
+    ValueError whose innermost toolkit frame is in a module of `LEGACY_VALUE_ERRORS`."""
     if isinstance(exc, InputError):
         return True
     if isinstance(exc, OSError) and (isinstance(exc, _FILE_ERRORS) or exc.filename is not None):
         return True
-    if type(exc) is ValueError:
-        tb: TracebackType | None = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
+    if isinstance(exc, ValueError):
+        module, tb = "", exc.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_globals.get("__name__", "")
+            if name.split(".")[0] in _TOOLKIT:
+                module = name
             tb = tb.tb_next
-        module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
         return module.startswith(LEGACY_VALUE_ERRORS)
     return False
 
