@@ -150,8 +150,8 @@ def _print_table(records: list[dict]) -> None:
         print("* the source's confidence starts at or below the threshold: no step could be rejected, so the output "
               "says nothing about its level set")
     if any(r.get("start_outside") for r in records):
-        print("! the noisy start already broke the threshold (kept, as the published code keeps it): the output lies "
-              "past it; --redraw-start draws a start that does not")
+        print("! the noisy start already broke the threshold (kept, as the published code keeps it): the traversal "
+              "began outside the level set; --redraw-start draws a start that does not")
 
 
 def _save_figures(out: Path, images, names, class_names, rows) -> None:

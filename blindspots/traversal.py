@@ -143,7 +143,7 @@ def _warn_flagged(result: "LSTResult") -> None:
     outside = result.start_outside.nonzero().flatten().tolist() if result.start_outside is not None else []
     if outside:
         warnings.warn(f"{len(outside)} of {len(result)} noisy starts already break the acceptance rule p0 - p < "
-                      f"{result.config.threshold:g} (samples {outside[:10]}), so their outputs lie past the threshold "
+                      f"{result.config.threshold:g} (samples {outside[:10]}): their traversals began outside the level set "
                       "(LSTResult.start_outside marks them; LSTConfig(start='redraw') draws a start that does not)",
                       stacklevel=3)
 

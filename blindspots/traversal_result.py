@@ -37,8 +37,9 @@ class LSTResult:
 
     Two flags say an output means nothing about the source's level set (`flagged` is their union; leave such
     samples out of any figure that depends on the threshold): `unconstrained` (the source starts at or below the
-    threshold) and `start_outside` (the noisy start already broke the acceptance rule, so, kept as the published
-    code keeps it, the output lies past the threshold; `LSTConfig(start="redraw")` avoids it).
+    threshold) and `start_outside` (the noisy start already broke the acceptance rule: kept, as the published code
+    keeps it, the traversal began outside the source's level set, and its output may lie past the threshold;
+    `LSTConfig(start="redraw")` avoids it).
     """
 
     images: torch.Tensor
@@ -73,7 +74,7 @@ class LSTResult:
     def flagged(self) -> torch.Tensor:
         """(N,) bool: outputs that say nothing about the source's level set, to be left out of any figure that
         depends on the threshold: `unconstrained` sources, and `start_outside` ones (the noisy start already broke
-        the acceptance rule p0 - p < threshold, so the output sits past the threshold; see `LSTConfig.start`)."""
+        the acceptance rule p0 - p < threshold: the traversal began outside the level set; see `LSTConfig.start`)."""
         outside = self.start_outside if self.start_outside is not None else torch.zeros_like(self.unconstrained)
         return self.unconstrained | outside.bool()
 
