@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from blindspots.models import Classifier, probing
 from blindspots.errors import InputError, TrainingDiverged
-from blindspots.store import RunStore, StageRefused, fingerprint_model
+from blindspots.store import RunStore, StageRefused, fingerprint_data, fingerprint_model
 from blindspots.validation import check_images, check_labels
 
 from .base import NORMS, check_budget, check_choice, check_positive_int
@@ -66,61 +66,9 @@ def _as_tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | Non
 
 
 def _data_fingerprint(data: Any, tensors: tuple[torch.Tensor, torch.Tensor] | None) -> str | None:
-    """sha1 of the training data itself, so that a resume on other data is refused: the tensors; a DataLoader's
-    batch size and its dataset; a map-style Dataset read item by item (under a forked RNG, so that random
-    transforms do not move the training's random streams; data that reads differently each time then never
-    resumes). None where the data cannot be read without consuming it (an iterable stream): it cannot resume."""
-    if tensors is not None:
-        return _hash_items(tensors)
-    extra = ""
-    if isinstance(data, torch.utils.data.DataLoader):
-        extra = f"loader:{data.batch_size}:{data.drop_last}:{type(data.sampler).__name__}|"
-        data = data.dataset
-    if isinstance(data, torch.utils.data.TensorDataset):
-        return extra + _hash_items(data.tensors)
-    if not isinstance(data, torch.utils.data.Dataset) or isinstance(data, torch.utils.data.IterableDataset) \
-            or not hasattr(data, "__len__"):
-        return None
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            return extra + _hash_items(data[i] for i in range(len(data)))
-    except TypeError:
-        return None  # items that are not tensors, arrays or numbers
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-
-
-def _hash_items(items: Iterable[Any]) -> str:
-    """sha1 over (nested tuples / lists / dicts of) tensors, arrays and numbers: types, shapes and bytes."""
-    h = hashlib.sha1()
-
-    def feed(v: Any) -> None:
-        if isinstance(v, torch.Tensor):
-            v = v.detach().cpu().contiguous()
-            h.update(f"T{v.dtype}{tuple(v.shape)}".encode())
-            h.update((v.view(torch.int16) if v.dtype == torch.bfloat16 else v).numpy().tobytes())
-        elif isinstance(v, np.ndarray):
-            h.update(f"A{v.dtype}{v.shape}".encode())
-            h.update(np.ascontiguousarray(v).tobytes())
-        elif isinstance(v, (bool, int, float, str, np.generic)):
-            h.update(f"N{type(v).__name__}{v!r}".encode())
-        elif isinstance(v, (tuple, list)):
-            h.update(f"L{len(v)}".encode())
-            for x in v:
-                feed(x)
-        elif isinstance(v, dict):
-            h.update(f"D{len(v)}".encode())
-            for k in sorted(v, key=str):
-                h.update(str(k).encode())
-                feed(v[k])
-        else:
-            raise TypeError(type(v).__name__)
-
-    for item in items:
-        feed(item)
-    return h.hexdigest()
+    """The training data's own fingerprint (`blindspots.store.fingerprint_data`), so a resume on other data is
+    refused; None where the data cannot be read without consuming it (it then cannot resume)."""
+    return fingerprint_data(tensors if tensors is not None else data)
 
 
 def _batches(data: Any, tensors, batch_size: int, seed: int, epoch: int):

@@ -35,11 +35,11 @@ from torch import nn
 
 from .errors import InputError, RunRefused
 from .store_files import (atomic_write_text, check_record_key, check_stage_name, dataclass_from_saved,
-                          dataclass_to_saved, jsonable, keyable, newest_mtime_ns, record_digest, remove, run_id,
-                          stage_digest, temporary_path)
+                          dataclass_to_saved, fingerprint_data, jsonable, keyable, newest_mtime_ns, record_digest,
+                          remove, run_id, stage_digest, temporary_path)
 
 __all__ = ["RunStore", "RunChanged", "FolderInUse", "FolderNotEmpty", "StageRefused", "fingerprint_model",
-           "fingerprint_tensor", "jsonable", "keyable", "atomic_write_text", "temporary_path", "record_sort_key"]
+           "fingerprint_tensor", "fingerprint_data", "jsonable", "keyable", "atomic_write_text", "temporary_path", "record_sort_key"]
 
 T = TypeVar("T")
 KEY_FILE = "run.json"

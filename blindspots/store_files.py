@@ -9,17 +9,20 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 
 from .errors import InputError
 
 __all__ = ["jsonable", "keyable", "temporary_path", "atomic_write_text", "check_stage_name", "check_record_key",
-           "stage_digest", "record_digest", "run_id", "newest_mtime_ns", "dataclass_to_saved", "dataclass_from_saved"]
+           "stage_digest", "record_digest", "run_id", "newest_mtime_ns", "fingerprint_data", "dataclass_to_saved",
+           "dataclass_from_saved"]
 
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -126,6 +129,64 @@ def remove(paths: Iterable[Path]) -> None:
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
             p.unlink()
+
+
+def fingerprint_data(data: Any) -> str | None:
+    """sha1 of a data set itself (not its type and length): (images, labels) tensors; a DataLoader's batch size and
+    its dataset; a map-style Dataset read item by item (under forked RNGs, so that random transforms do not move
+    the caller's random streams; data that reads differently each time never matches). None where the data cannot
+    be read without consuming it (an iterable stream) or its items are not tensors, arrays or numbers."""
+    if isinstance(data, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in data):
+        return _hash_items(data)
+    extra = ""
+    if isinstance(data, torch.utils.data.DataLoader):
+        extra = f"loader:{data.batch_size}:{data.drop_last}:{type(data.sampler).__name__}|"
+        data = data.dataset
+    if isinstance(data, torch.utils.data.TensorDataset):
+        return extra + _hash_items(data.tensors)
+    if not isinstance(data, torch.utils.data.Dataset) or isinstance(data, torch.utils.data.IterableDataset) \
+            or not hasattr(data, "__len__"):
+        return None
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return extra + _hash_items(data[i] for i in range(len(data)))
+    except TypeError:
+        return None  # items that are not tensors, arrays or numbers
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _hash_items(items: Iterable[Any]) -> str:
+    """sha1 over (nested tuples / lists / dicts of) tensors, arrays and numbers: types, shapes and bytes."""
+    h = hashlib.sha1()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().contiguous()
+            h.update(f"T{v.dtype}{tuple(v.shape)}".encode())
+            h.update((v.view(torch.int16) if v.dtype == torch.bfloat16 else v).numpy().tobytes())
+        elif isinstance(v, np.ndarray):
+            h.update(f"A{v.dtype}{v.shape}".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+        elif isinstance(v, (bool, int, float, str, np.generic)):
+            h.update(f"N{type(v).__name__}{v!r}".encode())
+        elif isinstance(v, (tuple, list)):
+            h.update(f"L{len(v)}".encode())
+            for x in v:
+                feed(x)
+        elif isinstance(v, dict):
+            h.update(f"D{len(v)}".encode())
+            for k in sorted(v, key=str):
+                h.update(str(k).encode())
+                feed(v[k])
+        else:
+            raise TypeError(type(v).__name__)
+
+    for item in items:
+        feed(item)
+    return h.hexdigest()
 
 
 def dataclass_to_saved(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
