@@ -27,7 +27,8 @@ from blindspots.metrics import linf as linf_distance
 from blindspots.models import Classifier, model_device, probing
 from blindspots.traversal import sample_seeds
 from blindspots.traversal_probe import Probe
-from blindspots.validation import check_images, check_labels, check_logits, check_same_shape
+from blindspots.validation import check_device, check_images, check_labels, check_logits, check_same_shape
+from blindspots.errors import InputError
 
 __all__ = ["AttackResult", "Attack", "per_sample_noise", "check_gradient", "compute_dtype", "NORMS", "LOSSES"]
 
@@ -119,7 +120,7 @@ class AttackResult:
         bottomed out at its floor), "> max_eps" (never flipped) or the value (an upper bound within the search's
         relative precision)."""
         if self.epsilon is None:
-            raise ValueError(f"{self.attack or 'this attack'} does not measure a flipping budget "
+            raise InputError(f"{self.attack or 'this attack'} does not measure a flipping budget "
                              "(minimal_epsilon does)")
         out = []
         for i, e in enumerate(self.epsilon.tolist()):
@@ -166,7 +167,7 @@ def per_sample_noise(seeds: torch.Tensor, shape: Sequence[int], kind: str, strea
             out[i, :numel].normal_(generator=gen)
             out[i, numel:].uniform_(0.0, 1.0, generator=gen)
         else:
-            raise ValueError(f"unknown noise kind {kind!r}")
+            raise InputError(f"unknown noise kind {kind!r}")
     return out
 
 
@@ -185,7 +186,7 @@ def check_gradient(g: torch.Tensor, idx: torch.Tensor) -> None:
     finite = torch.isfinite(g.flatten(1)).all(1)
     if not bool(finite.all()):
         bad = idx[~finite.to(idx.device)].tolist()
-        raise ValueError(f"the model's input gradient is NaN or infinite during the attack for samples {bad[:10]}")
+        raise InputError(f"the model's input gradient is NaN or infinite during the attack for samples {bad[:10]}")
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
@@ -292,7 +293,7 @@ class _Run:
         """A scalar or per-sample budget as an (N,) tensor on the batch's device and dtype."""
         if isinstance(eps, torch.Tensor):
             if eps.shape[0] != self.x.shape[0]:
-                raise ValueError(f"a per-sample eps must hold one value per image ({self.x.shape[0]}), got "
+                raise InputError(f"a per-sample eps must hold one value per image ({self.x.shape[0]}), got "
                                  f"{eps.shape[0]}")
             return eps.to(device=self.x.device, dtype=self.x.dtype)
         return torch.full((self.x.shape[0],), float(eps), device=self.x.device, dtype=self.x.dtype)
@@ -365,12 +366,12 @@ class Attack:
             labels = check_labels(labels, n, num_classes)
         if targets is not None:
             if not self.supports_targeted:
-                raise ValueError(f"{type(self).__name__} is untargeted; call it without targets")
+                raise InputError(f"{type(self).__name__} is untargeted; call it without targets")
             targets = check_labels(targets, n, num_classes, "targets")
         if init is not None:
             check_images(init, "init")
             check_same_shape(images, init, "images", "init")
-        device = torch.device(self.device) if self.device is not None else model_device(self.model)
+        device = check_device(self.device) if self.device is not None else model_device(self.model)
         seeds = sample_seeds(self.seed, n)
         x = images.detach().to(device=device, dtype=compute_dtype(self.model))  # float64/16 images: model's dtype
         everyone = torch.arange(n, device=device)
@@ -387,7 +388,7 @@ class Attack:
             t = targets.to(device) if targets is not None else None
             if t is not None and bool((t == y).any()):
                 bad = (t == y).nonzero().flatten().tolist()
-                raise ValueError(f"targets equal the labels for samples {bad[:10]}; pick a different target class")
+                raise InputError(f"targets equal the labels for samples {bad[:10]}; pick a different target class")
             run = _Run(probe, x, y, t, seeds)
             if clean_logits is not None:
                 run.forwards += 1
@@ -401,7 +402,29 @@ class Attack:
             lazy = (~run.success & ~run.clean_known).nonzero().flatten()
             if lazy.numel():
                 run.mark_clean(lazy, run.logits(x[lazy], lazy))
+            if self.amp or self.compile:
+                self._confirm(run)
         return self._result(images, run, **run.extra)
+
+    def _confirm(self, run: _Run) -> None:
+        """The final verdicts, confirmed by one plain forward of the returned images in the model's own precision
+        (no bfloat16 autocast, no compiled kernels): an attack run with `amp` or `compile` judged its images in
+        another precision, and at the decision boundary where minimal attacks end, that verdict can flip. The plain
+        forward decides `success` and `predictions` (one more forward per sample, counted)."""
+        everyone = torch.arange(run.x.shape[0], device=run.x.device)
+        with torch.no_grad():
+            logits = check_logits(Probe(self.model, device=run.x.device).float_logits(run.out),
+                                  where="at the returned images")
+        run.forwards += 1
+        success = run.is_adv(logits, everyone)
+        changed = (success != run.success).nonzero().flatten()
+        run.success, run.pred = success, logits.argmax(1)
+        run.clean_success &= success
+        if changed.numel():
+            self._verdicts_changed(run, changed)
+
+    def _verdicts_changed(self, run: _Run, idx: torch.Tensor) -> None:
+        """Hook: samples `idx` whose success the plain forward of `_confirm` reversed (e.g. to update a budget)."""
 
     def _result(self, images: torch.Tensor, run: _Run, **extra: Any) -> AttackResult:
         """Results on the inputs' device, in the wider of the inputs' and the model's dtype (so the returned images
@@ -424,22 +447,22 @@ def check_budget(eps: float | Sequence[float] | torch.Tensor, name: str = "eps")
     """A budget is a non-negative finite float, or one per sample (1-D)."""
     if isinstance(eps, (int, float)):
         if not (math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {eps}")
+            raise InputError(f"{name} must be a finite number >= 0, got {eps}")
         return float(eps)
     t = torch.as_tensor(eps, dtype=torch.float32)
     if t.ndim != 1 or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-        raise ValueError(f"{name} must be a number or a 1-D tensor of finite values >= 0, one per sample")
+        raise InputError(f"{name} must be a number or a 1-D tensor of finite values >= 0, one per sample")
     return t
 
 
 def check_positive_int(value: object, name: str) -> int:
     """A count (steps, restarts, ...) is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
 def check_choice(value: str, choices: Sequence[str], name: str) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value

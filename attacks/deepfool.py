@@ -11,6 +11,7 @@ step lands (1 + overshoot) times the exact minimal distance |margin| / ||w|| awa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .base import Attack, _Run, _view, check_gradient, check_positive_int
+from blindspots.errors import InputError
 
 __all__ = ["DeepFool"]
 
@@ -44,8 +46,9 @@ class DeepFool(Attack):
         super().__init__(model, early_stop=True, seed=0, device=device, progress=progress,
                          channels_last=channels_last, amp=amp, compile=compile)
         check_positive_int(steps, "steps")
-        if not overshoot >= 0:
-            raise ValueError(f"overshoot must be >= 0, got {overshoot}")
+        if isinstance(overshoot, bool) or not isinstance(overshoot, (int, float)) or not (
+                math.isfinite(overshoot) and overshoot >= 0):
+            raise InputError(f"overshoot must be a finite number >= 0, got {overshoot!r}")
         check_positive_int(candidates, "candidates")
         self.steps, self.overshoot, self.candidates = steps, float(overshoot), candidates
 
@@ -57,7 +60,7 @@ class DeepFool(Attack):
 
     def _run(self, run: _Run, idx: torch.Tensor, init: torch.Tensor | None) -> None:
         if init is not None:
-            raise ValueError("DeepFool starts from the clean images; init is not supported")
+            raise InputError("DeepFool starts from the clean images; init is not supported")
         pos = torch.arange(idx.numel(), device=idx.device)
         x0 = run.x[idx]
         x, r_tot = x0.clone(), torch.zeros_like(x0)

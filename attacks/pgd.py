@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .base import (LOSSES, NORMS, Attack, AttackResult, _Run, _view, check_budget, check_choice, check_positive_int,
                    per_sample_noise)
+from blindspots.errors import InputError
 
 __all__ = ["PGD", "FGSM", "MinimalEpsilon", "minimal_epsilon", "project", "random_start"]
 
@@ -101,7 +102,7 @@ class PGD(Attack):
         check_positive_int(steps, "steps")
         check_positive_int(restarts, "restarts")
         if restarts > 1 and not random_start:
-            raise ValueError("restarts > 1 need random_start=True (without it every restart is the same run)")
+            raise InputError("restarts > 1 need random_start=True (without it every restart is the same run)")
         self.steps, self.restarts, self.random_start = steps, restarts, bool(random_start)
         self.step_size = None if step_size is None else check_budget(step_size, "step_size")
 
@@ -212,11 +213,11 @@ class MinimalEpsilon(Attack):
         self.max_eps = _positive((0.1 if self.norm == "linf" else 10.0) if max_eps is None else max_eps, "max_eps")
         self.min_eps = self.max_eps * 1e-4 if min_eps is None else _positive(min_eps, "min_eps")
         if not self.min_eps < self.max_eps:
-            raise ValueError(f"min_eps ({self.min_eps:g}) must be below max_eps ({self.max_eps:g})")
+            raise InputError(f"min_eps ({self.min_eps:g}) must be below max_eps ({self.max_eps:g})")
         self.rtol = _positive(rtol, "rtol")
         if search_steps is not None and (isinstance(search_steps, bool) or not isinstance(search_steps, int)
                                          or search_steps < 0):
-            raise ValueError(f"search_steps must be a non-negative int or None, got {search_steps!r}")
+            raise InputError(f"search_steps must be a non-negative int or None, got {search_steps!r}")
         needed = math.ceil(math.log2(math.log(self.max_eps / self.min_eps) / math.log1p(self.rtol)))
         self.search_steps = max(needed, 0) if search_steps is None else min(search_steps, max(needed, 0))
         # the PGD run at each budget (validates steps/restarts/loss); its eps is set per round
@@ -272,6 +273,15 @@ class MinimalEpsilon(Attack):
                                  torch.full_like(lo, self.max_eps))
         at_floor[idx] = found & ~failed
 
+    def _verdicts_changed(self, run: _Run, idx: torch.Tensor) -> None:
+        """After the plain-precision check: a budget whose image is not adversarial after all was not found (inf,
+        the largest failed budget kept); an image at max_eps that is adversarial after all bounds it by max_eps."""
+        eps, lower, at_floor = self._fields(run)
+        ok = run.success[idx]
+        lost, won = idx[~ok], idx[ok]
+        eps[lost], at_floor[lost] = math.inf, False
+        eps[won], lower[won], at_floor[won] = self.max_eps, 0.0, False
+
     def _fields(self, run: _Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The per-sample epsilon, epsilon_lower and at_floor of the run (0, 0, False for every sample at first:
         samples misclassified clean keep these)."""
@@ -287,7 +297,7 @@ class MinimalEpsilon(Attack):
 
 def _positive(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        raise InputError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 
 

@@ -27,7 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from blindspots.models import Classifier, probing
-from blindspots.store import RunStore, fingerprint_model
+from blindspots.errors import InputError, TrainingDiverged
+from blindspots.store import RunStore, StageRefused, fingerprint_data, fingerprint_model
 from blindspots.validation import check_images, check_labels
 
 from .base import NORMS, check_budget, check_choice, check_positive_int
@@ -64,16 +65,10 @@ def _as_tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | Non
                     f"{type(data).__name__}")
 
 
-def _data_fingerprint(data: Any, tensors: tuple[torch.Tensor, torch.Tensor] | None) -> str:
-    """sha1 of the training tensors (so a resume on other data is refused); for loaders, their type and length."""
-    if tensors is None:
-        n = len(data) if hasattr(data, "__len__") else "?"
-        return f"{type(data).__name__}:{n}"
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _data_fingerprint(data: Any, tensors: tuple[torch.Tensor, torch.Tensor] | None) -> str | None:
+    """The training data's own fingerprint (`blindspots.store.fingerprint_data`), so a resume on other data is
+    refused; None where the data cannot be read without consuming it (it then cannot resume)."""
+    return fingerprint_data(tensors if tensors is not None else data)
 
 
 def _batches(data: Any, tensors, batch_size: int, seed: int, epoch: int):
@@ -185,8 +180,11 @@ def load_checkpoint_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor
 def _restore(store: RunStore, model: Classifier, optimizer: torch.optim.Optimizer
              ) -> tuple[int, list[dict[str, float]]]:
     """Load the latest epoch of the run store into model and optimizer, and the global RNG states."""
-    tensors, meta = store.load(CHECKPOINT)
+    tensors, meta = store.load(CHECKPOINT)  # refused when edited on disk (content hash)
     model.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if fingerprint_model(model.model) != meta.get("weights"):
+        raise StageRefused(f"{store.stage_path(CHECKPOINT)} does not hold the weights it was saved with; rerun with "
+                           "resume=False")
     state = {}
     for pid, entries in meta["optimizer"]["state"].items():
         state[int(pid)] = {k: (tensors[f"optim.{pid}.{k}"] if v == "tensor" else v) for k, v in entries.items()}
@@ -233,19 +231,26 @@ def _batch_seed(seed: int, epoch: int, batch: int, batch_size: int) -> int:
 
 
 def _check_arguments(eps: Any, norm: str, optimizer: str, schedule: str, lr: float, eps_warmup: float,
-                     clean_weight: float, **counts: int) -> float:
+                     clean_weight: float, momentum: float, weight_decay: float, **counts: int) -> float:
     """One clear error for a bad setting; returns eps as a float."""
     eps = check_budget(eps, "eps")
     if not isinstance(eps, float):
-        raise ValueError("eps must be one number for adversarial training")
+        raise InputError("eps must be one number for adversarial training")
     check_choice(norm, NORMS, "norm")
     check_choice(optimizer, OPTIMIZERS, "optimizer")
     check_choice(schedule, SCHEDULES, "schedule")
     for name, v in counts.items():
         check_positive_int(v, name)
-    if not (lr > 0 and eps_warmup >= 0 and 0 <= clean_weight <= 1):
-        raise ValueError(f"need lr > 0, eps_warmup >= 0 and 0 <= clean_weight <= 1, got lr={lr}, "
-                         f"eps_warmup={eps_warmup}, clean_weight={clean_weight}")
+    numbers = {"lr": lr, "eps_warmup": eps_warmup, "clean_weight": clean_weight, "momentum": momentum,
+               "weight_decay": weight_decay}
+    bad = [f"{k}={v!r}" for k, v in numbers.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad:
+        raise InputError(f"{', '.join(bad)}: must be finite numbers")
+    if not (lr > 0 and eps_warmup >= 0 and 0 <= clean_weight <= 1 and momentum >= 0 and weight_decay >= 0):
+        raise InputError(f"need lr > 0, eps_warmup >= 0, 0 <= clean_weight <= 1, momentum >= 0 and weight_decay >= 0,"
+                         f" got lr={lr}, eps_warmup={eps_warmup}, clean_weight={clean_weight}, momentum={momentum}, "
+                         f"weight_decay={weight_decay}")
     return eps
 
 
@@ -299,8 +304,8 @@ def adversarial_training(
     Returns a `TrainResult`: the model in eval mode and the history (per epoch: loss, accuracy on the training
     attack's examples, eps used, clean and robust eval accuracy, seconds).
     """
-    eps = _check_arguments(eps, norm, optimizer, schedule, lr, eps_warmup, clean_weight, steps=steps,
-                           epochs=epochs, batch_size=batch_size, eval_steps=eval_steps)
+    eps = _check_arguments(eps, norm, optimizer, schedule, lr, eps_warmup, clean_weight, momentum, weight_decay,
+                           steps=steps, epochs=epochs, batch_size=batch_size, eval_steps=eval_steps)
     clf = model if isinstance(model, Classifier) else Classifier(model)
     if device is not None:
         clf.to(device)
@@ -310,7 +315,10 @@ def adversarial_training(
         eval_data = (tensors[0][:500], tensors[1][:500])
     elif eval_data is not None:
         eval_data = _as_tensors(eval_data, "eval_data")
-    settings = _settings(clf, _data_fingerprint(data, tensors), eps=eps, norm=norm, steps=steps,
+    if tensors is not None and clf.num_classes is not None:
+        check_labels(tensors[1], tensors[0].shape[0], clf.num_classes, "data labels")
+    data_id = _data_fingerprint(data, tensors)
+    settings = _settings(clf, data_id, eps=eps, norm=norm, steps=steps,
                          step_size=step_size, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                          momentum=momentum if optimizer == "sgd" else None, weight_decay=weight_decay,
                          schedule=schedule, eps_warmup=eps_warmup, clean_weight=clean_weight, seed=seed)
@@ -318,6 +326,11 @@ def adversarial_training(
     path = Path(checkpoint) if checkpoint is not None else None
     settings["initial_weights"] = _initial_weights(clf.model, path, resume)
     store = RunStore(path, "adversarial_training", settings=settings, restart=not resume) if path else None
+    if store is not None and data_id is None and store.has(CHECKPOINT):
+        store.close()
+        raise InputError(f"{path} holds a checkpoint, but {type(data).__name__} data cannot be fingerprinted (an "
+                         "iterable stream, or items that are not tensors), so resuming on the same data cannot be "
+                         "verified; pass resume=False to train afresh, or (images, labels) tensors / a Dataset")
     try:
         return _run(clf, opt, store, data, tensors, eval_data, settings, eps=eps, norm=norm, steps=steps,
                     step_size=step_size, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
@@ -335,7 +348,7 @@ def _run(clf, opt, store, data, tensors, eval_data, settings, *, eps, norm, step
     if store is not None and store.has(CHECKPOINT):
         start, history = _restore(store, clf, opt)
         if start > epochs:
-            raise ValueError(f"{store.folder} holds {start} epochs, more than epochs={epochs}; pass resume=False "
+            raise InputError(f"{store.folder} holds {start} epochs, more than epochs={epochs}; pass resume=False "
                              "to start over")
     else:
         torch.manual_seed(seed)  # the global RNG (dropout, DataLoader shuffling) starts from the seed
@@ -390,12 +403,20 @@ def _train_epoch(clf: Classifier, opt: torch.optim.Optimizer, data: Any, tensors
             x_train = attack(x, y).images
         clf.train()
         logits = clf(x_train)
+        if eps_now == 0:  # PGD checks the labels against the logits itself
+            check_labels(y, y.shape[0], logits.shape[1], "training labels")
         loss = F.cross_entropy(logits, y)
+        if not bool(torch.isfinite(loss)):
+            raise TrainingDiverged(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b + 1} "
+                                   f"(lr={lr}); lower the learning rate")
         if clean_weight > 0 and eps_now > 0:
             loss = (1 - clean_weight) * loss + clean_weight * F.cross_entropy(clf(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if not all(bool(torch.isfinite(p).all()) for p in clf.parameters()):
+            raise TrainingDiverged(f"the weights became NaN or infinite at epoch {epoch + 1}, batch {b + 1} (lr={lr});"
+                                   " lower the learning rate")
         total_loss += float(loss.detach()) * y.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         seen += y.shape[0]

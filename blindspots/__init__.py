@@ -10,6 +10,7 @@ from .geometry import (HullResult, PathResult, SimplexResult, TubeResult, geomet
                        load_lst_results, path_confidence, save_lst_results, simplex_statistics, trajectory_confidence,
                        tube_width)
 from .store import RunStore
+from .errors import InputError
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,5 @@ __all__ = [
     "save_lst_results",
     "load_lst_results",
     "RunStore",
+    "InputError",
 ]

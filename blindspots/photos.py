@@ -15,26 +15,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import prepare, to_tensor
+from .data import SKIMAGE_PHOTOS, bundled_photo, prepare, to_tensor
+from .errors import InputError
 
 __all__ = ["SKIMAGE_PHOTOS", "MATPLOTLIB_PHOTOS", "real_photos", "PhotoPool", "agreed_photo_pool"]
 
-# scikit-image's bundled files that are photographs (loaders that read a file shipped inside the package);
-# left out: synthetic images (chessboard, colorwheel, logo, phantom, horse), tiny face crops (lfw_subset), and
-# loaders that would download (eagle, brain, kidney, lily, skin, ...).
-SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
-                  "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "motorcycle_left",
-                  "motorcycle_right", "page", "retina", "rocket", "text")
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
-
-
-def _skimage_photo(name: str) -> np.ndarray:
-    from skimage import data as skdata
-
-    if name.startswith("motorcycle_"):
-        left, right, _ = skdata.stereo_motorcycle()
-        return left if name == "motorcycle_left" else right
-    return getattr(skdata, name)()
 
 
 def real_photos(size: int = 224) -> tuple[torch.Tensor, list[str]]:
@@ -43,7 +29,7 @@ def real_photos(size: int = 224) -> tuple[torch.Tensor, list[str]]:
     from matplotlib import cbook
     from skimage import io
 
-    arrays: list[tuple[str, np.ndarray]] = [(f"skimage:{n}", _skimage_photo(n)) for n in SKIMAGE_PHOTOS]
+    arrays: list[tuple[str, np.ndarray]] = [(f"skimage:{n}", bundled_photo(n)) for n in SKIMAGE_PHOTOS]
     try:
         from sklearn.datasets import load_sample_images
     except ImportError:  # optional: scikit-learn is in the "paper" extra only
@@ -84,9 +70,9 @@ def agreed_photo_pool(models: Sequence[torch.nn.Module], size: int = 224, min_co
     `imagenet-lite0` and `imagenet-mobilenetv2` pool holds 9 of 24 photos (7 of 22 without scikit-learn).
     """
     if len(models) == 0:
-        raise ValueError("give at least one model")
+        raise InputError("give at least one model")
     if not 0.0 <= min_confidence <= 1.0:
-        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
+        raise InputError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
     images, names = real_photos(size)
     preds, confs = zip(*(m.predict(images) for m in models))
     preds_t, confs_t = torch.stack(preds), torch.stack(confs)

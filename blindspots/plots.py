@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from .errors import InputError
 
 __all__ = ["plot_triangle", "plot_path_confidence", "plot_tube_width", "lst_grid", "lst_curves", "plain_text"]
 
@@ -82,7 +83,7 @@ def plot_triangle(
 
     w, c = _np(weights), _np(confidence)
     if w.ndim != 2 or w.shape[1] != 3 or c.shape != (w.shape[0],):
-        raise ValueError(f"weights must be (M, 3) and confidence (M,), got {w.shape} and {c.shape}")
+        raise InputError(f"weights must be (M, 3) and confidence (M,), got {w.shape} and {c.shape}")
     li, lj, angle = (float(v) for v in layout)
     corners = np.array([[0.0, 0.0], [li, 0.0], [lj * math.cos(angle), lj * math.sin(angle)]])
     xy = w @ corners
@@ -213,7 +214,7 @@ def lst_grid(
     """
     n = sources.shape[0]
     if outputs.shape[:2] != (n, n) or confidence.shape != (n, n):
-        raise ValueError(f"outputs must be ({n}, {n}, C, H, W) and confidence ({n}, {n}), got "
+        raise InputError(f"outputs must be ({n}, {n}, C, H, W) and confidence ({n}, {n}), got "
                          f"{tuple(outputs.shape)} and {tuple(confidence.shape)}")
     names = list(names) if names is not None else [str(i) for i in range(n)]
     labels = [f"{nm}\n{cn[:18]}" for nm, cn in zip(names, class_names)] if class_names else names
@@ -250,7 +251,7 @@ def lst_curves(results: Sequence[Any], *, path: str | os.PathLike | None = None)
     one or more `LSTResult`s recorded with `log_every > 0` (one thin line per pair, the median in bold)."""
     trajectories = [r.trajectory for r in results if r.trajectory is not None]
     if not trajectories:
-        raise ValueError("no trajectory recorded: run level_set_traversal with LSTConfig(log_every=k)")
+        raise InputError("no trajectory recorded: run level_set_traversal with LSTConfig(log_every=k)")
     fig = _figure(12, 3.6)
     axes = fig.subplots(1, 3)
     panels = [("source_confidence", "source-class confidence"), ("target_confidence", "target-class confidence"),

@@ -2,9 +2,17 @@
 records, detector and adversarial training checkpoints) keeps its work in a `RunStore`.
 
 A run folder holds `run.json`, the run's *key*: the job's name, a fingerprint of the model's weights, every
-setting, and a fingerprint of every input tensor. Reopening the folder with the same key resumes (finished stages
-and records are reused); with any part of the key changed it refuses with one line naming what changed, unless
-`restart=True` discards the old work first. Saved numbers are therefore never stale.
+setting (NaN, +inf, -inf and None kept apart), and a fingerprint of every input tensor. Reopening the folder with the
+same key resumes; with any part of the key changed it refuses with one line naming what changed, unless
+`restart=True` discards the old work first. Saved numbers are therefore never stale:
+
+- every stage and record carries its run's identity (a hash of the key) and a content hash written with it and
+  checked on read: work of another run (a stage copied in, a folder whose run.json was deleted) is recomputed, and
+  work edited or damaged on disk is refused, naming the file;
+- stage and record names are plain names: nothing is written outside the folder;
+- the store lists what the run wrote into its folder (`.outputs.json`: its own files, and every file or folder the
+  job created or rewrote while it held the folder). A new run starts only in a folder that holds nothing else, and
+  `restart` deletes only what the run wrote: a folder holding anything else is refused, naming it.
 
 Stages are safetensors files (tensors plus JSON metadata, never pickled code), records are JSON lines (one per
 finished unit, flushed and fsynced). Every file is written through a uniquely named temporary file and renamed, so a
@@ -14,34 +22,46 @@ folder: a second process pointed at the same folder is refused instead of mixing
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
+import fnmatch
 import hashlib
 import json
-import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["RunStore", "RunChanged", "FolderInUse", "fingerprint_model", "fingerprint_tensor", "jsonable",
-           "atomic_write_text", "temporary_path", "record_sort_key"]
+from .errors import InputError, RunRefused
+from .store_files import (atomic_write_text, check_record_key, check_stage_name, dataclass_from_saved,
+                          dataclass_to_saved, fingerprint_data, jsonable, keyable, newest_mtime_ns, record_digest,
+                          remove, run_id, stage_digest, temporary_path)
+
+__all__ = ["RunStore", "RunChanged", "FolderInUse", "FolderNotEmpty", "StageRefused", "fingerprint_model",
+           "fingerprint_tensor", "fingerprint_data", "jsonable", "keyable", "atomic_write_text", "temporary_path", "record_sort_key"]
 
 T = TypeVar("T")
 KEY_FILE = "run.json"
 LOCK_FILE = ".lock"
+OUTPUTS_FILE = ".outputs.json"
+STAGES = "stages"
 
 
-class RunChanged(ValueError):
+class RunChanged(RunRefused):
     """The folder holds a run whose model, settings or inputs differ from this one."""
 
 
-class FolderInUse(RuntimeError):
+class FolderInUse(RunRefused, RuntimeError):
     """Another process holds the folder's lock."""
+
+
+class FolderNotEmpty(RunRefused):
+    """A new or restarted run's folder holds files that no run store wrote there."""
+
+
+class StageRefused(RunRefused):
+    """A saved stage or record was edited or damaged on disk, or does not fit this run."""
 
 
 # --------------------------------------------------------------------------------------------- fingerprints
@@ -66,44 +86,10 @@ def fingerprint_model(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON types: dataclasses and mappings to dicts, tuples to lists, paths to str, tensors to lists,
-    non-finite floats to None."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return jsonable(value.detach().cpu().tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (os.PathLike,)):
-        return str(value)
-    if isinstance(value, (torch.device, torch.dtype)):
-        return str(value)
-    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", None) == 0:
-        return jsonable(value.item())  # numpy scalars
-    if hasattr(value, "tolist") and hasattr(value, "dtype"):
-        return jsonable(value.tolist())  # numpy arrays
-    return value
-
-
-def temporary_path(path: str | os.PathLike) -> Path:
-    """A hidden, unique temporary name beside `path` (pid + random), so two writers never collide; written, then
-    renamed into place with `os.replace`."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text through a uniquely named temporary file and rename it into place."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+def _is_store_file(name: str) -> bool:
+    """The store's own entries: key, lock, output list, stages, records, and leftover temporary files."""
+    return (name in (KEY_FILE, LOCK_FILE, OUTPUTS_FILE, STAGES) or fnmatch.fnmatch(name, "records*.jsonl")
+            or (name.startswith(".") and name.endswith(".tmp")))
 
 
 def _describe_change(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -145,11 +131,11 @@ class RunStore:
         self._lock_fh = None
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
-            raise NotADirectoryError(f"output folder {self.folder} is a file, not a folder")
+            raise InputError(f"output folder {self.folder} is a file, not a folder")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OSError(f"cannot create output folder {self.folder}: {exc.strerror or exc}") from None
+            raise InputError(f"cannot create output folder {self.folder}: {exc.strerror or exc}") from None
         self.rank, self.world = rank, world
         if rank == 0:
             self._take_lock()
@@ -158,8 +144,9 @@ class RunStore:
         else:
             fingerprint = fingerprint_model(model) if model is not None else None
         self.key = {"job": job, "model": fingerprint,
-                    "settings": jsonable(dict(settings or {})),
+                    "settings": keyable(dict(settings or {})),
                     "inputs": {k: fingerprint_tensor(v) for k, v in (inputs or {}).items()}}
+        self.run = run_id(self.key)
         try:
             self._check_key(restart)
         except BaseException:
@@ -170,7 +157,7 @@ class RunStore:
         self._drop_torn_tail()
         self._records = self._read_records()
 
-    # -- lock and key
+    # -- lock, key and the list of what the run wrote
     def _take_lock(self) -> None:
         fh = open(self.folder / LOCK_FILE, "a+")
         try:
@@ -186,6 +173,31 @@ class RunStore:
         fh.write(f"pid {os.getpid()}")
         fh.flush()
         self._lock_fh = fh
+        # anything created, or rewritten from now on (the file system's clock), while the lock is held is the run's
+        self._since_ns = os.fstat(fh.fileno()).st_mtime_ns
+        self._present = {p.name for p in self.folder.iterdir()}
+
+    def _outputs(self) -> set[str]:
+        try:
+            return set(json.loads((self.folder / OUTPUTS_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return set()
+
+    def _foreign(self) -> list[str]:
+        """Entries of the folder that neither the store nor a run of it wrote."""
+        mine = self._outputs()
+        return sorted(p.name for p in self.folder.iterdir() if not _is_store_file(p.name) and p.name not in mine)
+
+    def _claim(self, rewritten: bool = False) -> None:
+        """Add to the output list every entry the job created while this store held the folder, and with
+        `rewritten` (at close: it walks the entries) every older one it rewrote."""
+        if self._lock_fh is None:
+            return
+        listed = self._outputs()
+        new = {p.name for p in self.folder.iterdir() if not _is_store_file(p.name) and p.name not in listed
+               and (p.name not in self._present or (rewritten and newest_mtime_ns(p) >= self._since_ns))}
+        if new:
+            atomic_write_text(self.folder / OUTPUTS_FILE, json.dumps(sorted(listed | new), indent=0))
 
     def _check_key(self, restart: bool) -> None:
         path = self.folder / KEY_FILE
@@ -201,21 +213,25 @@ class RunStore:
             return
         if self.rank != 0:
             return
-        if restart and path.exists():
-            self._clear()
+        foreign = self._foreign()
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+            raise FolderNotEmpty(f"output folder {self.folder} holds files that no run wrote there ({shown}); "
+                                 "choose a new or empty --out, or move them away")
+        # a new run, or a restart: everything an earlier run wrote here goes (never anything else)
+        remove(self.folder / n for n in sorted(self._outputs()) + [p.name for p in self.folder.iterdir()
+                                                                    if _is_store_file(p.name) and p.name != LOCK_FILE])
+        self._present = {p.name for p in self.folder.iterdir()}
         atomic_write_text(path, json.dumps(self.key, indent=1, sort_keys=True))
-
-    def _clear(self) -> None:
-        for child in self.folder.iterdir():
-            if child.name == LOCK_FILE:
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
     def close(self) -> None:
         if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+            try:
+                self._claim(rewritten=True)
+            finally:
+                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+                self._lock_fh.close()
+                self._lock_fh = None
 
     def __enter__(self) -> "RunStore":
         return self
@@ -224,55 +240,85 @@ class RunStore:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     # -- stages: tensors + JSON metadata
     def stage_path(self, name: str) -> Path:
-        return self.folder / "stages" / f"{name}.safetensors"
+        return self.folder / STAGES / f"{check_stage_name(name)}.safetensors"
 
     def has(self, name: str) -> bool:
         return self.stage_path(name).is_file()
 
     def save(self, name: str, tensors: Mapping[str, torch.Tensor] | None = None, meta: Any = None) -> Path:
-        """Write a stage atomically: tensors (safetensors) and JSON-able metadata."""
+        """Write a stage atomically: tensors (safetensors) and JSON-able metadata, with the run and a content hash."""
         from safetensors.torch import save_file
 
         path = self.stage_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temporary_path(path)
         data = {k: v.detach().cpu().contiguous().clone() for k, v in (tensors or {}).items()}
-        save_file(data, str(tmp), metadata={"meta": json.dumps(jsonable(meta))})
+        text = json.dumps(jsonable(meta))
+        save_file(data, str(tmp), metadata={"meta": text, "run": self.run,
+                                            "sha256": stage_digest(name, self.run, text, data)})
         os.replace(tmp, path)
+        self._claim()
         return path
 
     def load(self, name: str) -> tuple[dict[str, torch.Tensor], Any]:
-        """A saved stage's (tensors, metadata); a damaged file raises one line naming it."""
+        """A saved stage's (tensors, metadata). A damaged or edited file, or one written by another run, is refused
+        with one line naming it."""
+        tensors, meta, run = self._read_stage(name)
+        if run != self.run:
+            raise StageRefused(f"saved stage {self.stage_path(name)} belongs to another run; rerun with --restart")
+        return tensors, meta
+
+    def _read_stage(self, name: str) -> tuple[dict[str, torch.Tensor], Any, str]:
         from safetensors import safe_open
 
         path = self.stage_path(name)
         try:
             with safe_open(str(path), framework="pt") as fh:
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-                meta = json.loads((fh.metadata() or {}).get("meta", "null"))
+                header = fh.metadata() or {}
+            text, run, digest = header["meta"], header["run"], header["sha256"]
+            meta = json.loads(text)
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
-            raise OSError(f"saved stage {path} is damaged ({type(exc).__name__}); rerun with --restart") from None
-        return tensors, meta
+            raise StageRefused(f"saved stage {path} is damaged or not a stage of this toolkit "
+                               f"({type(exc).__name__}); rerun with --restart") from None
+        if stage_digest(name, run, text, tensors) != digest:
+            raise StageRefused(f"saved stage {path} was modified since it was written (its content hash does not "
+                               "match); rerun with --restart")
+        return tensors, meta, run
 
     def stage(self, name: str, compute: Callable[[], T], *, to_saved: Callable[[T], tuple[dict, Any]],
-              from_saved: Callable[[dict, Any], T]) -> T:
-        """Load stage `name` if saved, else compute and save it."""
+              from_saved: Callable[[dict, Any], T], check: Callable[[T], Any] | None = None) -> T:
+        """Load stage `name` if this run saved it, else compute and save it. A stage of another run is recomputed;
+        an edited or damaged one is refused, and so is one that `check` (e.g. shapes and finiteness against this
+        run's inputs; it raises ValueError) finds wrong."""
         if self.has(name):
-            return from_saved(*self.load(name))
+            tensors, meta, run = self._read_stage(name)
+            if run == self.run:
+                try:
+                    value = from_saved(tensors, meta)
+                    if check is not None:
+                        check(value)
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise StageRefused(f"saved stage {self.stage_path(name)} does not fit this run ({exc}); rerun "
+                                       "with --restart") from None
+                return value
         value = compute()
         self.save(name, *to_saved(value))
         return value
 
     def dataclass_stage(self, name: str, cls: type[T], compute: Callable[[], T], *,
-                        nested: Mapping[str, type] | None = None) -> T:
+                        nested: Mapping[str, type] | None = None, check: Callable[[T], Any] | None = None) -> T:
         """`stage` for a dataclass whose fields are tensors, JSON values or dataclasses of those (named with their
         class in `nested`, e.g. {"config": LSTConfig, "trajectory": Trajectory}); tuples come back as tuples."""
-        return self.stage(name, compute, to_saved=_dataclass_to_saved,
-                          from_saved=lambda t, m: _dataclass_from_saved(cls, t, m, dict(nested or {})))
+        return self.stage(name, compute, to_saved=dataclass_to_saved,
+                          from_saved=lambda t, m: dataclass_from_saved(cls, t, m, dict(nested or {})), check=check)
 
     # -- records: one JSON line per finished unit of work
     def _drop_torn_tail(self) -> None:
@@ -285,28 +331,39 @@ class RunStore:
                 fh.truncate(data.rfind(b"\n") + 1)
 
     def _read_records(self) -> dict[str, dict[str, Any]]:
+        """This run's records; lines of another run are left out (their work is redone), an edited line refused."""
         out: dict[str, dict[str, Any]] = {}
         for path in sorted(self.folder.glob("records*.jsonl")):
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for number, line in enumerate(fh, 1):
                     if not line.endswith("\n"):
                         break
                     try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(rec, dict) and "key" in rec:
+                        entry = json.loads(line)
+                        run, digest, rec = entry["run"], entry["sha256"], entry["record"]
+                        ok = record_digest(run, rec) == digest and isinstance(rec.get("key"), str)
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        ok = False
+                    if not ok:
+                        raise StageRefused(f"line {number} of {path} was modified since it was written (or is not "
+                                           "a record of this toolkit); rerun with --restart")
+                    if run == self.run:
                         out.setdefault(rec["key"], rec)
         return out
 
     @classmethod
     def reader(cls, folder: str | os.PathLike) -> "RunStore":
         """A finished run's folder opened for reading only (no lock, no key check): `records()`, `load()`."""
-        if not Path(folder).is_dir():
+        folder = Path(folder)
+        if not folder.is_dir():
             raise FileNotFoundError(f"run folder {folder} does not exist")
+        try:
+            key = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise RunRefused(f"{folder} holds no readable run ({KEY_FILE} is missing or damaged)") from None
         reader = cls.__new__(cls)
         reader._lock_fh = None
-        reader.folder = Path(folder)
+        reader.folder, reader.key, reader.run = folder, key, run_id(key)
         reader._records = reader._read_records()
         return reader
 
@@ -330,55 +387,23 @@ class RunStore:
         return sorted(recs, key=lambda r: record_sort_key(r["key"]))
 
     def append(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Append records (each with a unique 'key'), flushed and fsynced; returns them as stored."""
+        """Append records (each with a unique plain 'key'), flushed and fsynced; returns them as stored."""
         stored = [json.loads(json.dumps(jsonable(r), allow_nan=False)) for r in records]
+        for r in stored:
+            check_record_key(r.get("key"))
         if stored:
+            lines = [json.dumps({"run": self.run, "sha256": record_digest(self.run, r), "record": r},
+                                allow_nan=False) + "\n" for r in stored]
             with open(self.records_path, "a", encoding="utf-8") as fh:
-                fh.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in stored))
+                fh.write("".join(lines))
                 fh.flush()
                 os.fsync(fh.fileno())
             for r in stored:
                 self._records.setdefault(r["key"], r)
+            self._claim()
         return stored
 
 
 def record_sort_key(key: str) -> tuple:
     """Order of record keys ('lst|model|round|source|target'): numeric parts as numbers."""
     return tuple((0, int(p), "") if p.lstrip("-").isdigit() else (1, 0, p) for p in key.split("|"))
-
-
-def _dataclass_to_saved(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, Any] = {}
-    tuples = []
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if isinstance(v, torch.Tensor):
-            tensors[f.name] = v
-        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
-            sub_t, sub_m = _dataclass_to_saved(v)
-            tensors.update({f"{f.name}.{k}": t for k, t in sub_t.items()})
-            plain[f.name] = {"__dataclass__": sub_m}
-        else:
-            plain[f.name] = v
-            if isinstance(v, tuple):
-                tuples.append(f.name)
-    return tensors, {"fields": plain, "tuples": tuples}
-
-
-def _dataclass_from_saved(cls: type, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                          nested: dict[str, type]) -> Any:
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in tensors:
-            kwargs[f.name] = tensors[f.name]
-        elif f.name in meta["fields"]:
-            v = meta["fields"][f.name]
-            if isinstance(v, dict) and "__dataclass__" in v:
-                prefix = f"{f.name}."
-                sub = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
-                v = _dataclass_from_saved(nested[f.name], sub, v["__dataclass__"], {})
-            elif f.name in meta["tuples"]:
-                v = tuple(v)
-            kwargs[f.name] = v
-    return cls(**kwargs)

@@ -20,9 +20,7 @@ depend on its batch-mates (each sample draws its start noise from its own seed).
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,8 +28,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from .models import probing
-from .traversal_loop import PAPER_STEP, Chunk, refuse_non_finite, start_noise
+from .traversal_config import LSTConfig
+from .traversal_loop import Chunk, refuse_non_finite, start_noise
+from .traversal_result import LSTResult, Trajectory
 from .traversal_probe import Probe, auto_batch_size, check_batch_independence, check_label_range, resolve_device
 
 _start_noise = start_noise  # the name benchmarks/speed_lst.py imports
@@ -40,269 +41,20 @@ from .validation import check_images, check_labels, check_same_shape
 __all__ = ["LSTConfig", "LSTResult", "Trajectory", "level_set_traversal", "derangement_pairs", "sample_seeds"]
 
 
-@dataclass(frozen=True)
-class LSTConfig:
-    """Settings of a traversal. `LSTConfig()` is a quick fixed step; `LSTConfig.paper()` the published one;
-    `LSTConfig.adaptive()` a per-sample adaptive step that needs far fewer model passes (see its docstring).
-
-    Attributes:
-        step_size: eta, the fraction of the orthogonal remaining difference taken per step, in (0, 1] (above 1 a
-            step moves past the target). In adaptive mode: the starting step.
-        iterations: T, the number of steps (each one forward+backward); in adaptive mode the most steps per sample.
-        threshold: delta; a step is accepted iff p0 - p_y(x') < delta.
-        adv_eps: eps of the persistent per-pixel adversarial offset, in [0, 0.1] (0 turns the term off; the offset is
-            in [0, 1] pixel space and the paper uses 2e-3, so more than 0.1 = 25/255 cannot be meant).
-        init_noise: r, half-width of the uniform start noise (2/255 in the paper).
-        stop_rms: per-sample early stop once the RMS-l2 distance to the target is below this (None: no such stop).
-        log_every: record a trajectory every k iterations (0: off, and then it costs nothing).
-        log_snapshots: also keep the images at each logged iteration (on CPU).
-        use_prediction: take the model's own prediction on the source as the source class, instead of `labels`.
-        batch_size: process at most this many pairs at once (None: all at once; "auto": on CUDA the largest power
-            of two that fits, found by trial; on CPU 32).
-        amp: run the model under bfloat16 autocast (CPU and CUDA). bfloat16 keeps float32's range, so confident
-            gradients do not underflow; the projection itself is computed in float32.
-        channels_last: feed the model channels_last tensors (faster convolutions on GPU; same values up to rounding).
-        compile: `torch.compile` the model's forward (and so its backward) for the call.
-        mode: "fixed" (one step size for all, the paper's) or "adaptive" (per-sample step and stop, see
-            `LSTConfig.adaptive`).
-        offset_scale_max: apply the adversarial offset as a step of eta would over eta / 1e-2 paper steps, at most
-            this many times, fading in proportion to the remaining distance (1: off, the paper's offset; see
-            `LSTConfig.adaptive`).
-        max_step, min_step, grow, shrink: adaptive mode's step bounds and its factors after accept / reject.
-        patience, min_progress: adaptive mode stops a sample after `patience` consecutive iterations without
-            progress: an accepted step of size eta that brought its RMS-l2 to the target down by less than
-            `min_progress * eta` (relative), or a rejected step at `min_step`.
-    """
-
-    step_size: float = 2.5e-2
-    iterations: int = 160
-    threshold: float = 0.2
-    adv_eps: float = 2e-3
-    init_noise: float = 2 / 255
-    stop_rms: float | None = None
-    log_every: int = 0
-    log_snapshots: bool = False
-    use_prediction: bool = False
-    batch_size: int | str | None = None
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    mode: str = "fixed"
-    offset_scale_max: float = 1.0
-    max_step: float = 1.0
-    min_step: float = 1e-3
-    grow: float = 2.0
-    shrink: float = 0.5
-    patience: int = 2
-    min_progress: float = 0.02
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> "LSTConfig":
-        """The paper's settings: step 1e-2, 400 iterations, threshold 0.2, adversarial step 2e-3."""
-        return replace(cls(step_size=PAPER_STEP, iterations=400, threshold=0.2, adv_eps=2e-3), **overrides)
-
-    @classmethod
-    def adaptive(cls, **overrides: Any) -> "LSTConfig":
-        """Adaptive step mode: the paper's acceptance rule and orthogonal direction, a per-sample step and stop.
-
-        Per sample, each iteration makes the candidate x' = clamp(x + eta_i d - s_i a, 0, 1) (d: the remaining
-        difference to the target with its component along the gradient removed; a: the persistent adversarial
-        offset, accumulated as a <- clamp(a + s_i (eps / 2) g, -eps, eps)) and accepts it iff
-        p0 - p_y(x') < threshold, as in paper mode, so every accepted point lies in the same superlevel set. Then:
-
-        - accepted: eta_i <- min(eta_i * grow, max_step); rejected: eta_i <- max(eta_i * shrink, min_step);
-        - the sample stops when its RMS-l2 to the target falls below `stop_rms` (if set), or after `patience`
-          consecutive iterations without progress, or after `iterations`. An accepted step of size eta counts as
-          progress when it brought the distance down by at least `min_progress * eta` (relative): far from its
-          fixed point such a step removes about a fraction eta of the distance, so small steps that still creep
-          forward (where the threshold binds) keep the sample going, while full-size steps that no longer shorten
-          the distance (the sample sits at the level set's projection of the target, or at the fixed point of the
-          adversarial offset) stop it. A rejected step counts against progress only at `min_step`.
-
-        The step after an accept or reject is refined by the step's own cost: it is orthogonal to the gradient, so
-        the confidence it loses is second order, k eta^2; fitting k to the last step gives the step that would use
-        half the slack left to the threshold, and an accept grows eta to at most that, a reject shrinks it to that
-        (between eta/10 and shrink * eta).
-
-        The offset scale s_i: one step of eta does the orthogonal work of eta / 1e-2 paper steps, and paper mode
-        applies its offset (its push back up the confidence) once per paper step, so a large step with the paper's
-        offset alone gets a fraction of the push paper mode gets over the same way, and the sample runs into the
-        threshold early, farther from the target. s_i = 1 + (min(eta_i / 1e-2, offset_scale_max) - 1) r_i, where r_i
-        is the sample's remaining RMS-l2 to the target over its starting one: the full push far from the target, the
-        paper's own offset near it, where a scaled offset would leave a larger residual in the output.
-
-        Defaults (tuned on the first 4 photo and galaxy pairs of `benchmarks/lst_passes.py` with imagenet-lite0 and
-        on 8 test digits per MNIST zoo model, checked on other pairs): eta starts at 0.5, grow 1.5, shrink 0.5,
-        bounds [1e-3, 1], patience 1, min_progress 0.1, stop_rms 1e-3 (a quarter of one 8-bit grey level),
-        offset_scale_max 10, at most 100 iterations; threshold 0.2 and adversarial step 2e-3 as in the paper. Any
-        field can be overridden.
-
-        Where the savings end: where the threshold binds along the path (scikit-image's photos with imagenet-lite0,
-        the MNIST CNN trained adversarially, the MNIST ViT) the steps it keeps stay small, so tens of steps are
-        needed whatever the step rule, and adaptive mode saves 10-14x there, against 22-28x on real galaxies, the
-        plain MNIST CNN and the adversarially trained ViT (`python -m benchmarks.lst_passes` prints each set).
-        """
-        return replace(cls(step_size=0.5, iterations=100, threshold=0.2, adv_eps=2e-3, mode="adaptive", grow=1.5,
-                           patience=1, min_progress=0.1, stop_rms=1e-3, offset_scale_max=10.0), **overrides)
-
-    def __post_init__(self) -> None:
-        _check_config(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
-        and math.isfinite(v)
-
-
-def _check_config(c: LSTConfig) -> None:
-    """One clear error for a setting that cannot be meant (bools for numbers, steps past the target, ...)."""
-    for name in ("step_size", "threshold", "adv_eps", "init_noise", "max_step", "min_step", "grow", "shrink",
-                 "min_progress", "offset_scale_max"):
-        if not _is_number(getattr(c, name)):
-            raise ValueError(f"{name} must be a finite number, got {getattr(c, name)!r}")
-    for name in ("iterations", "log_every", "patience"):
-        if not _is_int(getattr(c, name)) or getattr(c, name) < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {getattr(c, name)!r}")
-    if not 0 < c.step_size <= 1:
-        raise ValueError(f"step_size must be in (0, 1] (a fraction of the remaining difference; above 1 a step moves "
-                         f"past the target), got {c.step_size}")
-    if not 0 < c.threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {c.threshold}")
-    if not 0 <= c.adv_eps <= 0.1:
-        raise ValueError(f"adv_eps must be in [0, 0.1] (a per-pixel offset in [0, 1] pixel space; the paper uses "
-                         f"2e-3), got {c.adv_eps}")
-    if not 0 <= c.init_noise <= 1:
-        raise ValueError(f"init_noise must be in [0, 1], got {c.init_noise}")
-    if c.stop_rms is not None and not (_is_number(c.stop_rms) and c.stop_rms > 0):
-        raise ValueError(f"stop_rms must be a positive number or None, got {c.stop_rms!r}")
-    if c.batch_size is not None and c.batch_size != "auto" and not (_is_int(c.batch_size) and c.batch_size >= 1):
-        raise ValueError(f"batch_size must be a positive int, 'auto' or None, got {c.batch_size!r}")
-    for name in ("log_snapshots", "use_prediction", "amp", "channels_last", "compile"):
-        if not isinstance(getattr(c, name), (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {getattr(c, name)!r}")
-    if not 0 < c.min_step <= c.max_step <= 1:
-        raise ValueError(f"need 0 < min_step <= max_step <= 1, got min_step={c.min_step}, max_step={c.max_step}")
-    if not (c.grow >= 1 and 0 < c.shrink <= 1):
-        raise ValueError(f"need grow >= 1 and 0 < shrink <= 1, got grow={c.grow}, shrink={c.shrink}")
-    if c.mode not in ("fixed", "adaptive"):
-        raise ValueError(f"mode must be 'fixed' or 'adaptive', got {c.mode!r}")
-    if c.mode == "adaptive" and c.patience < 1:
-        raise ValueError(f"patience must be >= 1 in adaptive mode, got {c.patience}")
-    if c.offset_scale_max < 1:
-        raise ValueError(f"offset_scale_max must be >= 1 (1: the paper's offset), got {c.offset_scale_max}")
-    if not 0 <= c.min_progress < 1:
-        raise ValueError(f"min_progress must be in [0, 1), got {c.min_progress}")
-
-
-@dataclass
-class Trajectory:
-    """Quantities logged every `log_every` iterations, each of shape (L, N) (snapshots: (L, N, C, H, W)).
-
-    A sample that stopped early keeps its final values in later rows.
-    """
-
-    steps: torch.Tensor
-    source_confidence: torch.Tensor
-    target_confidence: torch.Tensor
-    rms_to_target: torch.Tensor
-    linf_to_target: torch.Tensor
-    rms_to_source: torch.Tensor
-    accepted: torch.Tensor
-    snapshots: torch.Tensor | None = None
-
-
-@dataclass
-class LSTResult:
-    """Per-sample outcome of a traversal; every tensor has the batch as its first dimension (on CPU)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    initial_confidence: torch.Tensor
-    final_confidence: torch.Tensor
-    acceptance_rate: torch.Tensor
-    iterations: torch.Tensor
-    rms_l2: torch.Tensor
-    linf: torch.Tensor
-    ssim: torch.Tensor | None
-    misclassified: torch.Tensor
-    seeds: torch.Tensor
-    start_rms_l2: torch.Tensor
-    config: LSTConfig
-    trajectory: Trajectory | None = None
-    model_passes: torch.Tensor | None = None  # samples of this pair through the model (forwards, with or without
-    #                                           a backward): its cost in model passes
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def unconstrained(self) -> torch.Tensor:
-        """(N,) bool: sources whose confidence starts at or below the threshold. For them p0 - p < threshold holds
-        for every p, so no step can be rejected and the output says nothing about the source's level set."""
-        return self.initial_confidence <= self.config.threshold
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the result as plain tensors and numbers (readable with `weights_only=True`, no pickled code)."""
-        state = {k: getattr(self, k) for k in _RESULT_TENSORS}
-        state["config"] = self.config.to_dict()
-        if self.trajectory is not None:
-            state["trajectory"] = {k: v for k, v in asdict(self.trajectory).items() if v is not None}
-        torch.save(state, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "LSTResult":
-        """Read a result written by `save`, without executing pickled code."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        trajectory = Trajectory(**state["trajectory"]) if "trajectory" in state else None
-        return cls(**{k: state.get(k) for k in _RESULT_TENSORS}, config=LSTConfig(**state["config"]),
-                   trajectory=trajectory)
-
-    def records(self) -> list[dict[str, Any]]:
-        """One plain dict per sample (JSON/CSV ready)."""
-        out = []
-        for i in range(len(self)):
-            row = {
-                "index": i,
-                "label": int(self.labels[i]),
-                "seed": int(self.seeds[i]),
-                "misclassified": bool(self.misclassified[i]),
-                "initial_confidence": float(self.initial_confidence[i]),
-                "unconstrained": bool(self.unconstrained[i]),
-                "final_confidence": float(self.final_confidence[i]),
-                "acceptance_rate": float(self.acceptance_rate[i]),
-                "iterations": int(self.iterations[i]),
-                "start_rms_l2": float(self.start_rms_l2[i]),
-                "rms_l2": float(self.rms_l2[i]),
-                "linf": float(self.linf[i]),
-            }
-            if self.ssim is not None:
-                row["ssim"] = float(self.ssim[i])
-            if self.model_passes is not None:
-                row["model_passes"] = int(self.model_passes[i])
-            out.append(row)
-        return out
-
-
-_RESULT_TENSORS = ("images", "labels", "initial_confidence", "final_confidence", "acceptance_rate", "iterations",
-                   "rms_l2", "linf", "ssim", "misclassified", "seeds", "start_rms_l2", "model_passes")
-
-
 def sample_seeds(seed: int | Sequence[int] | torch.Tensor | None, n: int) -> torch.Tensor:
     """Per-sample seeds: an int gives seed, seed+1, ...; a sequence is used as is; None draws from torch's RNG."""
     if seed is None:
         return torch.randint(0, 2**62, (n,), dtype=torch.int64)
-    if isinstance(seed, (int, np.integer)):
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+        if not -2**63 <= int(seed) <= 2**63 - max(n, 1):
+            raise InputError(f"seed {seed} is out of range: seeds are 64-bit integers (use one below 2**32)")
         return torch.arange(n, dtype=torch.int64) + int(seed)
-    seeds = torch.as_tensor(seed, dtype=torch.int64).flatten()
+    try:
+        seeds = torch.as_tensor(seed, dtype=torch.int64).flatten()
+    except (RuntimeError, TypeError, ValueError, OverflowError):
+        raise InputError("seed must be an int, one 64-bit integer per sample, or None") from None
     if seeds.shape[0] != n:
-        raise ValueError(f"seed must be an int or hold one seed per sample ({n}), got {seeds.shape[0]}")
+        raise InputError(f"seed must be an int or hold one seed per sample ({n}), got {seeds.shape[0]}")
     return seeds
 
 
@@ -375,17 +127,24 @@ def level_set_traversal(
     for part, lo in zip(parts, range(0, n, chunk)):
         part["model_passes"] += check_passes[lo:lo + len(part["images"])]
     result = _merge(parts, seeds, config)
-    _warn_unconstrained(result)
+    _warn_flagged(result)
     return result
 
 
-def _warn_unconstrained(result: "LSTResult") -> None:
-    """One warning when some source starts at or below the threshold (its traversal cannot reject a step)."""
+def _warn_flagged(result: "LSTResult") -> None:
+    """One warning per kind of flagged sample: sources at or below the threshold (their traversal cannot reject a
+    step), and noisy starts that already broke the acceptance rule (kept, as the published code keeps them)."""
     bad = result.unconstrained.nonzero().flatten().tolist()
     if bad:
         warnings.warn(f"{len(bad)} of {len(result)} sources start with a source-class confidence at or below the "
                       f"threshold {result.config.threshold:g} (samples {bad[:10]}): no step can be rejected for them, "
                       "so their outputs say nothing about a level set (LSTResult.unconstrained marks them)",
+                      stacklevel=3)
+    outside = result.start_outside.nonzero().flatten().tolist() if result.start_outside is not None else []
+    if outside:
+        warnings.warn(f"{len(outside)} of {len(result)} noisy starts already break the acceptance rule p0 - p < "
+                      f"{result.config.threshold:g} (samples {outside[:10]}): their traversals began outside the level set "
+                      "(LSTResult.start_outside marks them; LSTConfig(start='redraw') draws a start that does not)",
                       stacklevel=3)
 
 
@@ -402,7 +161,7 @@ def _check_model(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor |
     passes[:len(alone_ids)] += 1
     refuse_non_finite(torch.isfinite(alone).all(1), "logits on the sources", torch.arange(len(alone_ids)))
     if alone.shape[1] < 2:
-        raise ValueError(f"the model must return logits for at least 2 classes, got {alone.shape[1]}")
+        raise InputError(f"the model must return logits for at least 2 classes, got {alone.shape[1]}")
     check_label_range(labels, alone.shape[1])
     check_label_range(target_labels, alone.shape[1], "target_labels")
     if m > 1:
@@ -430,6 +189,7 @@ def _merge(parts: list[dict[str, Any]], seeds: torch.Tensor, config: LSTConfig) 
         iterations=cat("iterations"), rms_l2=cat("rms_l2"), linf=cat("linf"), ssim=cat("ssim"),
         misclassified=cat("misclassified"), seeds=seeds, config=config, trajectory=trajectory,
         start_rms_l2=cat("start_rms_l2"), model_passes=cat("model_passes"),
+        start_confidence=cat("start_confidence"), start_outside=cat("start_outside"),
     )
 
 
@@ -442,23 +202,23 @@ def derangement_pairs(labels: torch.Tensor | Sequence[int], rounds: int = 5, see
     """
     labels_t = torch.as_tensor(labels)
     if labels_t.ndim != 1:
-        raise ValueError(f"labels must be a 1-D sequence of class indices, got shape {tuple(labels_t.shape)}")
+        raise InputError(f"labels must be a 1-D sequence of class indices, got shape {tuple(labels_t.shape)}")
     if labels_t.is_floating_point():
         if not bool((torch.isfinite(labels_t) & (labels_t == labels_t.round())).all()):
-            raise ValueError("labels must be integer class indices; got non-integral floats "
+            raise InputError("labels must be integer class indices; got non-integral floats "
                              f"{labels_t[labels_t != labels_t.round()][:4].tolist()}")
     elif labels_t.is_complex():
         raise TypeError(f"labels must be integer class indices, got dtype {labels_t.dtype}")
     labels_t = labels_t.long()
     n = labels_t.numel()
     if n < 2:
-        raise ValueError("derangements need at least 2 images")
+        raise InputError("derangements need at least 2 images")
     counts = torch.unique(labels_t, return_counts=True)[1]
     if int(counts.max()) * 2 > n:
-        raise ValueError(f"no pairing sends every image to another class: one class holds {int(counts.max())} of "
+        raise InputError(f"no pairing sends every image to another class: one class holds {int(counts.max())} of "
                          f"{n} images (more than half)")
     if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+        raise InputError(f"rounds must be >= 1, got {rounds}")
     rng = np.random.default_rng(seed)
     lab = labels_t.numpy()
     out = np.empty((rounds, n), dtype=np.int64)

@@ -11,13 +11,15 @@ import torch
 
 from .metrics import distances
 from .traversal_probe import Probe
+from .errors import InputError
 
 if TYPE_CHECKING:
-    from .traversal import LSTConfig
+    from .traversal_config import LSTConfig
 
-__all__ = ["Chunk", "start_noise", "refuse_non_finite", "PAPER_STEP"]
+__all__ = ["Chunk", "start_noise", "refuse_non_finite", "PAPER_STEP", "START_REDRAWS"]
 
 PAPER_STEP = 1e-2  # the paper's step; `LSTConfig.offset_scale_max` counts a step of eta as eta / PAPER_STEP of them
+START_REDRAWS = 5  # LSTConfig(start="redraw"): noise of radius r/2, r/4, ..., r/32, then the clean source
 
 
 def start_noise(seeds: torch.Tensor, shape: torch.Size, radius: float) -> torch.Tensor:
@@ -44,7 +46,7 @@ def refuse_non_finite(finite: torch.Tensor, where: str, index: torch.Tensor) -> 
     """One clear error instead of NaN confidences in the result."""
     if not bool(finite.all()):
         bad = index[~finite].tolist()
-        raise ValueError(f"the model returned NaN/inf {where} for samples {bad[:10]}")
+        raise InputError(f"the model returned NaN/inf {where} for samples {bad[:10]}")
 
 
 class Chunk:
@@ -68,12 +70,7 @@ class Chunk:
         if config.log_every > 0:
             self.tcls = target_labels if target_labels is not None else probe.log_probs(xt).argmax(1)
             self.overhead += int(target_labels is None)
-        noise = start_noise(seeds, xs.shape[1:], config.init_noise).to(device=device, dtype=xs.dtype)
-        x = (xs + noise).clamp_(0, 1)
-        logp, g = probe.log_probs_and_grad(x, self.y)
-        self.overhead += 1
-        refuse_non_finite(torch.isfinite(logp).all(1) & torch.isfinite(g.flatten(1).sum(1)),
-                           "logits or gradients at the noisy start (finite at the sources)", self.index)
+        x, logp, g = self.noisy_start(seeds)
         self.out_x, self.out_logp = x.clone(), logp.clone()
         self.out_acc = torch.zeros(n, dtype=torch.long, device=device)
         self.out_used = torch.zeros(n, dtype=torch.long, device=device)
@@ -86,6 +83,36 @@ class Chunk:
         self.start_dist = self.ref_dist.clone()
         self.log: dict[str, list[torch.Tensor]] = {k: [] for k in ("steps", "src", "tgt", "rms_t", "linf_t", "rms_s",
                                                                     "acc", "snap")}
+
+    def noisy_start(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_s + U(-r, r) per sample, its log-probabilities and gradient, and whether it already breaks the
+        acceptance rule (p0 - p_y(start) >= threshold: `start_outside`). With `start="redraw"` such starts are drawn
+        again with half the radius (a fresh seed each time), up to START_REDRAWS times, then set to the source."""
+        c, xs, y = self.config, self.xs, self.y
+        x = (xs + start_noise(seeds, xs.shape[1:], c.init_noise).to(device=xs.device, dtype=xs.dtype)).clamp_(0, 1)
+        logp, g = self.probe.log_probs_and_grad(x, y)
+        self.overhead += 1
+        outside = self._check_start(logp, g, torch.arange(xs.shape[0], device=xs.device))
+        for k in range(1, START_REDRAWS + 2 if c.start == "redraw" else 1):
+            bad = outside.nonzero().flatten()
+            if bad.numel() == 0:
+                break
+            radius = c.init_noise / 2**k if k <= START_REDRAWS else 0.0
+            fresh = torch.tensor([(s * 0x9E3779B97F4A7C15 + k) % (1 << 62) for s in seeds[bad.cpu()].tolist()])
+            x[bad] = (xs[bad] + start_noise(fresh, xs.shape[1:], radius).to(device=xs.device, dtype=xs.dtype)
+                      ).clamp_(0, 1)
+            logp[bad], g[bad] = self.probe.log_probs_and_grad(x[bad], y[bad])
+            self.overhead[bad.cpu()] += 1
+            outside[bad] = self._check_start(logp[bad], g[bad], bad)
+        self.start_outside = outside
+        self.start_p = logp.gather(1, y[:, None]).squeeze(1).exp()
+        return x, logp, g
+
+    def _check_start(self, logp: torch.Tensor, g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        refuse_non_finite(torch.isfinite(logp).all(1) & torch.isfinite(g.flatten(1).sum(1)),
+                           "logits or gradients at the noisy start (finite at the sources)", self.index[rows])
+        p = logp.gather(1, self.y[rows][:, None]).squeeze(1).exp()
+        return (self.p0[rows] - p) >= self.config.threshold
 
     def run(self, bar: Any) -> dict[str, Any]:
         """All iterations (or until every sample stopped); returns the chunk's per-sample results."""
@@ -229,6 +256,8 @@ class Chunk:
             "model_passes": self.overhead + out_used.cpu(),
             "misclassified": self.misclassified.cpu(),
             "start_rms_l2": distances(self.xs, self.xt, with_ssim=False)["rms_l2"],
+            "start_confidence": self.start_p.cpu(),
+            "start_outside": self.start_outside.cpu(),
         }
         result.update(distances(self.out_x, self.xt))
         if self.log["steps"]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from .models import model_device
 from .validation import check_labels
+from .errors import InputError
 
 __all__ = ["Probe", "resolve_device", "check_batch_independence", "check_label_range", "auto_batch_size"]
 
@@ -79,13 +80,15 @@ def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch
 
     A model elsewhere is refused rather than moved: moving it would change the caller's object behind its back.
     """
+    from .validation import check_device
+
     here = model_device(model)
     if device is None:
         return here
-    device = torch.device(device)
+    device = check_device(device)
     has_tensors = any(True for _ in model.parameters()) or any(True for _ in model.buffers())
     if has_tensors and not _same_device(here, device):
-        raise ValueError(f"device={str(device)!r} but the model is on {here}: move it first (model.to({str(device)!r}))"
+        raise InputError(f"device={str(device)!r} but the model is on {here}: move it first (model.to({str(device)!r}))"
                          " or leave device= out to compute where the model is")
     return device
 
@@ -114,12 +117,12 @@ def check_batch_independence(model: nn.Module, batch_logits: torch.Tensor, alone
     if float((batch_logits - alone_logits).abs().max()) <= 1e-3 * scale:
         return
     if float((again() - alone_logits).abs().max()) > 1e-3 * scale:
-        raise ValueError("the model's eval-mode output is random (the same image gave different logits twice): "
+        raise InputError("the model's eval-mode output is random (the same image gave different logits twice): "
                          "dropout or another random layer is active in eval mode; LST needs a deterministic model")
     bn = _batchnorm_without_stats(model)
     cause = (f"BatchNorm without running statistics ({', '.join(bn[:3])}) normalises with batch statistics" if bn
              else "some layer mixes samples of a batch")
-    raise ValueError(f"the model's eval-mode output for a sample depends on the other samples in its batch: {cause}; "
+    raise InputError(f"the model's eval-mode output for a sample depends on the other samples in its batch: {cause}; "
                      "LST evaluates many samples at once and needs per-sample outputs")
 
 

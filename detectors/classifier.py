@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from blindspots.models import Classifier, model_device, probing
+from blindspots.errors import InputError
 
 __all__ = ["as_classifier", "fit_head", "clumpy_labels", "BackboneClumpNet", "DetectorRegionScore"]
 
@@ -64,11 +65,11 @@ class DetectorRegionScore(nn.Module):
                  temperature: float = 0.05, eps: float = 1e-6) -> None:
         super().__init__()
         if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise InputError(f"temperature must be positive, got {temperature}")
         if region is not None:
             region = [float(v) for v in region]
             if len(region) != 4 or not (region[0] < region[2] and region[1] < region[3]):
-                raise ValueError(f"region must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {region}")
+                raise InputError(f"region must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {region}")
         self.detector = detector
         self.classes = list(classes)
         self.region = region
@@ -126,14 +127,14 @@ def as_classifier(
     if hasattr(model, "rpn") and hasattr(model, "roi_heads"):
         key = head or "clump"
         if key not in _HEADS:
-            raise ValueError(f"for a detector, head must be one of {sorted(_HEADS)}, got {head!r}")
+            raise InputError(f"for a detector, head must be one of {sorted(_HEADS)}, got {head!r}")
         net = DetectorRegionScore(model, _HEADS[key], region, temperature)
         clf = Classifier(net, class_names=["no " + ("clump" if key != "odd" else "odd clump"),
                                            "clump" if key != "odd" else "odd clump"],
                          name=name or f"detector:{key}")
     elif hasattr(model, "body"):
         if region is not None:
-            raise ValueError("region applies to a detector; a backbone classifier sees the whole image")
+            raise InputError("region applies to a detector; a backbone classifier sees the whole image")
         if isinstance(head, str):
             raise TypeError("for a backbone, head must be an nn.Module (or None for a new linear head)")
         channels = getattr(model, "body_channels", None)
@@ -158,7 +159,7 @@ def clumpy_labels(targets: Sequence[Mapping], min_flux: float = 0.03) -> torch.T
     out = []
     for i, t in enumerate(targets):
         if "labels" not in t or "flux_fraction" not in t:
-            raise ValueError(f"targets[{i}] needs 'labels' and 'flux_fraction' (simulated or injected targets)")
+            raise InputError(f"targets[{i}] needs 'labels' and 'flux_fraction' (simulated or injected targets)")
         out.append(bool(((t["labels"] == 1) & (t["flux_fraction"] >= min_flux)).any()))
     return torch.tensor(out, dtype=torch.int64)
 
@@ -185,7 +186,7 @@ def fit_head(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor,
     labels = check_labels(labels, images.shape[0], net.num_classes)
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+            raise InputError(f"{name} must be a positive int, got {v!r}")
     device = model_device(classifier)
     with torch.no_grad(), probing(classifier):
         feats = []

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from blindspots.cli import OUT_ROOT, add_common_options, positive_int, resolve_device
+from blindspots.cli import OUT_ROOT, add_common_options, non_negative_int, positive_int, resolve_device
 from blindspots.store import RunStore
+from blindspots.errors import InputError
 
 __all__ = ["DetectRun", "run_detection", "add_arguments", "run", "HELP"]
 
@@ -66,8 +67,9 @@ def run_detection(cfg: DetectRun) -> dict[str, Any]:
     best clump F1 on the validation images (from the preset's up to 0.95 in steps of 0.05), and the test figures at
     the preset's threshold are reported beside it. Returns (and writes to ``out/metrics.json``) the summary."""
 
+    _check_run(cfg)
     if cfg.hosts and (isinstance(cfg.injections, bool) or not isinstance(cfg.injections, int) or cfg.injections < 1):
-        raise ValueError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
+        raise InputError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
     for folder in cfg.hosts:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"hosts folder {folder} does not exist")
@@ -75,6 +77,26 @@ def run_detection(cfg: DetectRun) -> dict[str, Any]:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "device", "restart", "minutes")}
     with RunStore(out, "detect", settings=settings, restart=cfg.restart):
         return _run_detection(cfg, out)
+
+
+def _check_run(cfg: DetectRun) -> None:
+    """Every setting that cannot be meant, refused before any simulation or training (one line each)."""
+    from blindspots.validation import check_count
+
+    from .evaluate import MatchRule
+
+    if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and math.isfinite(cfg.minutes)
+                                        and cfg.minutes > 0):
+        raise InputError(f"minutes (the training time budget) must be a positive number or None, got {cfg.minutes!r}")
+    if not (isinstance(cfg.min_flux, (int, float)) and 0 <= cfg.min_flux < 1):  # NaN fails too
+        raise InputError(f"min_flux (flux fraction of a bright clump) must lie in [0, 1), got {cfg.min_flux!r}")
+    if cfg.lr is not None and not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise InputError(f"lr must be a positive finite number or None, got {cfg.lr!r}")
+    MatchRule(cfg.iou)
+    for name in ("n_draw", "n_val"):
+        check_count(getattr(cfg, name), name)
+    for name in ("n_train", "n_test", "epochs", "batch_size", "image_size"):
+        check_count(getattr(cfg, name), name, 1)
 
 
 def _run_detection(cfg: DetectRun, out: Path) -> dict[str, Any]:
@@ -226,14 +248,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=positive_int, default=d.image_size, help="image size in pixels")
     parser.add_argument("--n-train", type=positive_int, default=d.n_train, help="simulated training images")
     parser.add_argument("--n-test", type=positive_int, default=d.n_test, help="simulated test images")
-    parser.add_argument("--n-val", type=int, default=d.n_val,
+    parser.add_argument("--n-val", type=non_negative_int, default=d.n_val,
                         help="validation images to choose the score threshold on (best F1); 0: the preset's")
     parser.add_argument("--epochs", type=positive_int, default=d.epochs)
     parser.add_argument("--lr", type=float, default=None, help="default: the preset's")
     parser.add_argument("--minutes", type=float, default=None, help="training time budget of the run (total)")
     parser.add_argument("--iou", type=float, default=d.iou, help="IoU for a match")
     parser.add_argument("--min-flux", type=float, default=d.min_flux, help="flux fraction of 'bright' clumps")
-    parser.add_argument("--n-draw", type=int, default=d.n_draw, help="test images drawn with their detections")
+    parser.add_argument("--n-draw", type=non_negative_int, default=d.n_draw, help="test images drawn with their detections")
     parser.add_argument("--hosts", nargs="*", default=list(d.hosts), metavar="DIR",
                         help="folders of real galaxy cutouts: also measure completeness of clumps injected into them")
     parser.add_argument("--injections", type=positive_int, default=d.injections,
@@ -244,8 +266,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .backbones import backbone_spec
 
-    if args.n_val < 0:
-        raise ValueError(f"--n-val must be >= 0, got {args.n_val}")
     for folder in args.hosts:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"--hosts {folder}: not a folder")

@@ -23,6 +23,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import torch
 
 from blindspots.data import load_image_folder
+from blindspots.errors import InputError
+from blindspots.studies.tables import spreadsheet_safe, undo_spreadsheet_safe
 
 __all__ = [
     "BoxTable",
@@ -57,16 +59,16 @@ def check_target(target: Any, name: str = "target", *, scores: bool = False) -> 
     if not isinstance(target, Mapping):
         raise TypeError(f"{name} must be a dict with 'boxes' and 'labels', got {type(target).__name__}")
     if "boxes" not in target:
-        raise ValueError(f"{name} has no 'boxes' (keys: {sorted(target)})")
+        raise InputError(f"{name} has no 'boxes' (keys: {sorted(target)})")
     boxes = torch.as_tensor(target["boxes"], dtype=torch.float32)
     if boxes.numel() == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name}['boxes'] must have shape (K, 4) as x1, y1, x2, y2, got {tuple(boxes.shape)}")
+        raise InputError(f"{name}['boxes'] must have shape (K, 4) as x1, y1, x2, y2, got {tuple(boxes.shape)}")
     if not bool(torch.isfinite(boxes).all()):
-        raise ValueError(f"{name}['boxes'] contains NaN or infinite values")
+        raise InputError(f"{name}['boxes'] contains NaN or infinite values")
     if bool((boxes[:, 2] < boxes[:, 0]).any() | (boxes[:, 3] < boxes[:, 1]).any()):
-        raise ValueError(f"{name}['boxes'] must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1 "
+        raise InputError(f"{name}['boxes'] must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1 "
                          "(got width/height boxes? convert with torchvision.ops.box_convert)")
     k = boxes.shape[0]
     out = dict(target)
@@ -76,15 +78,18 @@ def check_target(target: Any, name: str = "target", *, scores: bool = False) -> 
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise TypeError(f"{name}['labels'] must be integers, got {labels.dtype}")
         if labels.reshape(-1).shape[0] != k:
-            raise ValueError(f"{name}['labels'] must have one entry per box ({k}), got {tuple(labels.shape)}")
+            raise InputError(f"{name}['labels'] must have one entry per box ({k}), got {tuple(labels.shape)}")
         out["labels"] = labels.reshape(-1).long()
     if scores and "scores" not in target:
-        raise ValueError(f"{name} has no 'scores' (a prediction needs boxes, scores and labels)")
+        raise InputError(f"{name} has no 'scores' (a prediction needs boxes, scores and labels)")
     for key in ("scores", "flux_fraction"):
         if key in target:
             v = torch.as_tensor(target[key], dtype=torch.float32).reshape(-1)
             if v.shape[0] != k:
-                raise ValueError(f"{name}['{key}'] must have one entry per box ({k}), got {v.shape[0]}")
+                raise InputError(f"{name}['{key}'] must have one entry per box ({k}), got {v.shape[0]}")
+            if key == "scores" and not bool(((v >= 0) & (v <= 1)).all()):  # NaN fails both
+                bad = v[~((v >= 0) & (v <= 1))][:3].tolist()
+                raise InputError(f"{name}['scores'] must be confidences in [0, 1], got {bad}")
             out[key] = v
     return out
 
@@ -93,7 +98,7 @@ def collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tens
     """DataLoader collate for detection: a list of (image, target) pairs -> (list of images, list of targets),
     the input format of torchvision detection models (images may differ in size)."""
     if len(batch) == 0:
-        raise ValueError("cannot collate an empty batch")
+        raise InputError("cannot collate an empty batch")
     images, targets = zip(*batch)
     return list(images), list(targets)
 
@@ -106,33 +111,11 @@ def _ids(image_ids: Sequence[Any] | None, n: int) -> list[str]:
         return [str(i) for i in range(n)]
     ids = [str(i) for i in image_ids]
     if len(ids) != n:
-        raise ValueError(f"got {len(ids)} image ids for {n} targets")
+        raise InputError(f"got {len(ids)} image ids for {n} targets")
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"image ids must be unique, repeated: {dup}")
+        raise InputError(f"image ids must be unique, repeated: {dup}")
     return ids
-
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _csv_text(text: str) -> str:
-    """A text cell a spreadsheet would run as a formula (it starts with = + - @) gets a leading apostrophe, as
-    OWASP advises; numbers are left alone. `_from_csv_text` undoes it."""
-    return "'" + text if text.startswith(_FORMULA_START) and not _is_number(text) else text
-
-
-def _from_csv_text(text: str) -> str:
-    inner = text[1:]
-    return inner if text.startswith("'") and inner.startswith(_FORMULA_START) and not _is_number(inner) else text
 
 
 def write_boxes_csv(path: str | os.PathLike, targets: Sequence[Mapping[str, Any]],
@@ -148,7 +131,7 @@ def write_boxes_csv(path: str | os.PathLike, targets: Sequence[Mapping[str, Any]
     for c in extra:
         missing = [ids[i] for i, t in enumerate(checked) if t["boxes"].shape[0] and _TARGET_KEY[c] not in t]
         if missing:
-            raise ValueError(f"some targets have '{_TARGET_KEY[c]}' and others not (e.g. image {missing[0]})")
+            raise InputError(f"some targets have '{_TARGET_KEY[c]}' and others not (e.g. image {missing[0]})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
@@ -157,11 +140,11 @@ def write_boxes_csv(path: str | os.PathLike, targets: Sequence[Mapping[str, Any]
         for image_id, t in zip(ids, checked):
             k = t["boxes"].shape[0]
             if k == 0:
-                w.writerow([_csv_text(image_id)] + [""] * (len(_CSV_COLUMNS) - 1 + len(extra)))
+                w.writerow([spreadsheet_safe(image_id)] + [""] * (len(_CSV_COLUMNS) - 1 + len(extra)))
                 continue
             labels = t.get("labels", torch.ones(k, dtype=torch.int64))
             for j in range(k):
-                row = [_csv_text(image_id)] + [repr(float(v)) for v in t["boxes"][j].tolist()] + [int(labels[j])]
+                row = [spreadsheet_safe(image_id)] + [repr(float(v)) for v in t["boxes"][j].tolist()] + [int(labels[j])]
                 row += [repr(float(t[_TARGET_KEY[c]][j])) for c in extra]
                 w.writerow(row)
     return path
@@ -179,13 +162,13 @@ def read_boxes_csv(path: str | os.PathLike) -> BoxTable:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in _CSV_COLUMNS[:5] if c not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; expected a header like "
+            raise InputError(f"{path}: missing column(s) {missing}; expected a header like "
                              f"{','.join(_CSV_COLUMNS)} (found {header})")
         for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            image_id = _from_csv_text(row["image_id"])
+            image_id = undo_spreadsheet_safe(row["image_id"])
             if not image_id:
-                raise ValueError(f"{path}, line {line}: empty image_id")
+                raise InputError(f"{path}, line {line}: empty image_id")
             rows.setdefault(image_id, [])
             if all(row.get(c, "") == "" for c in _CSV_COLUMNS[1:5]):
                 continue  # an image without boxes
@@ -203,7 +186,7 @@ def read_boxes_csv(path: str | os.PathLike) -> BoxTable:
                 if c in header:
                     t[_TARGET_KEY[c]] = torch.tensor([float(r[c]) for r in rs], dtype=torch.float32)
         except ValueError as exc:
-            raise ValueError(f"{path}: bad number in the rows of image {image_id!r}: {exc}") from exc
+            raise InputError(f"{path}: bad number in the rows of image {image_id!r}: {exc}") from exc
         targets.append(check_target(t, f"{path} image {image_id!r}"))
     return BoxTable(list(rows), targets, None)
 
@@ -218,7 +201,7 @@ def write_coco(path: str | os.PathLike, targets: Sequence[Mapping[str, Any]], im
     1..N); `image_sizes` are (H, W) per image; boxes become `bbox` = [x, y, width, height]."""
     ids = _ids(image_ids, len(targets))
     if len(image_sizes) != len(targets):
-        raise ValueError(f"got {len(image_sizes)} image sizes for {len(targets)} targets")
+        raise InputError(f"got {len(image_sizes)} image sizes for {len(targets)} targets")
     images, annotations = [], []
     for n, (image_id, t, hw) in enumerate(zip(ids, targets, image_sizes), start=1):
         t = check_target(t, f"targets[{n - 1}]")
@@ -230,7 +213,7 @@ def write_coco(path: str | os.PathLike, targets: Sequence[Mapping[str, Any]], im
             x1, y1, x2, y2 = boxes[j].tolist()
             label = int(labels[j])
             if label not in categories:
-                raise ValueError(f"label {label} of image {image_id!r} is not a category {dict(categories)}")
+                raise InputError(f"label {label} of image {image_id!r} is not a category {dict(categories)}")
             ann = {"id": len(annotations) + 1, "image_id": n, "category_id": label,
                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
             for c in _OPTIONAL:
@@ -253,14 +236,14 @@ def read_coco(path: str | os.PathLike) -> BoxTable:
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        raise InputError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or "images" not in doc or "annotations" not in doc:
-        raise ValueError(f"{path} is not a COCO detection file (needs 'images' and 'annotations')")
+        raise InputError(f"{path} is not a COCO detection file (needs 'images' and 'annotations')")
     order = {img["id"]: i for i, img in enumerate(doc["images"])}
     per_image: list[list[dict]] = [[] for _ in doc["images"]]
     for ann in doc["annotations"]:
         if ann.get("image_id") not in order:
-            raise ValueError(f"{path}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}")
+            raise InputError(f"{path}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}")
         per_image[order[ann["image_id"]]].append(ann)
     present = [c for c in _OPTIONAL if any(c in a for a in doc["annotations"])]
     targets = []

@@ -27,6 +27,7 @@ from torchvision.ops import box_iou
 from blindspots.stats import wilson_interval
 
 from .data import check_target
+from blindspots.errors import InputError
 
 ONE_SIGMA = 0.6826894921370859  # error bars: the Wilson interval at one standard deviation
 
@@ -56,11 +57,11 @@ class MatchRule:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.iou, (int, float)) and 0.0 < self.iou <= 1.0):
-            raise ValueError(f"MatchRule.iou must be in (0, 1], got {self.iou!r}")
+            raise InputError(f"MatchRule.iou must be in (0, 1], got {self.iou!r}")
         if self.center_distance is not None and not (
                 isinstance(self.center_distance, (int, float)) and math.isfinite(self.center_distance)
                 and self.center_distance >= 0):
-            raise ValueError(f"MatchRule.center_distance must be a non-negative number of pixels or None, "
+            raise InputError(f"MatchRule.center_distance must be a non-negative number of pixels or None, "
                              f"got {self.center_distance!r}")
 
     def __str__(self) -> str:
@@ -86,7 +87,7 @@ def _select(t: dict[str, torch.Tensor], label: int | None) -> dict[str, torch.Te
     if label is None:
         return t
     if "labels" not in t:
-        raise ValueError("label= selects a class but a target or prediction has no 'labels'")
+        raise InputError("label= selects a class but a target or prediction has no 'labels'")
     keep = t["labels"] == label
     return {k: (v[keep] if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == keep.shape[0] else v)
             for k, v in t.items()}
@@ -117,7 +118,7 @@ def _match(pred: dict, true: dict, rule: MatchRule, class_aware: bool) -> tuple[
         ok |= dist <= rule.center_distance + 1e-12
     if class_aware:
         if "labels" not in pred or "labels" not in true:
-            raise ValueError("class_aware matching needs 'labels' in predictions and targets "
+            raise InputError("class_aware matching needs 'labels' in predictions and targets "
                              "(or pass class_aware=False)")
         ok &= pred["labels"].numpy()[:, None] == true["labels"].numpy()[None, :]
     order = np.argsort(-pred["scores"].double().numpy(), kind="stable")
@@ -135,10 +136,10 @@ def _match(pred: dict, true: dict, rule: MatchRule, class_aware: bool) -> tuple[
 def _prepare(predictions: Sequence[Mapping], targets: Sequence[Mapping], label: int | None
              ) -> list[tuple[dict, dict]]:
     if len(predictions) != len(targets):
-        raise ValueError(f"predictions and targets must pair up one per image: got {len(predictions)} "
+        raise InputError(f"predictions and targets must pair up one per image: got {len(predictions)} "
                          f"predictions and {len(targets)} targets")
     if len(targets) == 0:
-        raise ValueError("no images to evaluate (empty predictions and targets)")
+        raise InputError("no images to evaluate (empty predictions and targets)")
     return [(_select(check_target(p, f"predictions[{i}]", scores=True), label),
              _select(check_target(t, f"targets[{i}]"), label))
             for i, (p, t) in enumerate(zip(predictions, targets))]
@@ -189,7 +190,7 @@ def score_sweep(predictions: Sequence[Mapping], targets: Sequence[Mapping],
     """
     th = np.linspace(0.0, 0.95, 20) if thresholds is None else np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if th.size == 0 or not np.isfinite(th).all():
-        raise ValueError(f"thresholds must be finite numbers, got {thresholds!r}")
+        raise InputError(f"thresholds must be finite numbers, got {thresholds!r}")
     scores, matched, n_true = _pooled(_prepare(predictions, targets, label), rule, class_aware)
     above = scores[None, :] >= th[:, None]
     n_pred = above.sum(1)
@@ -240,12 +241,12 @@ def completeness_vs_flux(predictions: Sequence[Mapping], targets: Sequence[Mappi
     """
     edges = np.geomspace(0.0025, 0.16, 9) if bins is None else np.asarray(bins, dtype=np.float64).reshape(-1)
     if edges.size < 2 or not np.all(np.diff(edges) > 0):
-        raise ValueError(f"bins must be at least two increasing edges, got {bins!r}")
+        raise InputError(f"bins must be at least two increasing edges, got {bins!r}")
     pairs = _prepare(predictions, targets, label)
     fractions, found = [], []
     for i, (pred, true) in enumerate(pairs):
         if "flux_fraction" not in true:
-            raise ValueError(f"targets[{i}] has no 'flux_fraction' (simulated or injected targets carry it)")
+            raise InputError(f"targets[{i}] has no 'flux_fraction' (simulated or injected targets carry it)")
         keep = pred["scores"] >= score_threshold
         pred = {k: (v[keep] if isinstance(v, torch.Tensor) and v.ndim >= 1 else v) for k, v in pred.items()}
         _, t2p = _match(pred, true, rule, class_aware)
@@ -305,15 +306,15 @@ def ap50(predictions: Sequence[Mapping], targets: Sequence[Mapping], classes: Se
     with its score threshold at 0 and filter by score afterwards for completeness and purity.
     """
     if score_floor is None:
-        raise ValueError("ap50 needs score_floor=: the score threshold the predictions were cut at (0 when they hold "
+        raise InputError("ap50 needs score_floor=: the score threshold the predictions were cut at (0 when they hold "
                          "every detection); AP of thresholded detections is only a lower bound of the detector's AP")
     if not (isinstance(score_floor, (int, float)) and not isinstance(score_floor, bool)
             and 0.0 <= score_floor <= 1.0):
-        raise ValueError(f"score_floor must be a score in [0, 1], got {score_floor!r}")
+        raise InputError(f"score_floor must be a score in [0, 1], got {score_floor!r}")
     low = [i for i, p in enumerate(predictions) if isinstance(p, Mapping) and "scores" in p and len(p["scores"])
            and float(torch.as_tensor(p["scores"]).min()) < score_floor - 1e-6]
     if low:
-        raise ValueError(f"score_floor={score_floor:g} but predictions of images {low[:5]} hold lower scores; pass the "
+        raise InputError(f"score_floor={score_floor:g} but predictions of images {low[:5]} hold lower scores; pass the "
                          "threshold the detections were actually cut at")
     names = {1: "clump", 2: "odd_clump"}
     out: dict[str, float] = {}
@@ -340,7 +341,7 @@ def draw_detections(image: torch.Tensor, target: Mapping[str, Any] | None = None
     from matplotlib.patches import Rectangle
 
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
-        raise ValueError(f"image must be a (3, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
+        raise InputError(f"image must be a (3, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
     from blindspots.validation import check_images
 
     check_images(image[None], "image")

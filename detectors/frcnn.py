@@ -26,6 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign, nms
 from blindspots.models import model_device
 
 from .backbones import build_backbone
+from blindspots.errors import InputError
 
 __all__ = ["DetectorPreset", "PRESETS", "ClumpDetector", "build_detector", "detect", "agnostic_nms", "CLASS_NAMES"]
 
@@ -129,7 +130,7 @@ def build_detector(
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+            raise InputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
         preset = PRESETS[preset]
     if not isinstance(preset, DetectorPreset):
         raise TypeError(f"preset must be a name or a DetectorPreset, got {type(preset).__name__}")
@@ -144,11 +145,11 @@ def build_detector(
         overrides.setdefault("backbone", str(getattr(backbone, "arch", type(backbone).__name__)))
     preset = preset.replace(**overrides)
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2 (background + at least one class), got {num_classes!r}")
+        raise InputError(f"num_classes must be an int >= 2 (background + at least one class), got {num_classes!r}")
     if not isinstance(backbone, nn.Module):
         backbone = build_backbone(preset.backbone, weights, trainable_layers, fpn_channels=preset.fpn_channels)
     elif weights is not None or trainable_layers is not None:
-        raise ValueError("weights/trainable_layers apply only when the backbone is given by name")
+        raise InputError("weights/trainable_layers apply only when the backbone is given by name")
     if not isinstance(getattr(backbone, "out_channels", None), int):
         raise TypeError("backbone must be an nn.Module with an int `out_channels` (see detectors.build_backbone)")
     n_levels = len(preset.anchor_sizes)
@@ -197,7 +198,7 @@ def detect(detector: nn.Module, images: torch.Tensor, batch_size: int = 16,
     kept_floor = getattr(heads, "score_thresh", None)
     if score_floor is not None:
         if heads is None:
-            raise ValueError("score_floor needs a torchvision detector (with roi_heads)")
+            raise InputError("score_floor needs a torchvision detector (with roi_heads)")
         heads.score_thresh = float(score_floor)
     detector.eval()
     try:

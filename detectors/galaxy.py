@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from blindspots.errors import InputError
 
 
 CLUMP = 1  # a giant star-forming clump
@@ -45,25 +46,25 @@ def _check_range(name: str, value: Any, lo: float | None = None, hi: float | Non
     try:
         a, b = value
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a (min, max) pair, got {value!r}") from exc
+        raise InputError(f"{name} must be a (min, max) pair, got {value!r}") from exc
     for v in (a, b):
         if integer and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise TypeError(f"{name} must hold integers, got {value!r}")
         if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool) or not math.isfinite(v):
-            raise ValueError(f"{name} must hold finite numbers, got {value!r}")
+            raise InputError(f"{name} must hold finite numbers, got {value!r}")
     if a > b:
-        raise ValueError(f"{name} must be (min, max) with min <= max, got {value!r}")
+        raise InputError(f"{name} must be (min, max) with min <= max, got {value!r}")
     if lo is not None and (a < lo or (strict_lo and a <= lo)):
-        raise ValueError(f"{name} must be {'>' if strict_lo else '>='} {lo}, got {value!r}")
+        raise InputError(f"{name} must be {'>' if strict_lo else '>='} {lo}, got {value!r}")
     if hi is not None and b > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {value!r}")
+        raise InputError(f"{name} must be <= {hi}, got {value!r}")
     return (a, b)
 
 
 def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, "
+        raise InputError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, "
                          f"got {value!r}")
 
 
@@ -127,16 +128,16 @@ class SimConfig:
     def __post_init__(self) -> None:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)) \
                 or self.image_size < 16:
-            raise ValueError(f"image_size must be an integer >= 16, got {self.image_size!r}")
+            raise InputError(f"image_size must be an integer >= 16, got {self.image_size!r}")
         _check_positive("pixel_scale", self.pixel_scale)
         _check_range("host_mag", self.host_mag, 5.0, 30.0)
         _check_range("disk_re", self.disk_re, 0.0, strict_lo=True)
         _check_range("axis_ratio", self.axis_ratio, 0.0, 1.0, strict_lo=True)
         if not 0.0 <= self.bulge_probability <= 1.0:
-            raise ValueError(f"bulge_probability must be in [0, 1], got {self.bulge_probability!r}")
+            raise InputError(f"bulge_probability must be in [0, 1], got {self.bulge_probability!r}")
         _check_range("bulge_fraction", self.bulge_fraction, 0.0, 1.0)
         if self.bulge_fraction[1] >= 1.0:
-            raise ValueError(f"bulge_fraction must stay below 1 (a disk is always present), got {self.bulge_fraction!r}")
+            raise InputError(f"bulge_fraction must stay below 1 (a disk is always present), got {self.bulge_fraction!r}")
         _check_range("bulge_re", self.bulge_re, 0.0, strict_lo=True)
         _check_range("bulge_n", self.bulge_n, 0.3, 10.0)
         _check_range("disk_g_r", self.disk_g_r, -1.0, 3.0)
@@ -151,7 +152,7 @@ class SimConfig:
         _check_positive("star_rate", self.star_rate, allow_zero=True)
         if isinstance(self.max_stars, bool) or not isinstance(self.max_stars, (int, np.integer)) \
                 or not 0 <= self.max_stars <= 20:
-            raise ValueError(f"max_stars must be an integer in [0, 20], got {self.max_stars!r}")
+            raise InputError(f"max_stars must be an integer in [0, 20], got {self.max_stars!r}")
         _check_range("star_flux", self.star_flux, 0.0, 100.0, strict_lo=True)
         _check_range("star_radius", self.star_radius, 0.0)
         _check_range("star_g_r", self.star_g_r, -1.0, 3.0)
@@ -160,10 +161,10 @@ class SimConfig:
         for name, n_expected in (("sky_mag", 3), ("electrons_per_nmgy", 3), ("rgb_scales", 3)):
             value = getattr(self, name)
             if len(value) != n_expected:
-                raise ValueError(f"{name} must have {n_expected} values (one per band), got {value!r}")
+                raise InputError(f"{name} must have {n_expected} values (one per band), got {value!r}")
         for v in self.sky_mag:
             if not math.isfinite(v):
-                raise ValueError(f"sky_mag must be finite, got {self.sky_mag!r}")
+                raise InputError(f"sky_mag must be finite, got {self.sky_mag!r}")
         for v in self.electrons_per_nmgy:
             _check_positive("electrons_per_nmgy", v)
         for v in self.rgb_scales:
@@ -220,7 +221,7 @@ class GalaxyParams:
         """A copy keeping only some sources (an index list or boolean mask), e.g. to render a clump alone."""
         keep = np.asarray(keep)
         if keep.dtype == bool and keep.shape != (self.num_sources,):
-            raise ValueError(f"boolean mask must have {self.num_sources} entries, got {keep.shape}")
+            raise InputError(f"boolean mask must have {self.num_sources} entries, got {keep.shape}")
         return dataclasses.replace(self, **{k: getattr(self, k)[keep] for k in _SOURCE_FIELDS})
 
 
@@ -237,7 +238,7 @@ def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
 
 def _check_seed(seed: Any, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
+        raise InputError(f"{name} must be a non-negative integer, got {seed!r}")
     return int(seed)
 
 

@@ -14,6 +14,7 @@ import torch
 from .galaxy import (_check_positive, _sample_sources, _uniform, _STREAM_INJECT, GalaxyParams, SimConfig, _check_seed, _rng)
 from .render import (inverse_lupton, lupton_rgb, render_flux)
 from .simulate import SimulatedBatch, make_target
+from blindspots.errors import InputError
 
 __all__ = ["HostMeasurement", "measure_host", "inject_clumps", "inject_batch"]
 
@@ -56,7 +57,7 @@ def measure_host(image: torch.Tensor | np.ndarray, config: SimConfig = SimConfig
     smooth = ndimage.gaussian_filter(signal, 1.0)
     segments, n = ndimage.label(smooth > threshold * max(noise, 1e-12) / 2.0)  # smoothing lowers the noise ~2x
     if n == 0:
-        raise ValueError("no galaxy found in the cutout (nothing above the background); is it a galaxy image?")
+        raise InputError("no galaxy found in the cutout (nothing above the background); is it a galaxy image?")
     cy, cx = h // 2, w // 2
     label = segments[cy, cx]
     if label == 0:  # nearest segment pixel to the centre
@@ -67,7 +68,7 @@ def measure_host(image: torch.Tensor | np.ndarray, config: SimConfig = SimConfig
     weights = np.where(mask, np.maximum(signal, 0.0), 0.0)
     flux = float(weights.sum())
     if flux <= 0:
-        raise ValueError("the central galaxy has no flux above the background")
+        raise InputError("the central galaxy has no flux above the background")
     ys, xs = np.mgrid[0:h, 0:w] + 0.5
     mx, my = float((weights * xs).sum() / flux), float((weights * ys).sum() / flux)
     dx, dy = xs - mx, ys - my
@@ -104,13 +105,13 @@ def inject_clumps(image: torch.Tensor, config: SimConfig = SimConfig(), seed: in
     from blindspots.validation import check_images
 
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
-        raise ValueError(f"image must be a (3, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
+        raise InputError(f"image must be a (3, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
     check_images(image[None], "image", channels=3)
     if psf_fwhm_px is not None:
         _check_positive("psf_fwhm_px", psf_fwhm_px)
     if n_clumps is not None and (isinstance(n_clumps, bool) or not isinstance(n_clumps, (int, np.integer))
                                  or not 0 <= n_clumps <= 50):
-        raise ValueError(f"n_clumps must be an integer in [0, 50] or None, got {n_clumps!r}")
+        raise InputError(f"n_clumps must be an integer in [0, 50] or None, got {n_clumps!r}")
     rng = _rng(_check_seed(seed), _check_seed(index, "index"), _STREAM_INJECT)
     host = measure_host(image, config, threshold)
     h, w = image.shape[-2:]

@@ -26,6 +26,7 @@ import torch
 
 from .galaxy import (CLASS_NAMES, CLUMP, ODD_CLUMP, _STREAM_SIMULATE, GalaxyParams, SimConfig, _check_seed, _rng, sample_params)
 from .render import (_add_noise, inverse_lupton, lupton_rgb, render_flux)
+from blindspots.errors import InputError
 
 __all__ = ["SimConfig", "GalaxyParams", "SimulatedBatch", "SimulatedClumps", "simulate", "simulate_one", "make_target",
            "sample_params", "render_flux", "lupton_rgb", "inverse_lupton", "CLUMP", "ODD_CLUMP", "CLASS_NAMES"]
@@ -86,7 +87,7 @@ def simulate(n: int, config: SimConfig = SimConfig(), seed: int = 0, *, start: i
     if not isinstance(config, SimConfig):
         raise TypeError(f"config must be a SimConfig, got {type(config).__name__}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer (number of images), got {n!r}")
+        raise InputError(f"n must be a positive integer (number of images), got {n!r}")
     seed = _check_seed(seed)
     start = _check_seed(start, "start")
     from tqdm.auto import tqdm
@@ -106,7 +107,7 @@ class SimulatedClumps(torch.utils.data.Dataset):
 
     def __init__(self, n: int, config: SimConfig = SimConfig(), seed: int = 0) -> None:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be a positive integer (number of images), got {n!r}")
+            raise InputError(f"n must be a positive integer (number of images), got {n!r}")
         if not isinstance(config, SimConfig):
             raise TypeError(f"config must be a SimConfig, got {type(config).__name__}")
         self.n = int(n)

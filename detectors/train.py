@@ -30,7 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from blindspots.models import model_device
-from blindspots.store import RunStore, atomic_write_text, fingerprint_model, temporary_path
+from blindspots.store import RunStore, StageRefused, atomic_write_text, fingerprint_model, temporary_path
+from blindspots.weights import load_torch_file
+from blindspots.errors import InputError, TrainingDiverged
 
 __all__ = ["train", "TrainResult", "load_checkpoint", "flip_sample", "lr_factor", "LR_SCHEDULES", "CHECKPOINT_POINTER"]
 
@@ -73,7 +75,7 @@ def lr_factor(step: int, total: int, schedule: str = "constant", warmup_steps: i
     warm-up over the first `warmup_steps`, then constant or cosine-decayed to 0 at `total`. A pure function of the
     step, so a resumed run follows the same schedule without any scheduler state."""
     if schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {schedule!r}; choose from {LR_SCHEDULES}")
+        raise InputError(f"unknown lr_schedule {schedule!r}; choose from {LR_SCHEDULES}")
     factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     if schedule == "cosine" and total > 0:
         factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
@@ -138,7 +140,7 @@ def _read_pointer(out: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is corrupt ({exc}); delete it to start over") from exc
+        raise InputError(f"{path} is corrupt ({exc}); delete it to start over") from exc
 
 
 def load_checkpoint(out_dir: str | os.PathLike, model: nn.Module,
@@ -153,11 +155,15 @@ def load_checkpoint(out_dir: str | os.PathLike, model: nn.Module,
     info = _read_pointer(out)
     if info is None:
         return None
-    load_weights(model, out / f"ckpt-{info['step']}.safetensors")
+    weights = out / f"ckpt-{info['step']}.safetensors"
+    load_weights(model, weights)
+    if info.get("weights") != fingerprint_model(model):  # the pointer records the weights it points at
+        raise StageRefused(f"{weights} does not hold the weights its checkpoint recorded (edited or replaced?); "
+                           "rerun with --restart")
     if optimizer is not None:
-        state = torch.load(out / f"ckpt-{info['step']}.pt", map_location="cpu", weights_only=True)
+        state = load_torch_file(out / f"ckpt-{info['step']}.pt", "optimizer checkpoint")
         if state["step"] != info["step"]:
-            raise ValueError(f"checkpoint files in {out} disagree (step {state['step']} vs {info['step']})")
+            raise InputError(f"checkpoint files in {out} disagree (step {state['step']} vs {info['step']})")
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
     return info
@@ -213,21 +219,21 @@ def train(
     hflip = hflip if hflip is not None else getattr(preset, "hflip", True)
     vflip = vflip if vflip is not None else getattr(preset, "vflip", True)
     if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        raise InputError(f"epochs must be a non-negative int, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps!r}")
+        raise InputError(f"warmup_steps must be a non-negative int, got {warmup_steps!r}")
     lr_factor(0, 1, lr_schedule)  # rejects an unknown schedule before any work
     n = len(dataset)
     if n == 0:
-        raise ValueError("the dataset is empty")
+        raise InputError("the dataset is empty")
     steps_per_epoch = math.ceil(n / batch_size)
     device = torch.device(device) if device is not None else model_device(detector)
     detector.to(device)
     params = [p for p in detector.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the detector has no trainable parameters")
+        raise InputError("the detector has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     out = Path(out_dir)
     settings = {"n": n, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "warmup_steps": warmup_steps,
@@ -254,7 +260,7 @@ def _train(detector, dataset, epochs, out, batch_size, optimizer, settings, step
     info = load_checkpoint(out, detector, optimizer)
     if info is not None:
         if lr_schedule != "constant" and info.get("epochs") != epochs and info["step"] > 0:
-            raise ValueError(f"{out} holds a run whose {lr_schedule} schedule spans {info.get('epochs')} epochs; "
+            raise InputError(f"{out} holds a run whose {lr_schedule} schedule spans {info.get('epochs')} epochs; "
                              f"resuming it with epochs={epochs} would bend the schedule mid-run (use another "
                              "out_dir, resume=False, or lr_schedule='constant' to extend runs)")
         step, history, spent = info["step"], info["history"], info["seconds"]
@@ -329,7 +335,7 @@ def _step(detector, optimizer, images, targets, lr: float, step: int):
     losses = detector(images, targets)
     loss = sum(losses.values())
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in losses.items()})}")
+        raise TrainingDiverged(f"non-finite loss at step {step}: {({k: float(v) for k, v in losses.items()})}")
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)

@@ -8,18 +8,19 @@ other-class images (under-sensitivity); writes a CSV/JSON table and the scatter 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from blindspots.cli import add_common_options, model_call_options, positive_int, resolve_device
+from blindspots.cli import (add_common_options, add_image_options, load_images, model_call_options, non_negative_int,
+                            positive_int, resolve_device)
 from blindspots.store import RunStore
+from blindspots.errors import InputError
 
 HELP = "over- vs under-sensitivity: minimal flipping budget (PGD bisection) beside LST, per image"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", type=Path, default=None, help="folder of images (default: the bundled demo photos)")
-    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images of the folder")
-    p.add_argument("--size", type=positive_int, default=224, help="images are resized and centre-cropped to this")
+    add_image_options(p)
     p.add_argument("--norm", choices=("linf", "l2"), default="linf", help="norm of the flipping budget")
     p.add_argument("--max-eps", type=float, default=None,
                    help="largest budget searched (default 0.1 for linf, 10 for l2; [0, 1] pixel units)")
@@ -27,32 +28,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="relative precision of the budget search (log-scale bisection; default %(default)s)")
     p.add_argument("--search-steps", type=positive_int, default=None, help="cap on bisection rounds")
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps per budget")
-    p.add_argument("--rounds", type=int, default=1, help="LST targets per image (0: skip LST)")
+    p.add_argument("--rounds", type=non_negative_int, default=1, help="LST targets per image (0: skip LST)")
+    p.add_argument("--redraw-start", action="store_true",
+                   help="redraw LST's noisy start where it already breaks the threshold (default: keep and flag it)")
     add_common_options(p, "attack", iterations=None, model_calls=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from blindspots import LSTConfig, load_classifier
-    from blindspots.data import demo_photos, load_image_folder
 
     from .sensitivity import sensitivity_profile
 
-    if args.rounds < 0:
-        raise ValueError(f"--rounds must be >= 0, got {args.rounds}")
     if not 0 < args.rtol < 1:
-        raise ValueError(f"--rtol must lie in (0, 1), got {args.rtol}")
-    if args.max_eps is not None and not args.max_eps > 0:
-        raise ValueError(f"--max-eps must be > 0, got {args.max_eps}")
+        raise InputError(f"--rtol must lie in (0, 1), got {args.rtol}")
+    if args.max_eps is not None and not (math.isfinite(args.max_eps) and args.max_eps > 0):
+        raise InputError(f"--max-eps must be a finite number > 0, got {args.max_eps}")
     device = resolve_device(args.device)
-    if args.images is not None:
-        images, names = load_image_folder(args.images, size=args.size, limit=args.limit)
-    else:
-        images, names = demo_photos(size=args.size)
-        if args.limit is not None:
-            images, names = images[:args.limit], names[:args.limit]
     model = load_classifier(args.model, weights=args.weights, device=device)
+    images, names = load_images(args, model, device)
     calls = model_call_options(args)
-    config = LSTConfig.adaptive(batch_size=args.batch_size, **calls,
+    config = LSTConfig.adaptive(batch_size=args.batch_size, **calls, start="redraw" if args.redraw_start else "keep",
                                 **({"iterations": args.iterations} if args.iterations else {}))
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k not in ("quiet", "restart", "out", "device")}
@@ -64,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
                                       attack_options={"amp": calls["amp"], "compile": calls["compile"]},
                                       checkpoint=out / "checkpoint", restart=args.restart)
         csv_path = profile.to_csv(out / "sensitivity.csv")
-        meta = {"model": args.model, "images": str(args.images) if args.images else "demo photos",
-                "size": args.size, "rounds": args.rounds, "seed": args.seed}
+        meta = {"model": args.model, "images": str(args.images) if args.images else
+                ("MNIST digits" if names[0].startswith("digit") else "demo photos"),
+                "size": int(images.shape[-1]), "rounds": args.rounds, "seed": args.seed}
         json_path = profile.to_json(out / "sensitivity.json", **meta)
         png_path = out / "sensitivity.png"
         profile.plot(png_path, title=f"{getattr(model, 'name', args.model)}: over- vs under-sensitivity")

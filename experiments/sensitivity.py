@@ -26,6 +26,7 @@ from blindspots.store import RunStore
 from blindspots.studies.tables import write_csv
 from blindspots.traversal import LSTConfig, LSTResult, Trajectory, derangement_pairs, level_set_traversal
 from blindspots.validation import check_images, check_labels
+from blindspots.errors import InputError
 
 __all__ = ["SensitivityProfile", "sensitivity_profile", "plot_sensitivity"]
 
@@ -115,14 +116,15 @@ def sensitivity_profile(
     adv_success; lst_rms_l2 (RMS-l2 left to the target after LST, mean over rounds; smaller = a larger blind spot),
     lst_rms_l2_min, lst_linf, lst_start_rms_l2 (source-target distance), lst_fraction_left (lst_rms_l2 /
     lst_start_rms_l2), lst_confidence (source-class confidence at the end), lst_initial_confidence, lst_misclassified,
-    lst_unconstrained (the source's confidence started at or below the threshold: its LST columns mean nothing).
+    lst_unconstrained (the source's confidence started at or below the threshold: its LST columns mean nothing),
+    lst_start_outside (in some round the noisy start already broke the threshold: see `LSTResult.start_outside`).
     """
     check_images(images, "images")
     n = images.shape[0]
     if names is not None and len(names) != n:
-        raise ValueError(f"names must hold one name per image ({n}), got {len(names)}")
+        raise InputError(f"names must hold one name per image ({n}), got {len(names)}")
     if not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative int, got {rounds!r}")
+        raise InputError(f"rounds must be a non-negative int, got {rounds!r}")
     labels = _labels(model, images, labels, device)
     pairs = derangement_pairs(labels.cpu(), rounds, seed) if rounds > 0 else None  # clear error without targets
     config = config or LSTConfig.adaptive()
@@ -139,7 +141,8 @@ def sensitivity_profile(
             seed=seed, device=device, progress=progress, **attack_options))
         lst_results = [_stage(store, f"lst-round{r}", LSTResult, lambda r=r: level_set_traversal(
             model, images, images[pairs[r]], labels, config, target_labels=labels[pairs[r]], seed=seed + r * n,
-            progress=progress, device=device)) for r in range(rounds)]
+            progress=progress, device=device), check=lambda res: res.validate(n, images.shape[1:]))
+            for r in range(rounds)]
     finally:
         if store is not None:
             store.close()
@@ -157,10 +160,11 @@ def _labels(model, images, labels, device) -> torch.Tensor:
     return check_labels(labels, images.shape[0], model.num_classes if isinstance(model, Classifier) else None)
 
 
-def _stage(store: RunStore | None, name: str, cls: type, compute):
+def _stage(store: RunStore | None, name: str, cls: type, compute, check=None):
     if store is None:
         return compute()
-    return store.dataclass_stage(name, cls, compute, nested={"config": LSTConfig, "trajectory": Trajectory})
+    return store.dataclass_stage(name, cls, compute, nested={"config": LSTConfig, "trajectory": Trajectory},
+                                 check=check)
 
 
 def _row(i: int, names, labels, class_names, adv, lst_results: list[LSTResult]) -> dict[str, Any]:
@@ -184,6 +188,7 @@ def _row(i: int, names, labels, class_names, adv, lst_results: list[LSTResult]) 
         "lst_initial_confidence": _mean([float(res.initial_confidence[i]) for res in lst_results]),
         "lst_misclassified": bool(lst_results[0].misclassified[i]) if lst_results else False,
         "lst_unconstrained": bool(lst_results[0].unconstrained[i]) if lst_results else False,
+        "lst_start_outside": any(bool(res.flagged[i] & ~res.unconstrained[i]) for res in lst_results),
     })
     return row
 

@@ -38,7 +38,7 @@ def test_the_aggregate_passes_when_every_target_is_met():
     assert "[simulate_speed] met" in out.stdout and "verdict: every target met" in out.stdout
 
 
-@pytest.mark.parametrize("bad, reason", [("--n 0", "error: ValueError"), ("--repeats x", "error: exit 2")])
+@pytest.mark.parametrize("bad, reason", [("--n 0", "error: InputError"), ("--repeats x", "error: exit 2")])
 def test_the_aggregate_fails_when_a_benchmark_errs(bad, reason):
     out = _simulate(bad)
     assert out.returncode == 1, out.stdout + out.stderr

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import add_common_options, positive_int, resolve_device
+from ..cli import add_common_options, non_negative_int, positive_int, resolve_device
+from ..errors import InputError
 
 HELP = "level-set geometry (paths, triangle hulls, tube width) of saved LST results"
 
@@ -24,19 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deltas", type=_floats, default=[0.0, 0.1, 0.2, 0.3],
                         help="confidence tolerances, comma-separated (default 0,0.1,0.2,0.3)")
     parser.add_argument("--path-steps", type=positive_int, default=11, help="points per straight path (ends included)")
-    parser.add_argument("--simplex-samples", type=int, default=0,
+    parser.add_argument("--simplex-samples", type=non_negative_int, default=0,
                         help="uniform samples per source over the full K-simplex (0: skip)")
     parser.add_argument("--tube-radii", type=_floats, default=[0.5, 1.0, 1.5, 2.0],
                         help="l2 radii of the tube probes in [0, 1] pixel space")
-    parser.add_argument("--tube-directions", type=int, default=64, help="random directions per tube point")
-    parser.add_argument("--tube-points", type=int, default=5, help="points along the path for the tube (0: skip)")
-    parser.add_argument("--triangle-figures", type=int, default=3, help="how many triangle maps to draw")
+    parser.add_argument("--tube-directions", type=non_negative_int, default=64, help="random directions per tube point")
+    parser.add_argument("--tube-points", type=non_negative_int, default=5, help="points along the path for the tube (0: skip)")
+    parser.add_argument("--triangle-figures", type=non_negative_int, default=3, help="how many triangle maps to draw")
     parser.add_argument("--max-sources", type=positive_int, default=None, help="use only the first N sources")
     add_common_options(parser, "geometry", model=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import load_classifier
+    from ..models import check_model_input, load_classifier
+    from ..store import fingerprint_model
     from .report import geometry_report
     from .results_file import load_lst_results
 
@@ -44,10 +46,16 @@ def run(args: argparse.Namespace) -> int:
     data = load_lst_results(args.results)
     spec = args.model or data.get("model")
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"{args.results} records no model spec; pass --model SPEC (and --weights FILE)")
+        raise InputError(f"{args.results} records no model spec; pass --model SPEC (and --weights FILE)")
     weights = args.weights or data.get("weights")
     model = load_classifier(spec, weights=weights, device=device)
+    made_with = data.get("model_fingerprint")
+    if isinstance(made_with, str) and fingerprint_model(model.model) != made_with:
+        raise InputError(f"{args.results} was made with other weights than {spec}"
+                         f"{' with ' + str(weights) if weights else ''} has here; pass the --model and --weights "
+                         "that made it")
     sources, outputs, labels = data["sources"], data["outputs"], data["labels"]
+    check_model_input(model, sources, device)
     if args.max_sources is not None:
         sources, outputs, labels = (t[:args.max_sources] for t in (sources, outputs, labels))
     report = geometry_report(

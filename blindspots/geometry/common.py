@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..models import Classifier, model_device
 from ..validation import check_images, check_labels
+from ..errors import InputError
 
 DEFAULT_DELTAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
 ATOL = 1e-5
@@ -31,9 +32,9 @@ def _check_deltas(deltas: Sequence[float]) -> tuple[float, ...]:
     except TypeError as exc:
         raise TypeError(f"deltas must be a sequence of numbers, got {deltas!r}") from exc
     if not out:
-        raise ValueError("deltas must hold at least one tolerance")
+        raise InputError("deltas must hold at least one tolerance")
     if any(not (0 <= d <= 1) for d in out):
-        raise ValueError(f"deltas must lie in [0, 1], got {out}")
+        raise InputError(f"deltas must lie in [0, 1], got {out}")
     return out
 
 
@@ -47,15 +48,15 @@ def _check_hull_inputs(model, sources, outputs, labels) -> tuple[torch.Tensor, t
     if not isinstance(outputs, torch.Tensor):
         raise TypeError(f"outputs must be a torch.Tensor of shape (N, K, C, H, W), got {type(outputs).__name__}")
     if outputs.ndim != 5:
-        raise ValueError(f"outputs must have shape (N, K, C, H, W) (K LST outputs per source), got "
+        raise InputError(f"outputs must have shape (N, K, C, H, W) (K LST outputs per source), got "
                          f"{tuple(outputs.shape)}")
     if outputs.shape[0] != sources.shape[0]:
-        raise ValueError(f"outputs must hold K outputs for each of the {sources.shape[0]} sources, got "
+        raise InputError(f"outputs must hold K outputs for each of the {sources.shape[0]} sources, got "
                          f"{outputs.shape[0]} rows")
     if outputs.shape[1] < 2:
-        raise ValueError(f"a hull needs K >= 2 LST outputs per source, got K = {outputs.shape[1]}")
+        raise InputError(f"a hull needs K >= 2 LST outputs per source, got K = {outputs.shape[1]}")
     if outputs.shape[2:] != sources.shape[1:]:
-        raise ValueError(f"outputs and sources must have the same image shape: {tuple(outputs.shape[2:])} vs "
+        raise InputError(f"outputs and sources must have the same image shape: {tuple(outputs.shape[2:])} vs "
                          f"{tuple(sources.shape[1:])}")
     check_images(outputs.flatten(0, 1), "outputs")
     labels = check_labels(labels, sources.shape[0], _num_classes(model))
@@ -64,10 +65,10 @@ def _check_hull_inputs(model, sources, outputs, labels) -> tuple[torch.Tensor, t
 
 def _grid_size(grid_step: float) -> int:
     if not (0 < grid_step <= 1):
-        raise ValueError(f"grid_step must be in (0, 1], got {grid_step}")
+        raise InputError(f"grid_step must be in (0, 1], got {grid_step}")
     n = round(1 / grid_step)
     if abs(n * grid_step - 1) > 1e-9:
-        raise ValueError(f"grid_step must divide 1 exactly (1/n, e.g. 0.1 or 0.05), got {grid_step}")
+        raise InputError(f"grid_step must divide 1 exactly (1/n, e.g. 0.1 or 0.05), got {grid_step}")
     return n
 
 
@@ -79,7 +80,7 @@ class _Confidence:
 
     def __init__(self, model: nn.Module, device: torch.device, batch_size: int) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model, self.device, self.batch_size = model, device, batch_size
         self.evaluations = 0
         self.forward_passes = 0
@@ -87,12 +88,12 @@ class _Confidence:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.model(x).float()
         if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(f"the model must return logits of shape ({x.shape[0]}, C), got {tuple(logits.shape)}")
+            raise InputError(f"the model must return logits of shape ({x.shape[0]}, C), got {tuple(logits.shape)}")
         if int(y.max()) >= logits.shape[1]:
-            raise ValueError(f"labels out of range: found {int(y.max())}, the model has {logits.shape[1]} classes")
+            raise InputError(f"labels out of range: found {int(y.max())}, the model has {logits.shape[1]} classes")
         p = logits.softmax(-1).gather(1, y[:, None]).squeeze(1)
         if not bool(torch.isfinite(p).all()):
-            raise ValueError("the model returned NaN/inf logits on some probe points")
+            raise InputError("the model returned NaN/inf logits on some probe points")
         self.evaluations += x.shape[0]
         self.forward_passes += 1
         return p
@@ -140,7 +141,9 @@ def _combination_confidence(
 
 
 def _setup(model: nn.Module, device, batch_size: int) -> _Confidence:
-    device = torch.device(device) if device is not None else model_device(model)
+    from ..validation import check_device
+
+    device = check_device(device) if device is not None else model_device(model)
     return _Confidence(model, device, batch_size)
 
 

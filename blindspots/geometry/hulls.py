@@ -16,6 +16,7 @@ from ..models import probing
 from ..stats import wilson_interval
 from .common import (ATOL, DEFAULT_DELTAS, _check_deltas, _check_hull_inputs, _combination_confidence,
                      _grid_size, _mean_std, _setup)
+from ..errors import InputError
 
 # ------------------------------------------------------------------------------------------------ triangle hulls
 
@@ -27,7 +28,7 @@ def barycentric_grid(n: int, *, integer: bool = False) -> torch.Tensor:
     With `integer=True` the integer counts (int64) are returned instead of the float64 weights.
     """
     if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int (grid step 1/n), got {n!r}")
+        raise InputError(f"n must be a positive int (grid step 1/n), got {n!r}")
     rows = [(a, b, n - a - b) for a in range(n, -1, -1) for b in range(n - a + 1)]
     counts = torch.tensor(rows, dtype=torch.int64)
     if integer:
@@ -271,7 +272,7 @@ def simplex_statistics(
     sources, outputs, labels = _check_hull_inputs(model, sources, outputs, labels)
     deltas = _check_deltas(deltas)
     if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+        raise InputError(f"samples must be a positive int, got {samples!r}")
     probe = _setup(model, device, batch_size)
     k = outputs.shape[1]
     s_count = sources.shape[0]

@@ -13,6 +13,7 @@ from ..traversal import LSTResult, Trajectory
 from ..validation import check_images, check_labels, check_same_shape
 from .common import (ATOL, DEFAULT_DELTAS, _check_deltas, _check_model, _combination_confidence,
                      _mean_std, _num_classes, _setup)
+from ..errors import InputError
 
 # ------------------------------------------------------------------------------------------------ straight paths
 
@@ -85,7 +86,7 @@ def path_confidence(
     check_images(ends, "ends")
     check_same_shape(starts, ends, "starts", "ends")
     if not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an int >= 2 (both ends are included), got {steps!r}")
+        raise InputError(f"steps must be an int >= 2 (both ends are included), got {steps!r}")
     deltas = _check_deltas(deltas)
     labels = check_labels(labels, starts.shape[0], _num_classes(model))
     probe = _setup(model, device, batch_size)
@@ -112,7 +113,7 @@ def trajectory_confidence(
     deltas = _check_deltas(deltas)
     if isinstance(trajectory, LSTResult):
         if trajectory.trajectory is None:
-            raise ValueError("this LSTResult has no trajectory: run level_set_traversal with "
+            raise InputError("this LSTResult has no trajectory: run level_set_traversal with "
                              "LSTConfig(log_every=k) to record one")
         if p_start is None:
             p_start = trajectory.initial_confidence
@@ -126,15 +127,15 @@ def trajectory_confidence(
         raise TypeError(f"trajectory must be an LSTResult, a Trajectory or an (L, N) tensor, got "
                         f"{type(trajectory).__name__}")
     if conf.ndim != 2 or conf.shape[0] < 1:
-        raise ValueError(f"trajectory confidences must have shape (L, N), got {tuple(conf.shape)}")
+        raise InputError(f"trajectory confidences must have shape (L, N), got {tuple(conf.shape)}")
     conf = conf.detach().float().cpu().T.contiguous()  # (N, L)
     if not bool(torch.isfinite(conf).all()):
-        raise ValueError("trajectory confidences contain NaN or infinite values")
+        raise InputError("trajectory confidences contain NaN or infinite values")
     p_start = conf[:, 0].clone() if p_start is None else torch.as_tensor(p_start).detach().float().cpu().flatten()
     if p_start.shape[0] != conf.shape[0]:
-        raise ValueError(f"p_start must hold one value per trajectory ({conf.shape[0]}), got {p_start.shape[0]}")
+        raise InputError(f"p_start must hold one value per trajectory ({conf.shape[0]}), got {p_start.shape[0]}")
     t = torch.arange(conf.shape[1], dtype=torch.float32) if steps is None else torch.as_tensor(steps).float()
     if t.shape != (conf.shape[1],):
-        raise ValueError(f"steps must have shape ({conf.shape[1]},), got {tuple(t.shape)}")
+        raise InputError(f"steps must have shape ({conf.shape[1]},), got {tuple(t.shape)}")
     return _path_stats(t, conf, p_start, deltas, atol)
 

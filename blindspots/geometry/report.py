@@ -15,11 +15,12 @@ from torch import nn
 
 from ..store import RunStore
 from ..traversal import LSTResult, Trajectory
-from ..validation import check_images, check_labels
+from ..validation import check_count, check_images, check_labels
 from .common import DEFAULT_DELTAS, _check_deltas, _check_model, _num_classes
 from .hulls import HullResult, SimplexResult, hull_statistics, simplex_statistics, triangle_layout
 from .paths import PathResult, path_confidence, trajectory_confidence
 from .tube import TubeResult, tube_width
+from ..errors import InputError
 
 
 def geometry_report(
@@ -56,11 +57,14 @@ def geometry_report(
     Returns the JSON content.
     """
     _check_model(model)
+    for name, value in (("simplex_samples", simplex_samples), ("tube_directions", tube_directions),
+                        ("tube_points", tube_points), ("triangle_figures", triangle_figures)):
+        check_count(value, name)  # a negative count is refused, not silently skipped
     check_images(sources, "sources")
     if isinstance(outputs, torch.Tensor) and outputs.ndim == 4:
         outputs = outputs[:, None]
     if not isinstance(outputs, torch.Tensor) or outputs.ndim != 5 or outputs.shape[0] != sources.shape[0]:
-        raise ValueError(f"outputs must be (N, C, H, W) or (N, K, C, H, W) matching {sources.shape[0]} sources, got "
+        raise InputError(f"outputs must be (N, C, H, W) or (N, K, C, H, W) matching {sources.shape[0]} sources, got "
                          f"{tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__}")
     labels = check_labels(labels, sources.shape[0], _num_classes(model))
     deltas = _check_deltas(deltas)
@@ -184,7 +188,7 @@ def _trajectory_steps(trajectory: Trajectory | LSTResult) -> torch.Tensor:
 
 def _source_chunks(n: int, chunk: int) -> list[tuple[int, slice]]:
     if not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk_sources must be a positive int, got {chunk!r}")
+        raise InputError(f"chunk_sources must be a positive int, got {chunk!r}")
     return [(lo, slice(lo, min(n, lo + chunk))) for lo in range(0, n, chunk)]
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ..store import temporary_path
 from ..validation import check_images, check_labels, check_same_shape
+from ..errors import InputError
 
 # ------------------------------------------------------------------------------------------------ saved results
 
@@ -59,19 +60,16 @@ def load_lst_results(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns the dict with `outputs` always shaped (N, K, C, H, W) (K = 1 for a single round) and labels int64.
     """
+    from ..weights import load_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LST results file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with a clear message
-        raise ValueError(f"{path} could not be loaded safely with weights_only=True: {exc}") from exc
+    data = load_torch_file(path, "LST results file")
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path} must hold a dict with keys {list(_RESULT_KEYS)}, got {type(data).__name__}")
+        raise InputError(f"{path} must hold a dict with keys {list(_RESULT_KEYS)}, got {type(data).__name__}")
     data = dict(data)
     missing = [k for k in _RESULT_KEYS if k not in data]
     if missing:
-        raise ValueError(f"{path} lacks the keys {missing} (expected {list(_RESULT_KEYS)} and optionally 'model')")
+        raise InputError(f"{path} lacks the keys {missing} (expected {list(_RESULT_KEYS)} and optionally 'model')")
     _validate_results(data, str(path))
     if data["outputs"].ndim == 4:
         data["outputs"] = data["outputs"][:, None]
@@ -88,15 +86,15 @@ def _validate_results(data: Mapping[str, Any], where: str = "LST results") -> No
     if tgt.ndim == 5:
         check_images(tgt.flatten(0, 1), "targets")
         if tgt.shape[0] != src.shape[0] or tgt.shape[2:] != src.shape[1:]:
-            raise ValueError(f"{where}: targets {tuple(tgt.shape)} do not match sources {tuple(src.shape)}")
+            raise InputError(f"{where}: targets {tuple(tgt.shape)} do not match sources {tuple(src.shape)}")
     else:
         check_images(tgt, "targets")
         check_same_shape(src, tgt, "sources", "targets")
     if out.ndim not in (4, 5):
-        raise ValueError(f"{where}: outputs must be (N, C, H, W) or (N, K, C, H, W), got {tuple(out.shape)}")
+        raise InputError(f"{where}: outputs must be (N, C, H, W) or (N, K, C, H, W), got {tuple(out.shape)}")
     flat = out if out.ndim == 4 else out.flatten(0, 1)
     check_images(flat, "outputs")
     if out.shape[0] != src.shape[0] or out.shape[-3:] != src.shape[1:]:
-        raise ValueError(f"{where}: outputs {tuple(out.shape)} do not match sources {tuple(src.shape)}")
+        raise InputError(f"{where}: outputs {tuple(out.shape)} do not match sources {tuple(src.shape)}")
     check_labels(data["labels"], src.shape[0], None)
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..models import probing
 from ..validation import check_images, check_labels
 from .common import (_check_model, _mean_std, _num_classes, _setup)
+from ..errors import InputError
 
 # ------------------------------------------------------------------------------------------------ tube width
 
@@ -66,15 +67,15 @@ def tube_width(
     pts = path_points
     if directions is not None:
         if not isinstance(directions, torch.Tensor) or directions.shape != pts.shape:
-            raise ValueError(f"directions must be a tensor shaped like path_points {tuple(pts.shape)}, got "
+            raise InputError(f"directions must be a tensor shaped like path_points {tuple(pts.shape)}, got "
                              f"{tuple(directions.shape) if isinstance(directions, torch.Tensor) else directions!r}")
         if not bool(torch.isfinite(directions).all()):
-            raise ValueError("directions contain NaN or infinite values")
+            raise InputError("directions contain NaN or infinite values")
     radii_t = torch.as_tensor(radii, dtype=torch.float32).flatten()
     if radii_t.numel() == 0 or not bool(torch.isfinite(radii_t).all()) or bool((radii_t < 0).any()):
-        raise ValueError(f"radii must be finite non-negative numbers, got {list(radii)}")
+        raise InputError(f"radii must be finite non-negative numbers, got {list(radii)}")
     if not isinstance(n_directions, int) or n_directions < 1:
-        raise ValueError(f"n_directions must be a positive int, got {n_directions!r}")
+        raise InputError(f"n_directions must be a positive int, got {n_directions!r}")
     labels = check_labels(labels, pts.shape[0], _num_classes(model))
     probe = _setup(model, device, batch_size)
     dev = probe.device

@@ -18,6 +18,7 @@ from ..store import RunStore
 from ..traversal import LSTConfig, level_set_traversal
 from ..validation import check_images, check_labels
 from .distributed import DistInfo
+from ..errors import InputError
 
 
 
@@ -29,8 +30,9 @@ def pair_seed(base_seed: int, round_index: int, source: int) -> int:
 
 
 def slug(name: str) -> str:
-    """A file-name-safe version of a model name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
+    """A file-name-safe version of a model name: a plain name (letters, digits, '_', '.', '-'; never '.' or '..',
+    never starting with a dot)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.") or "model"
 
 
 def pair_key(model: str, round_index: int, source: int, target: int) -> str:
@@ -54,9 +56,9 @@ class ProtocolConfig:
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+            raise InputError(f"rounds must be >= 1, got {self.rounds}")
         if self.pairs_per_batch < 1:
-            raise ValueError(f"pairs_per_batch must be >= 1, got {self.pairs_per_batch}")
+            raise InputError(f"pairs_per_batch must be >= 1, got {self.pairs_per_batch}")
 
     @property
     def sources_per_batch(self) -> int:
@@ -79,7 +81,7 @@ def select_pool(models: Sequence[Classifier], images: torch.Tensor, labels: torc
     """
     check_images(images, "images")
     if not models:
-        raise ValueError("select_pool needs at least one model")
+        raise InputError("select_pool needs at least one model")
     preds = []
     for m in models:
         dev = model_device(m)
@@ -147,7 +149,7 @@ def run_pair_protocol(
     labels = check_labels(labels, images.shape[0], None)
     targets = torch.as_tensor(targets).long()
     if targets.shape != (protocol.rounds, pool_t.numel()):
-        raise ValueError(f"targets must have shape (rounds={protocol.rounds}, pool={pool_t.numel()}), "
+        raise InputError(f"targets must have shape (rounds={protocol.rounds}, pool={pool_t.numel()}), "
                          f"got {tuple(targets.shape)}")
     batch = _Batch(model, model_name, images, labels, store, config, protocol, info,
                    dict(pair_metrics or {}), dict(source_metrics or {}),
@@ -186,9 +188,24 @@ class _Batch:
         missing_src = {kind: [k not in self.store for k in ks] for kind, ks in skeys.items()}
         if any(any(m) for m in missing_src.values()):
             if outputs is None:
-                outputs = self.store.load(array_name)[0]["images"]
+                outputs = self._saved_outputs(array_name, len(pairs))
             self._sources(sources, outputs, skeys, missing_src)
         return [self.store.get(k) for k in keys] + [self.store.get(k) for ks in skeys.values() for k in ks]
+
+    def _saved_outputs(self, array_name: str, n: int) -> torch.Tensor:
+        """A batch's saved LST outputs, checked against the batch (shape, finite values in [0, 1])."""
+        from ..store import StageRefused
+
+        outputs = self.store.load(array_name)[0].get("images")
+        expected = (n, *self.images.shape[1:])
+        try:
+            if not isinstance(outputs, torch.Tensor) or tuple(outputs.shape) != expected:
+                raise InputError(f"images {tuple(getattr(outputs, 'shape', ()))}, expected {expected}")
+            check_images(outputs, "images")
+        except (InputError, TypeError) as exc:
+            raise StageRefused(f"saved stage {self.store.stage_path(array_name)} does not fit this run ({exc}); "
+                               "rerun with --restart") from None
+        return outputs
 
     def _pairs(self, pairs, keys, missing, array_name) -> torch.Tensor:
         """LST on every pair of the batch, their pair metrics, and the records of the missing ones."""

@@ -70,17 +70,36 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def spreadsheet_safe(value: Any) -> Any:
-    """A CSV cell that spreadsheets will not execute: text starting with =, +, -, @, tab or CR gets a leading
-    apostrophe (OWASP's advice for CSV injection); numbers are left as they are."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """A CSV cell that spreadsheets will not execute: text that starts with =, +, -, @, tab or CR and is not a
+    number gets a leading apostrophe (OWASP's advice for CSV injection); numbers, and text that is a number
+    ("-0.00121"), are left as they are, so they read back as numbers. `undo_spreadsheet_safe` reverses it."""
+    if isinstance(value, str) and value[:1] in FORMULA_START and not _is_number_text(value):
         return "'" + value
     return value
 
 
+def undo_spreadsheet_safe(text: str) -> str:
+    """The text `spreadsheet_safe` was given, from the cell it wrote."""
+    inner = text[1:]
+    return inner if text.startswith("'") and spreadsheet_safe(inner) == text else text
+
+
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Rows (dicts) to CSV; the columns are the union of the keys in order of appearance; nested values as JSON;
-    text cells made spreadsheet-safe."""
+    text cells made spreadsheet-safe (numbers stay numbers). Every CSV the toolkit writes goes through here or
+    through `spreadsheet_safe`."""
     path = Path(path)
     cols: list[str] = []
     for r in rows:

