@@ -112,6 +112,32 @@ def test_intervals_resample_hosts_and_cover_at_the_real_arm_dependence():
     assert c.unit == "host" and c.row()["units"] == 12
 
 
+def test_a_bootstrap_draw_with_an_empty_replicate_is_redrawn_and_a_sparse_design_gets_no_interval(monkeypatch):
+    """With ~12 hosts a replicate can draw no pair (no mean): that draw is rejected and redrawn with the next seed
+    (the bootstrap conditional on non-empty replicates), said in the note; a design where many replicates are empty
+    (two targets) gets no interval at all, never a narrowed one."""
+    from experiments.zoobot import paired
+
+    seeds = []
+
+    def fake(values, units, *, pools, level, seed, statistic):
+        seeds.append(seed)
+        weights = np.ones((1, 5, len(values)))
+        if seed == 0:
+            weights[0, 2] = 0  # one replicate drew no pair
+        statistic(np.asarray(values)[None], weights)
+        return vd.Estimate(float(np.mean(values)), -1.0 - seed, 1.0, len(values), {"source": 3}, {"host": 3},
+                           "fake", level)
+
+    monkeypatch.setattr(paired.vd, "unit_interval", fake)
+    est = paired.unit_estimate(np.array([0.1, 0.2, 0.3]), [0, 1, 2], [1, 2, 0], "host", 0.95)
+    assert seeds == [0, 1] and est.low == -2.0 and "redrawn 1 time(s)" in est.note
+    monkeypatch.undo()
+    d = np.random.default_rng(0).normal(size=40)
+    sparse = paired.unit_estimate(d, list(range(20)) * 2, [20, 21] * 20, "cutout", 0.95)
+    assert not sparse.has_interval and "replicates drew no pair" in sparse.note
+
+
 def _rec(backbone, domain, key, rms, start=0.3, kept=1.0, src=0, tgt=1):
     r, s, t = key
     return {"kind": "lst", "backbone": backbone, "ft_seed": 0, "domain": domain, "round": r, "source": s,
@@ -289,6 +315,11 @@ def test_the_real_arm_is_gated_on_real_host_accuracy_and_paired_per_seed(tmp_pat
     assert [d.name for d in doms] == ["sim", "injected", "injected", "real"]
     v = zs.analyse([], ["imagenet", "galaxy-proxy"], [0, 1], gates=gates)["verdicts"]["galaxy-proxy"]
     assert v.outcome == vd.NOT_EVALUATED and "0.333 < 0.6" in v.reason
+    # ImageNet itself below the floor: nothing to compare with, so no LST on the arm at all
+    models[1] = ("imagenet", 1, model(blind))
+    gates = {}
+    doms, real = study.domains(models, {"test_images": sim_x, "test_labels": sim_y}, config, hosts, training, gates)
+    assert "real injected:imagenet" in gates and [d.name for d in doms] == ["sim", "real"]
 
 
 def test_pretraining_is_checkpointed_per_epoch_and_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ cutouts. See `RULE` for the verdict rule; `MIN_PROGRESS`, `EQUIVALENCE_MARGIN`, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,7 +24,7 @@ from blindspots import verdicts as vd
 
 __all__ = ["RULE", "MIN_PROGRESS", "EQUIVALENCE_MARGIN", "FAMILY_LEVEL", "VERDICT_ARMS", "UNITS", "stalled",
            "pair_category", "Comparison", "compare", "verdict", "interval_level", "stall_tests", "index_records",
-           "OUTCOME_WORDS", "CLAIM"]
+           "OUTCOME_WORDS", "CELL_WORDS", "CLAIM", "unit_estimate"]
 
 MIN_PROGRESS = 0.05  # a traversal that covers less than 5% of its start distance to its target has stalled
 EQUIVALENCE_MARGIN = math.log(1.10)  # |mean d| below log 1.1 (RMS-l2 ratios within 1/1.1 - 1.1): no practical gap
@@ -51,6 +51,9 @@ OUTCOME_WORDS = {vd.HOLDS: "more under-sensitive than ImageNet", vd.DOES_NOT_HOL
                  vd.EQUIVALENT: "equivalent to ImageNet (within the margin)", vd.INCONCLUSIVE: "inconclusive",
                  vd.MIXED: "mixed (the cells contradict each other)", vd.UNDERPOWERED: "underpowered",
                  vd.NOT_EVALUATED: "not evaluated"}
+CELL_WORDS = {vd.HOLDS: "more under-sensitive", vd.DOES_NOT_HOLD: "less under-sensitive",
+              vd.EQUIVALENT: "equivalent", vd.INCONCLUSIVE: "inconclusive", vd.UNDERPOWERED: "underpowered",
+              vd.NOT_EVALUATED: "not evaluated"}  # one cell's outcome for the backbone, in words
 
 
 def stalled(rec: Mapping[str, Any], min_progress: float = MIN_PROGRESS) -> bool:
@@ -110,8 +113,7 @@ class Comparison:
     @cached_property
     def estimate(self) -> vd.Estimate:
         """Mean d with its interval over units (sources and targets from one pool of units)."""
-        return vd.unit_interval(self.d, {"source": self.source_units, "target": self.target_units},
-                                pools={"source": self.unit, "target": self.unit}, level=self.level)
+        return unit_estimate(self.d, self.source_units, self.target_units, self.unit, self.level)
 
     @cached_property
     def stalls(self) -> vd.McNemar:
@@ -132,8 +134,44 @@ class Comparison:
                 "ratio": math.exp(e.value) if self.n else None, "ratio_lo": math.exp(e.low) if ok else None,
                 "ratio_hi": math.exp(e.high) if ok else None, "mean_log_ratio": e.value if self.n else None,
                 "interval_note": e.note, "cell": self.decide().outcome,
+                "cell_words": CELL_WORDS[self.decide().outcome],
                 "stalled_a": int(self.stalled_a.sum()), "stalled_b": int(self.stalled_b.sum()),
                 "stall_only_a": m.only_a, "stall_only_b": m.only_b, "stall_p": m.p_value}
+
+
+MAX_REDRAWS = 4  # bootstrap draws tried when a replicate drew no pair at all (see unit_estimate)
+MAX_EMPTY_SHARE = 0.01  # above this share of empty replicates the design is too sparse to redraw: no interval
+
+
+def unit_estimate(d: np.ndarray, source_units: Sequence[Any], target_units: Sequence[Any], unit: str,
+                  level: float) -> vd.Estimate:
+    """`verdicts.unit_interval` of the mean d over units, sources and targets drawn from one pool of units.
+
+    A replicate that draws no pair with both its units (possible with ~12 hosts; about 1 in 5,000 replicates on
+    the default real arm) has no mean, and one such replicate leaves `unit_interval` without an interval. Those
+    replicates are rejected: the whole draw is repeated with the next seed (at most MAX_REDRAWS times), which is
+    the bootstrap conditional on every replicate holding a pair; the note says how often. Where more than
+    MAX_EMPTY_SHARE of the replicates are empty (a design with two or three targets), nothing is redrawn."""
+    units = {"source": list(source_units), "target": list(target_units)}
+    pools = {"source": unit, "target": unit}
+    est = None
+    for attempt in range(MAX_REDRAWS + 1):
+        empty = [0]
+
+        def mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+            empty[0] += int((weights.sum(-1) == 0).sum())  # only a replicate can weigh nothing
+            return vd.weighted_mean(values, weights)
+
+        est = vd.unit_interval(d, units, pools=pools, level=level, seed=attempt, statistic=mean)
+        if not empty[0] or empty[0] > MAX_EMPTY_SHARE * vd.RESAMPLES:
+            break
+    assert est is not None
+    note = est.note
+    if empty[0]:
+        note = (note + "; " if note else "") + f"{empty[0]} of {vd.RESAMPLES} replicates drew no pair"
+    elif attempt:
+        note = (note + "; " if note else "") + f"redrawn {attempt} time(s): a replicate drew no pair"
+    return replace(est, note=note)
 
 
 def compare(index: Mapping[tuple[str, int, str], Mapping[tuple, Mapping]], a: str, b: str, seed: int,
@@ -177,19 +215,20 @@ def verdict(comparisons: Sequence[Comparison], a: str, b: str, seeds: Sequence[i
         outcome = blocked[0]
         why = "; ".join(f"{k}: {v.reason}" for k, v in cells.items() if v.outcome == outcome)
     else:
-        combined = vd.combine(cells)
-        outcome, why = combined.outcome, combined.reason
+        outcome = vd.combine(cells).outcome
+        why = "; ".join(f"{CELL_WORDS[o]} at {', '.join(k for k, v in outcomes.items() if v == o)}"
+                        for o in dict.fromkeys(outcomes.values()))
     detail = "; ".join(_cell_text(k, found.get(_key(k)), v) for k, v in cells.items()
                        if v.outcome != vd.NOT_EVALUATED)
     if outcome == vd.HOLDS:
-        head = f"{a} is more under-sensitive than {b} in every cell"
+        head = f"{a} is more under-sensitive than {b} at every cell"
     elif outcome == vd.DOES_NOT_HOLD:
-        head = f"{b} is more under-sensitive than {a} in every cell"
+        head = f"{b} is more under-sensitive than {a} at every cell"
     elif outcome == vd.EQUIVALENT:
-        head = f"{a} and {b} are equivalent within the margin in every cell"
+        head = f"{a} and {b} are equivalent within the margin at every cell"
     else:
         head = f"{a} vs {b}: {OUTCOME_WORDS[outcome]} ({why})"
-    tail = f" (RMS-l2 left, {a} / {b}: {detail})" if detail else ""
+    tail = f". RMS-l2 left, {a} / {b}: {detail}" if detail else ""
     return vd.Verdict(outcome, f"{head}{tail}.", None, outcomes)
 
 
@@ -203,8 +242,7 @@ def _cell_text(name: str, c: Comparison | None, v: vd.Verdict) -> str:
         return f"{name}: {v.outcome} ({v.reason})"
     e = c.estimate
     ci = f"[{math.exp(e.low):.3g}, {math.exp(e.high):.3g}]" if e.has_interval else "[no interval]"
-    return (f"{name}: {math.exp(e.value):.3g}x {ci} ({e.level:.1%}, {c.n} pairs, {c.units()} {c.unit}s) "
-            f"{v.outcome}")
+    return f"{name}: {math.exp(e.value):.3g}x {ci} ({c.n} pairs, {c.units()} {c.unit}s), {CELL_WORDS[v.outcome]}"
 
 
 def stall_tests(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:

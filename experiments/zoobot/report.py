@@ -45,7 +45,7 @@ def comparison_rows(comps: Sequence[pd.Comparison]) -> list[dict[str, str]]:
         rows.append({"backbone": label(c.a), "pairs": c.category, "seed": str(c.seed), "n pairs": str(c.n),
                      "distinct units": f"{r['units']} {c.unit}s", "RMS-l2 ratio": sig(r["ratio"]),
                      f"{c.level:.1%} interval": f"[{sig(r['ratio_lo'])}, {sig(r['ratio_hi'])}]",
-                     "cell": r["cell"] if c.category in pd.VERDICT_ARMS else "reported only",
+                     "cell": r["cell_words"] if c.category in pd.VERDICT_ARMS else "reported only",
                      "stalled (backbone / ImageNet)": f"{r['stalled_a']} / {r['stalled_b']} of {c.n}",
                      "McNemar p": sig(r["stall_p"])})
     return rows
@@ -224,35 +224,37 @@ def summary(result, analysis: Mapping[str, Any]) -> dict[str, Any]:
             "real": {k: result.real.get(k) for k in ("hosts", "excluded", "per_seed", "folder")},
             "seeds": list(result.config.seeds), "seed": result.config.seed, "lst": result.config.lst_name(),
             "level": analysis["level"], "min_units": vd.MIN_UNITS, "min_accuracy": result.config.min_accuracy,
-            "seconds": round(result.seconds, 1), "proxy_seconds": (result.proxy or {}).get("pretrain_seconds"),
-            "proxy_threads": (result.proxy or {}).get("pretrain_threads")}
+            "seconds": round(result.seconds, 1), "rule": pd.RULE, "screen_rule": result.real.get("rule"),
+            "constants": constants(analysis["level"], analysis["family"], result.config.min_accuracy)}
 
 
 def record_summary(result, path: str | Path, command: str, threads: int | None = None) -> Path:
     """Add (or replace) this run's summary under its command line in the JSON file at `path`."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     data.setdefault("runs", {})[command] = {**result.tables["summary"], "threads": threads}
     return st.write_json(data, path)
 
 
 def render_readme(data: Mapping[str, Any]) -> str:
-    """The README's Zoobot results block from docs/results/zoobot.json: per run its command, the verdict cells
-    (ratio [interval], pairs, units), accuracies, the hosts left out, the verdict sentence and the time."""
-    lines = ["| run | pairs | seed | RMS-l2 ratio, backbone / ImageNet [interval] | pairs (units) | cell |",
+    """The README's Zoobot results block from docs/results/zoobot.json: the rule and its constants, then per run
+    its command, the verdict cells (ratio [interval], pairs, units), accuracies, hosts left out and the verdict."""
+    runs = data.get("runs", {})
+    first = next(iter(runs.values()), {})
+    lines = [first.get("rule", ""), "", first.get("screen_rule", ""), "", first.get("constants", ""), "",
+             "| run | pairs | seed | RMS-l2 ratio, backbone / ImageNet [interval] | pairs (distinct units) | cell |",
              "|---|---|---|---|---|---|"]
     texts = []
-    for command, run in data.get("runs", {}).items():
-        first = True
-        for c in run["cells"]:
-            lines.append(f"| {'`' + command + '`' if first else ''} | {c['pairs']} | {c['seed']} | "
+    for command, run in runs.items():
+        for k, c in enumerate(run["cells"]):
+            lines.append(f"| {'`' + command + '`' if k == 0 else ''} | {c['pairs']} | {c['seed']} | "
                          f"{c['backbone']}: {sig(c['ratio'])} [{sig(c['ratio_lo'])}, {sig(c['ratio_hi'])}] | "
-                         f"{c['n']} ({c['units']} {c['unit']}s) | {c['cell']} |")
-            first = False
+                         f"{c['n']} ({c['units']} {c['unit']}s) | {c['cell_words']} |")
         acc = "; ".join(f"{k} {sig(v['simulated'])} / {sig(v['real_host'])}" for k, v in run["accuracy"].items())
-        left = "; ".join(f"{h}: {why}" for h, why in (run["real"].get("excluded") or {}).items()) or "none"
+        left = "; ".join(f"{h} ({why})" for h, why in (run["real"].get("excluded") or {}).items()) or "none"
         verdicts = " ".join(v["sentence"] for v in run["verdicts"].values())
-        texts.append(f"- `{command}` ({run['seconds'] / 60:.1f} min wall, {run.get('threads')} threads, intervals "
-                     f"at {run['level']:.1%}): accuracy simulated / injected real hosts: {acc}. Hosts left out: "
-                     f"{left}. {verdicts}")
+        texts.append(f"- `{command}`: {run['seconds'] / 60:.1f} min wall ({run.get('threads')} thread(s)). "
+                     f"Accuracy, simulated test set / injected real hosts: {acc}. Real hosts left out: {left}. "
+                     f"Verdict: {verdicts}")
     return "\n".join(lines) + "\n\n" + "\n".join(texts) + "\n"

@@ -15,6 +15,7 @@ import torch
 
 from blindspots import Classifier, LSTConfig
 from blindspots import studies as st
+from blindspots.cli import OUT_ROOT, resolve_device
 from blindspots.models import load_weights
 from blindspots.store import RunStore
 
@@ -24,13 +25,15 @@ from . import proxy as px
 from . import real as rl
 from .config import ZoobotConfig
 
-__all__ = ["ZoobotResult", "run_zoobot", "measure", "analyse", "domains"]
+__all__ = ["ZoobotResult", "run_zoobot", "measure", "analyse", "domains", "REFERENCE"]
+
+REFERENCE = "imagenet"  # every other backbone is compared with this one
 
 
 @dataclass
 class ZoobotResult:
-    """What a run found. `verdicts`: per backbone compared with ImageNet (`paired.Verdict`: outcome, sentence, the
-    cells that decided it); `comparisons`: the paired comparisons (per backbone, seed and pair category, with
+    """What a run found. `verdicts`: per backbone compared with ImageNet (`blindspots.verdicts.Verdict`: `outcome`,
+    `reason` (the sentence, with every cell's interval), `parts` (each cell's outcome)); `comparisons`: the paired comparisons (per backbone, seed and pair category, with
     intervals, n and distinct units); `stalls`: stall counts with the exact McNemar test; `accuracy`: per
     backbone and seed, simulated test accuracy and accuracy on the injected real hosts; `real`: the real arm's
     design (hosts used, left out and why, pairs); `records`: one dict per LST pair; `training`: the fine-tuning
@@ -73,7 +76,7 @@ class Domain:
         return (self.seed is None or seed == self.seed) and (self.kinds is None or kind in self.kinds)
 
 
-def run_zoobot(config: ZoobotConfig, out: str | Path = "blindspots-out/zoobot", *, device: Any = None,
+def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, device: Any = None,
                threads: int | None = None, progress: bool = True, restart: bool = False,
                proxy_dir: str | Path | None = None, report: bool = True) -> ZoobotResult | None:
     """Run (or resume) the study into `out` and return its result (None on ranks other than 0 under torchrun).
@@ -82,7 +85,6 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = "blindspots-out/zoobot", 
     `proxy_dir`: where the galaxy-proxy is pretrained and kept (default blindspots-out/zoobot-proxy/<arch>-<key>);
     `restart`: discard a different earlier run in `out`; `progress`: bars and printed tables (one line per
     pretraining epoch is printed regardless). Settings are checked when `config` is made."""
-    from blindspots.cli import resolve_device
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
@@ -268,6 +270,8 @@ def _real_design(models, hosts: rl.RealHosts, config: ZoobotConfig, training: di
             gates[f"real injected:{k}"] = (f"{k} seed {s}: accuracy on the injected real hosts "
                                            f"{acc['accuracy']:.3f} < {config.min_accuracy}")
     passing = [k for k in dict.fromkeys(k for k, _, _ in models) if f"real injected:{k}" not in gates]
+    if REFERENCE not in passing:  # nothing to compare with: no LST on this arm
+        passing = []
     arm = rl.real_arm(hosts, excluded)
     per_seed = {}
     for s in config.seeds:
@@ -307,7 +311,7 @@ def _kept_class(model, sources, outputs, targets, labels):
 
 
 def analyse(records: Sequence[dict[str, Any]], kinds: Sequence[str], seeds: Sequence[int],
-            reference: str = "imagenet", units: dict[str, list[Any]] | None = None,
+            reference: str = REFERENCE, units: dict[str, list[Any]] | None = None,
             gates: dict[str, str] | None = None) -> dict[str, Any]:
     """Paired comparisons of every backbone against `reference` per seed and pair category (every pair kept,
     intervals over `units[domain]`), the stall tests and the verdicts (`paired.RULE`)."""
@@ -324,6 +328,8 @@ def analyse(records: Sequence[dict[str, Any]], kinds: Sequence[str], seeds: Sequ
                 for c in compare(index, kind, reference, s, d, (units or {}).get(d), level=level)]
         comps += mine
         blocked = {"real injected": gates["real injected"]} if "real injected" in gates else {}
+        if reference not in kinds:
+            blocked["all"] = f"no {reference} backbone was measured"
         for w in (kind, reference):  # an accuracy gate of either backbone
             if f"real injected:{w}" in gates:
                 blocked["real injected"] = gates[f"real injected:{w}"]
