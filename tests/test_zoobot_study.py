@@ -613,6 +613,33 @@ def test_report_fits_a_1280_px_window_in_chromium(study, tmp_path):
     assert 0 < width <= 1280  # no horizontal scrolling: tables and figures fit the window
 
 
+def test_the_readme_python_example_uses_the_api_as_it_is():
+    """The README's ten lines: they compile, name only ZoobotConfig fields and run_zoobot arguments, and use the
+    result's attributes."""
+    import ast
+    import inspect
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Zoobot vs ImageNet"):]
+    code = section[section.index("```python\n") + 10:]
+    code = code[:code.index("```")]
+    assert len(code.strip().splitlines()) <= 10
+    tree = ast.parse(code)
+    calls = {n.func.id: n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {k.arg for k in calls["ZoobotConfig"].keywords} <= set(zs.ZoobotConfig.__dataclass_fields__)
+    assert {k.arg for k in calls["run_zoobot"].keywords} <= set(inspect.signature(zs.run_zoobot).parameters)
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert used <= {"with_lst", "verdicts", "outcome", "reason", "comparison_rows", "accuracy"}
+    assert all(hasattr(zs.ZoobotResult, a) or a in zs.ZoobotResult.__dataclass_fields__ for a in
+               ("verdicts", "comparison_rows", "accuracy"))
+    row_keys = {n.slice.value for n in ast.walk(tree) if isinstance(n, ast.Subscript) and
+                isinstance(n.value, ast.Name) and n.value.id == "row"}
+    c = _comp("proxy", "real injected", 0, np.linspace(-1, 1, 24))
+    assert row_keys <= set(c.row())
+
+
 def test_shared_model_and_weights_name_the_zoobot_encoder(tmp_path):
     from experiments.zoobot.cli import config_from_args
 

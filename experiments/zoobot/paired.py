@@ -38,7 +38,8 @@ RULE = ("Verdict rule (fixed before the numbers): for every pair d = log(RMS-l2 
         f"when it covers less than {MIN_PROGRESS:.0%} of its start distance or loses the source class; stall rates "
         "are reported beside, with an exact McNemar test). Per pair category and fine-tuning seed, the mean d gets a "
         "BCa bootstrap interval that resamples the independent unit with every pair involving it (simulated "
-        "images; real hosts, a host's plain and clumpy versions being one unit), at the level that keeps the "
+        "images; real hosts, a host's plain and clumpy versions being one unit; a draw in which a replicate holds "
+        "no pair is redrawn), at the level that keeps the "
         f"family of backbones compared with ImageNet at {FAMILY_LEVEL:.0%} (Bonferroni). A cell is underpowered "
         f"below {vd.MIN_UNITS} distinct units, equivalent when its interval lies inside +-log 1.1, and otherwise "
         "says more / less under-sensitive when its interval lies wholly below / above 0, or inconclusive. The "
@@ -213,7 +214,9 @@ def verdict(comparisons: Sequence[Comparison], a: str, b: str, seeds: Sequence[i
     blocked = [o for o in (vd.NOT_EVALUATED, vd.UNDERPOWERED) if o in outcomes.values()]
     if blocked:
         outcome = blocked[0]
-        why = "; ".join(f"{k}: {v.reason}" for k, v in cells.items() if v.outcome == outcome)
+        reasons = [v.reason for v in cells.values() if v.outcome == outcome]
+        why = "; ".join(f"{', '.join(k for k, v in cells.items() if v.outcome == outcome and v.reason == r)}: {r}"
+                        for r in dict.fromkeys(reasons))
     else:
         outcome = vd.combine(cells).outcome
         why = "; ".join(f"{CELL_WORDS[o]} at {', '.join(k for k, v in outcomes.items() if v == o)}"
