@@ -351,6 +351,7 @@ def test_pretraining_is_checkpointed_per_epoch_and_resumes_to_the_same_weights(t
     assert "resuming after epoch 2/3" in out and "epoch 3/3 done" in out and "epoch 1/3" not in out
     a, b = load_file(whole), load_file(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "killed" / "stages").iterdir())  # the last checkpoint goes with the encoder file
     assert log["pretrain_threads"] == torch.get_num_threads()
 
 

@@ -82,6 +82,9 @@ def ensure_proxy(config: ZoobotConfig, device: torch.device, folder: str | Path 
                "mse_first_last": [float(np.mean(losses[:k])), float(np.mean(losses[-k:]))],
                "probe": probe_quality(config, str(path), device), "probe_version": PROBE_VERSION}
         write_json(log, log_path)
+        last = store.stage_path(CHECKPOINT.format(config.pretrain_epochs))
+        if last.is_file():  # the encoder file holds what it held
+            last.unlink()
         print(f"galaxy-proxy: pretrained in {seconds:.0f} s ({cpu:.0f} s CPU, {torch.get_num_threads()} threads); "
               "linear-probe R^2 on held-out morphology "
               + ", ".join(f"{k} {v['mean_r2']:.3g}" for k, v in log["probe"].items() if v["mean_r2"] is not None),
