@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from blindspots.stats import wilson_interval
+from blindspots.verdicts import wilson_interval
 
 from .data import check_target
 from blindspots.errors import InputError

@@ -31,6 +31,15 @@ Renderer = Callable[[Any], str]
 # nothing else: the renderer lives in the module that owns the results.
 BLOCKS: dict[str, tuple[str, Renderer]] = {}
 
+
+def _register() -> None:
+    from experiments.zoobot.report import render_readme
+
+    BLOCKS["zoobot-results"] = ("docs/results/zoobot.json", render_readme)
+
+
+_register()
+
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[A-Za-z0-9_.-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)",
                     re.DOTALL)
 

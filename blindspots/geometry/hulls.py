@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models import probing
-from ..stats import wilson_interval
+from ..verdicts import wilson_interval
 from .common import (ATOL, DEFAULT_DELTAS, _check_deltas, _check_hull_inputs, _combination_confidence,
                      _grid_size, _mean_std, _setup)
 from ..errors import InputError
@@ -237,7 +237,7 @@ class SimplexResult:
         n_total = self.samples * self.p_src.shape[0]
         for i, d in enumerate(self.deltas):
             pooled = float(self.fraction[:, i].double().mean())
-            lo, hi = wilson_interval(pooled * n_total, n_total)
+            lo, hi = wilson_interval(round(pooled * n_total), n_total)  # a count, through float32 means
             out[f"fraction@{d:g}"] = {**_mean_std(self.fraction[:, i]), "pooled": pooled, "ci95": [float(lo), float(hi)]}
         out["samples_per_source"] = self.samples
         out["sources"] = int(self.p_src.shape[0])
@@ -284,8 +284,9 @@ def simplex_statistics(
         conf = _combination_confidence(probe, vertices, weights, labels.to(probe.device), bar=bar)
     p_src, conf = conf[:, 0].clone(), conf[:, 1:]
     thresholds = p_src[:, None, None] - torch.tensor(deltas)[None, None, :] - atol
-    fraction = (conf[..., None] >= thresholds).double().mean(1)
-    lo, hi = (torch.from_numpy(v).float() for v in wilson_interval(fraction.double().numpy() * samples, samples))
+    counts = (conf[..., None] >= thresholds).sum(1)
+    fraction = counts.double() / samples
+    lo, hi = (torch.from_numpy(v).float() for v in wilson_interval(counts.numpy(), samples))
     return SimplexResult(p_src=p_src, mean=conf.mean(1), fraction=fraction.float(), ci_low=lo, ci_high=hi,
                          deltas=deltas, samples=samples, evaluations=probe.evaluations)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -66,9 +66,14 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn, *, epochs: int, batch: int,
           lr: float, seed: int, device: torch.device, weight_decay: float = 0.05, warmup: float = 0.1,
-          progress: bool = False, desc: str = "training") -> list[float]:
+          progress: bool = False, desc: str = "training", resume: dict[str, Any] | None = None,
+          on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> list[float]:
     """Whole-network training: AdamW, linear warm-up over `warmup` of the steps then cosine decay to 0, augmented
-    batches in channels_last; every random draw (init excluded) comes from `seed`. Returns the per-step losses."""
+    batches in channels_last; every random draw (init excluded) comes from `seed`. Returns the per-step losses.
+
+    After each epoch `on_epoch(epoch, state)` gets the whole training state (`training_state`: weights, optimiser,
+    schedule, random generators, losses); `resume=state` continues from it, ending with the same weights as a run
+    that was never stopped."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -83,9 +88,13 @@ def train(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn, 
     warm = max(1, int(warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    losses = []
-    with tqdm(total=total, disable=not progress, desc=desc, unit="step", leave=False) as bar:
-        for _ in range(epochs):
+    losses: list[float] = []
+    first = 0
+    if resume is not None:
+        first, losses = _restore(resume, net, opt, sched, gen, device)
+    with tqdm(total=total, initial=first * per_epoch, disable=not progress, desc=desc, unit="step",
+              leave=False) as bar:
+        for epoch in range(first, epochs):
             order = torch.randperm(images.shape[0], generator=gen)
             for i in range(0, len(order), batch):
                 idx = order[i:i + batch]
@@ -99,8 +108,49 @@ def train(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss_fn, 
                 sched.step()
                 losses.append(float(loss.detach()))
                 bar.update(1)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, training_state(epoch + 1, net, opt, sched, gen, losses, device))
     net.eval()
     return losses
+
+
+def training_state(epoch: int, net: nn.Module, opt, sched, gen: torch.Generator, losses: list[float],
+                   device: torch.device) -> dict[str, Any]:
+    """Everything `train` needs to continue after `epoch` epochs: tensors (weights, optimiser moments, random
+    generator states) and JSON metadata (epoch, schedule, optimiser settings, losses)."""
+    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    opt_state = opt.state_dict()
+    for idx, state in opt_state["state"].items():
+        for name, value in state.items():
+            tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+    tensors["rng.generator"] = gen.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    meta = {"epoch": epoch, "losses": list(losses), "param_groups": opt_state["param_groups"],
+            "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}}
+    return {"tensors": tensors, "meta": meta}
+
+
+def _restore(state: dict[str, Any], net: nn.Module, opt, sched, gen: torch.Generator,
+             device: torch.device) -> tuple[int, list[float]]:
+    from blindspots.models import load_weights
+
+    tensors, meta = state["tensors"], state["meta"]
+    load_weights(net, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    net.to(device)
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            moments.setdefault(int(idx), {})[name] = v if name == "step" else v.to(device)
+    opt.load_state_dict({"state": moments, "param_groups": meta["param_groups"]})
+    sched.load_state_dict({**meta["scheduler"], "lr_lambdas": [None]})
+    gen.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    return int(meta["epoch"]), [float(x) for x in meta["losses"]]
 
 
 def fine_tune(clf: Classifier, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch: int, lr: float,
@@ -125,10 +175,11 @@ def _head(model: nn.Module) -> nn.Linear | None:
 
 def pretrain_encoder(arch: str, images: torch.Tensor, morph: torch.Tensor, *, epochs: int, batch: int, lr: float,
                      seed: int, device: torch.device, init: str = "imagenet", imagenet_weights: str | None = None,
-                     progress: bool = False) -> tuple[nn.Module, list[float]]:
+                     progress: bool = False, resume: dict[str, Any] | None = None,
+                     on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> tuple[nn.Module, list[float]]:
     """The galaxy-proxy: timm `arch` from `init` ('imagenet': the ImageNet start of this study; 'random'), trained
     to regress the standardised simulated morphology (MSE) from [0, 1] images without mean/std (Zoobot's
-    convention). Returns the encoder (head removed) and the per-step losses."""
+    convention). Returns the encoder (head removed) and the per-step losses. `resume` / `on_epoch`: see `train`."""
     import timm
 
     torch.manual_seed(seed)
@@ -142,7 +193,7 @@ def pretrain_encoder(arch: str, images: torch.Tensor, morph: torch.Tensor, *, ep
     else:
         raise ValueError(f"proxy init must be 'imagenet' or 'random', got {init!r}")
     losses = train(net, images, morph, nn.functional.mse_loss, epochs=epochs, batch=batch, lr=lr, seed=seed,
-                   device=device, progress=progress, desc="pretrain galaxy-proxy")
+                   device=device, progress=progress, desc="pretrain galaxy-proxy", resume=resume, on_epoch=on_epoch)
     net.reset_classifier(0)
     return net.cpu().to(memory_format=torch.contiguous_format).eval(), losses
 

@@ -1,9 +1,10 @@
 """The study's outputs: verdict first (the rule, then each backbone's verdict with its intervals), the paired
-comparison table and figure, the backbones, the proxy's quality, the settings last; CSV and JSON beside them."""
+comparison and stall tables, the figure, accuracies, the real arm's design, the proxy's quality and the settings
+last; CSV and JSON beside them. `summary` / `record_summary` / `render_readme`: the README's Zoobot block, generated
+from the run's results (`experiments.generated_docs`), so no sentence there says more than the rule decided."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -12,15 +13,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from blindspots import studies as st
+from blindspots import verdicts as vd
 
+from . import paired as pd
 from .backbones import BACKBONES
 from .data import MORPHOLOGY
-from .paired import RULE, Comparison, stalled
 
-__all__ = ["write_report", "sig", "comparison_rows", "backbone_rows", "paired_figure"]
+__all__ = ["write_report", "sig", "comparison_rows", "paired_figure", "summary", "record_summary", "render_readme"]
 
 TITLE = "Zoobot vs ImageNet: paired under-sensitivity of galaxy classifiers"
 WRAP = "td,th,p,figcaption{overflow-wrap:break-word}"
+ORDER = ("sim", "real injected", "real cross-class", "real within-class", "real mixed")
 
 
 def sig(x: Any, digits: int = 3) -> str:
@@ -34,33 +37,51 @@ def label(kind: str) -> str:
     return kind + (" (proxy for Zoobot)" if kind == "galaxy-proxy" else "")
 
 
-def comparison_rows(comps: Sequence[Comparison]) -> list[dict[str, str]]:
-    """Display rows: ratio of RMS-l2 left (backbone / ImageNet) with its 95% interval, pairs used and stalled."""
+def comparison_rows(comps: Sequence[pd.Comparison]) -> list[dict[str, str]]:
+    """Display rows: ratio of RMS-l2 left (backbone / ImageNet) with its interval over units, n, units, stalls."""
     rows = []
     for c in comps:
         r = c.row()
-        rows.append({"backbone": label(c.a), "pairs": c.category, "seed": str(c.seed), "n used": str(c.n),
-                     "distinct sources / targets": f"{r['sources']} / {r['targets']}",
-                     "stalled (backbone / ImageNet)": f"{c.stalled_a} / {c.stalled_b} of {c.total}",
-                     "RMS-l2 ratio": sig(r["ratio"]),
-                     "95% interval": f"[{sig(r['ratio_lo'])}, {sig(r['ratio_hi'])}]",
-                     "excludes 1": {-1: "yes, below", 1: "yes, above", 0: "no"}[c.sign()] if c.n >= 2 else "n/a"})
+        rows.append({"backbone": label(c.a), "pairs": c.category, "seed": str(c.seed), "n pairs": str(c.n),
+                     "distinct units": f"{r['units']} {c.unit}s", "RMS-l2 ratio": sig(r["ratio"]),
+                     f"{c.level:.1%} interval": f"[{sig(r['ratio_lo'])}, {sig(r['ratio_hi'])}]",
+                     "cell": r["cell_words"] if c.category in pd.VERDICT_ARMS else "reported only",
+                     "stalled (backbone / ImageNet)": f"{r['stalled_a']} / {r['stalled_b']} of {c.n}",
+                     "McNemar p": sig(r["stall_p"])})
     return rows
+
+
+def stall_rows(stalls: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    return [{"backbone": label(s["backbone"]), "pairs": s["pairs"], "seed": str(s["seed"]), "n pairs": str(s["n"]),
+             "stall rate": sig(s["stall_rate"]), "ImageNet stall rate": sig(s["stall_rate_vs"]),
+             "only backbone / only ImageNet": f"{s['only_backbone']} / {s['only_vs']}",
+             "exact McNemar p": sig(s["mcnemar_p"]), f"Holm p (family of {s['family']})": sig(s["holm_p"])}
+            for s in sorted(stalls, key=lambda s: (ORDER.index(s["pairs"]) if s["pairs"] in ORDER else 9,
+                                                   s["backbone"], str(s["seed"])))]
 
 
 def backbone_rows(index: Mapping[tuple, Mapping], training: Mapping[str, Any]) -> list[dict[str, str]]:
-    """Per backbone and seed: test accuracy, median RMS-l2 left and stalled traversals per domain."""
+    """Per backbone and seed: simulated test accuracy, accuracy on the injected real hosts, stalled traversals."""
     rows = []
     for name, t in training.items():
-        row = {"backbone": label(t["backbone"]), "seed": str(t["seed"]), "sim test accuracy": sig(t["test_accuracy"]),
+        real = t.get("real_host") or {}
+        row = {"backbone": label(t["backbone"]), "seed": str(t["seed"]),
+               "simulated test accuracy": f"{sig(t['test_accuracy'])} ({t['test_images']})",
+               "injected real hosts: accuracy (plain / clumpy)":
+                   f"{sig(real.get('accuracy'))} ({sig(real.get('plain'))} / {sig(real.get('injected'))}; "
+                   f"{real.get('images', 0)} images, {real.get('hosts', 0)} hosts)" if real else "n/a",
                "fine-tune s": sig(float(t["seconds"]))}
-        for dom in ("sim", "real"):
+        for dom in ("sim", "injected"):
             recs = list(index.get((t["backbone"], t["seed"], dom), {}).values())
-            ok = [r["rms_l2"] for r in recs if not stalled(r)]
-            row[f"{dom}: median RMS-l2 left"] = sig(float(np.median(ok))) if ok else "n/a"
-            row[f"{dom}: stalled"] = f"{len(recs) - len(ok)} of {len(recs)}"
+            row[f"{dom}: stalled"] = f"{sum(pd.stalled(r) for r in recs)} of {len(recs)}"
         rows.append(row)
     return rows
+
+
+def real_rows(real: Mapping[str, Any]) -> list[dict[str, str]]:
+    excluded = real.get("excluded", {})
+    return [{"host": h, "clumps injected": ", ".join(map(str, c)), "used": "no: " + excluded[h] if h in excluded
+             else "yes"} for h, c in zip(real.get("hosts", []), real.get("clumps", []))]
 
 
 def proxy_rows(proxy_log: Mapping[str, Any] | None) -> list[dict[str, str]]:
@@ -70,16 +91,15 @@ def proxy_rows(proxy_log: Mapping[str, Any] | None) -> list[dict[str, str]]:
             for k, v in proxy_log["probe"].items()]
 
 
-def paired_figure(comps: Sequence[Comparison], path: Path) -> Path | None:
-    """Per pair category, per (backbone, seed): every usable pair's ratio (points) and the mean with its 95%
-    bootstrap interval (bar), on a log axis with 1 (no difference) marked."""
+def paired_figure(comps: Sequence[pd.Comparison], path: Path) -> Path | None:
+    """Per pair category, per (backbone, seed): every pair's ratio (points) and the mean with its interval over
+    units (bar), on a log axis with 1 (no difference) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cats = [c for c in ("sim", "real cross-class", "real within-class", "real mixed")
-            if any(x.category == c and x.n for x in comps)]
+    cats = [c for c in ORDER if any(x.category == c and x.n for x in comps)][:4]
     if not cats:
         return None
     fig, axes = plt.subplots(1, len(cats), figsize=(10, 4.2), squeeze=False, sharey=True)
@@ -89,38 +109,95 @@ def paired_figure(comps: Sequence[Comparison], path: Path) -> Path | None:
         for i, c in enumerate(sub):
             colour = "C1" if c.a == "galaxy-proxy" else "C2" if c.a == "zoobot" else "C0"
             ax.scatter(i + rng.uniform(-0.18, 0.18, c.n), np.exp(c.d), s=10, alpha=0.5, color=colour)
-            if c.n >= 2:
-                lo, hi = c.interval()
-                m = c.mean()
-                ax.errorbar(i + 0.3, math.exp(m), yerr=[[math.exp(m) - math.exp(lo)], [math.exp(hi) - math.exp(m)]],
-                            fmt="D", color="k", capsize=4, ms=5)
+            e = c.estimate
+            if e.has_interval:
+                m = math.exp(e.value)
+                ax.errorbar(i + 0.3, m, yerr=[[m - math.exp(e.low)], [math.exp(e.high) - m]], fmt="D", color="k",
+                            capsize=4, ms=5)
         ax.axhline(1.0, color="k", lw=0.8, ls=":")
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(sub)))
-        ax.set_xticklabels([f"{c.a}\nseed {c.seed}\nn={c.n}" for c in sub], fontsize=9)
+        ax.set_xticklabels([f"{c.a}\nseed {c.seed}\nn={c.n}, {c.units()} {c.unit}s" for c in sub], fontsize=8)
         ax.set_title(f"{cat} pairs", fontsize=11)
         ax.tick_params(axis="y", labelsize=9)
     axes[0][0].set_ylabel("RMS-l2 left: backbone / ImageNet\n(< 1: backbone more under-sensitive)", fontsize=10)
-    fig.suptitle("Paired comparison per pair (points) with mean and 95% bootstrap interval (black)", fontsize=11)
+    fig.suptitle("Every pair (points) with the mean and its interval over units (black)", fontsize=11)
     fig.tight_layout()
     return st.figure_to_png(fig, path)
 
 
-def _headline(result: Mapping[str, Any]) -> str:
-    if not result["verdicts"]:
+def headline(verdicts: Mapping[str, Any]) -> str:
+    if not verdicts:
         return "No verdict: the ImageNet backbone and at least one other backbone must both be measured."
-    return "Verdict: " + "; ".join(f"{label(k)} vs ImageNet: " + (o if o == "inconclusive" else
-                                   f"{label(o)} is more under-sensitive") for k, (o, _) in result["verdicts"].items())
+    return "Verdict: " + "; ".join(f"{label(k)} vs ImageNet: {pd.OUTCOME_WORDS[v.outcome]}"
+                                   for k, v in verdicts.items())
 
 
-def _verdict_text(result: Mapping[str, Any], seeds: Sequence[int]) -> str:
-    lines = [sentence for _, sentence in result["verdicts"].values()]
-    lines.append(f"Fine-tuning seeds per backbone: {len(seeds)} ({', '.join(map(str, seeds))}); same pairs and "
-                 "same start noise for every backbone and seed.")
-    return "\n\n".join(lines)
+def constants(level: float, family: Sequence[str], min_accuracy: float) -> str:
+    return (f"Constants fixed before the numbers: stall = less than {pd.MIN_PROGRESS:.0%} of the start distance "
+            f"covered or the class lost; equivalence margin +-log 1.1 on mean d (ratios {1 / 1.1:.3f}-1.1); "
+            f"fewest distinct units {vd.MIN_UNITS}; family-wise level {pd.FAMILY_LEVEL:.0%} over "
+            f"{len(family)} backbone(s) compared with ImageNet ({', '.join(family) or 'none'}), so each interval is "
+            f"{level:.1%} (BCa over units, level expanded for few units); accuracy floor {min_accuracy} "
+            "(simulated test set and injected real hosts, every seed).")
+
+
+def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.nan, quiet: bool = False) -> Path:
+    """report.html, comparisons.csv, stalls.csv, backbones.csv, records.csv, tables.json and paired.png in
+    `result.out`."""
+    out, config = result.out, result.config
+    comps = analysis["comparisons"]
+    training = result.training
+    shown, backs = comparison_rows(comps), backbone_rows(analysis["index"], training)
+    st.write_csv([c.row() for c in comps], out / "comparisons.csv")
+    st.write_csv(analysis["stalls"], out / "stalls.csv")
+    st.write_csv(backs, out / "backbones.csv")
+    st.write_csv(list(result.records), out / "records.csv")
+    consts = constants(analysis["level"], analysis["family"], config.min_accuracy)
+    text = "\n\n".join([v.reason for v in result.verdicts.values()] + [consts])
+    lst = config.lst_config().to_dict()
+    tables = {"summary": summary(result, analysis), "verdicts": {k: v.to_dict() for k, v in result.verdicts.items()},
+              "rule": pd.RULE, "screen_rule": result.real.get("rule"), "constants": consts,
+              "comparisons": [c.row() for c in comps], "stalls": analysis["stalls"], "training": training,
+              "real": result.real, "proxy": result.proxy, "lst_settings": config.lst_name(), "lst_config": lst,
+              "config": config.settings(), "seconds": round(result.seconds, 1),
+              "cpu_seconds": round(cpu_seconds, 1)}
+    st.write_json(tables, out / "tables.json")
+    result.tables = tables
+    fig = paired_figure(comps, out / "paired.png")
+    per_seed = "; ".join(f"seed {s}: {d['pairs']} pairs from {d['sources']} sources ({d['plain_sources']} plain, "
+                         f"{d['injected_sources']} clumpy) on {d['hosts']} hosts"
+                         for s, d in result.real.get("per_seed", {}).items())
+    path = st.write_html_report(out / "report.html", TITLE, [
+        {"heading": headline(result.verdicts), "text": pd.RULE + "\n\n" + text},
+        {"heading": "Paired comparison with ImageNet (ratio < 1: the backbone gets closer to the other galaxy "
+                    "while keeping its class)", "table": shown},
+        {"figure": fig, "caption": "Each point is one pair: RMS-l2 left to the target by the backbone / by "
+                                   "ImageNet, same pair and start noise, stalled pairs included. The intervals "
+                                   "resample the independent units (images, hosts) with every pair involving them."},
+        {"heading": "Stalled traversals: each backbone beside ImageNet on the same pairs (exact McNemar test)",
+         "table": stall_rows(analysis["stalls"])},
+        {"heading": "Backbones: simulated test accuracy beside accuracy on the injected real hosts (the domain gap)",
+         "table": backs},
+        {"heading": "Real hosts with injected clumps", "text": f"{result.real.get('rule', '')}\n\n{per_seed}",
+         "table": real_rows(result.real)},
+        {"heading": "How good is the proxy? Linear probe R² on held-out simulated morphology",
+         "table": proxy_rows(result.proxy), "caption": _proxy_caption(result.proxy)},
+        {"heading": "Settings", "text": "; ".join(f"{k} = {json.dumps(v)}" for k, v in config.settings().items())
+         + f"\n\nLST ({config.lst_name()} settings): " + "; ".join(f"{k} = {json.dumps(v)}" for k, v in lst.items())
+         + "\n\nBackbones: " + "; ".join(f"{k}: {v}" for k, v in BACKBONES.items())
+         + f"\n\nThis invocation: {result.seconds:.0f} s wall, {cpu_seconds:.0f} s CPU (a rerun reuses finished "
+           "work)."},
+    ])
+    path.write_text(path.read_text(encoding="utf-8").replace("</style>", WRAP + "</style>", 1), encoding="utf-8")
+    if not quiet:
+        print("\n" + headline(result.verdicts) + "\n\n" + text + "\n")
+        print(st.markdown_table(shown))
+        print(f"\nreport: {path} ({result.seconds:.0f} s wall, {cpu_seconds:.0f} s CPU)")
+    return path
 
 
 def _proxy_caption(proxy_log: Mapping[str, Any] | None) -> str:
@@ -135,42 +212,49 @@ def _proxy_caption(proxy_log: Mapping[str, Any] | None) -> str:
             "features (before any fine-tuning) to held-out simulated morphology, R² on a third held out.")
 
 
-def write_report(out: Path, args: argparse.Namespace, seeds: Sequence[int], records: Sequence[dict[str, Any]],
-                 result: Mapping[str, Any], training: Mapping[str, Any], proxy_log: Mapping[str, Any] | None,
-                 cfg: Any, seconds: float, cpu_seconds: float = math.nan) -> Path:
-    """report.html, comparisons.csv, backbones.csv, tables.json, records.csv and paired.png in `out`."""
-    comps = result["comparisons"]
-    shown, backs = comparison_rows(comps), backbone_rows(result["index"], training)
-    st.write_csv([c.row() for c in comps], out / "comparisons.csv")
-    st.write_csv(backs, out / "backbones.csv")
-    st.write_csv(list(records), out / "records.csv")
-    verdict = _verdict_text(result, seeds)
-    settings = {k: v for k, v in vars(args).items() if k not in ("quiet",)}
-    st.write_json({"verdicts": {k: {"outcome": o, "sentence": s} for k, (o, s) in result["verdicts"].items()},
-                   "rule": RULE, "seeds": list(seeds), "comparisons": [c.row() for c in comps],
-                   "training": training, "proxy": proxy_log, "lst_config": cfg.to_dict(), "settings": settings,
-                   "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}, out / "tables.json")
-    fig = paired_figure(comps, out / "paired.png")
-    path = st.write_html_report(out / "report.html", TITLE, [
-        {"heading": _headline(result), "text": RULE + "\n\n" + verdict},
-        {"heading": "Paired comparison with ImageNet (ratio < 1: the backbone gets closer to the other galaxy "
-                    "while keeping its class)", "table": shown},
-        {"figure": fig, "caption": "Each point is one pair: RMS-l2 left to the target by the backbone / by "
-                                   "ImageNet, same pair and start noise. Stalled pairs are left out and counted "
-                                   "in the table. Pairs that share a source or a target are not independent: the "
-                                   "intervals (bootstrap over pairs) are too narrow where few distinct images "
-                                   "make up many pairs (see 'distinct sources / targets')."},
-        {"heading": "Backbones (simulated test accuracy, per fine-tuning seed)", "table": backs},
-        {"heading": "How good is the proxy? Linear probe R² on held-out simulated morphology",
-         "table": proxy_rows(proxy_log), "caption": _proxy_caption(proxy_log)},
-        {"heading": "Settings", "text": "; ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
-         + "\n\nLST: " + "; ".join(f"{k} = {json.dumps(v)}" for k, v in cfg.to_dict().items())
-         + "\n\nBackbones: " + "; ".join(f"{k}: {v}" for k, v in BACKBONES.items())
-         + f"\n\nThis invocation: {seconds:.0f} s wall, {cpu_seconds:.0f} s CPU (a rerun reuses finished work)."},
-    ])
-    path.write_text(path.read_text(encoding="utf-8").replace("</style>", WRAP + "</style>", 1), encoding="utf-8")
-    if not args.quiet:
-        print("\n" + _headline(result) + "\n\n" + verdict + "\n")
-        print(st.markdown_table(shown))
-        print(f"\nreport: {path} ({seconds:.0f} s wall, {cpu_seconds:.0f} s CPU)")
-    return path
+# ------------------------------------------------------------------------------ the README's block, generated
+
+
+def summary(result, analysis: Mapping[str, Any]) -> dict[str, Any]:
+    """What the README quotes from one run: verdicts, the verdict cells' intervals, accuracies, the real arm."""
+    cells = [c.row() for c in analysis["comparisons"] if c.category in pd.VERDICT_ARMS]
+    return {"verdicts": {k: {"outcome": v.outcome, "sentence": v.reason} for k, v in result.verdicts.items()},
+            "cells": cells, "accuracy": result.accuracy, "stalls": [s for s in analysis["stalls"]
+                                                                    if s["pairs"] in pd.VERDICT_ARMS],
+            "real": {k: result.real.get(k) for k in ("hosts", "excluded", "per_seed", "folder")},
+            "seeds": list(result.config.seeds), "seed": result.config.seed, "lst": result.config.lst_name(),
+            "level": analysis["level"], "min_units": vd.MIN_UNITS, "min_accuracy": result.config.min_accuracy,
+            "seconds": round(result.seconds, 1), "rule": pd.RULE, "screen_rule": result.real.get("rule"),
+            "constants": constants(analysis["level"], analysis["family"], result.config.min_accuracy)}
+
+
+def record_summary(result, path: str | Path, command: str, threads: int | None = None) -> Path:
+    """Add (or replace) this run's summary under its command line in the JSON file at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    data.setdefault("runs", {})[command] = {**result.tables["summary"], "threads": threads}
+    return st.write_json(data, path)
+
+
+def render_readme(data: Mapping[str, Any]) -> str:
+    """The README's Zoobot results block from docs/results/zoobot.json: the rule and its constants, then per run
+    its command, the verdict cells (ratio [interval], pairs, units), accuracies, hosts left out and the verdict."""
+    runs = data.get("runs", {})
+    first = next(iter(runs.values()), {})
+    lines = [first.get("rule", ""), "", first.get("screen_rule", ""), "", first.get("constants", ""), "",
+             "| run | pairs | seed | RMS-l2 ratio, backbone / ImageNet [interval] | pairs (distinct units) | cell |",
+             "|---|---|---|---|---|---|"]
+    texts = []
+    for command, run in runs.items():
+        for k, c in enumerate(run["cells"]):
+            lines.append(f"| {'`' + command + '`' if k == 0 else ''} | {c['pairs']} | {c['seed']} | "
+                         f"{c['backbone']}: {sig(c['ratio'])} [{sig(c['ratio_lo'])}, {sig(c['ratio_hi'])}] | "
+                         f"{c['n']} ({c['units']} {c['unit']}s) | {c['cell_words']} |")
+        acc = "; ".join(f"{k} {sig(v['simulated'])} / {sig(v['real_host'])}" for k, v in run["accuracy"].items())
+        left = "; ".join(f"{h} ({why})" for h, why in (run["real"].get("excluded") or {}).items()) or "none"
+        verdicts = " ".join(v["sentence"] for v in run["verdicts"].values())
+        texts.append(f"- `{command}`: {run['seconds'] / 60:.1f} min wall ({run.get('threads')} thread(s)). "
+                     f"Accuracy, simulated test set / injected real hosts: {acc}. Real hosts left out: {left}. "
+                     f"Verdict: {verdicts}")
+    return "\n".join(lines) + "\n\n" + "\n".join(texts) + "\n"
