@@ -523,7 +523,7 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "CUDA is not available"))
     for argv, words in cases:
-        assert run_command("zoobot", zs, argv + ["--out", str(tmp_path / "o")]) == 2
+        assert _exit_code(argv + ["--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0]
         assert not (tmp_path / "o").exists()  # refused before any work
