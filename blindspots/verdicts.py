@@ -35,8 +35,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["LEVEL", "MIN_UNITS", "RESAMPLES", "HOLDS", "DOES_NOT_HOLD", "INCONCLUSIVE", "EQUIVALENT",
-           "UNDERPOWERED", "NOT_EVALUATED", "MIXED", "OUTCOMES", "Estimate", "unit_interval", "unit_intervals", "paired_interval",
+__all__ = ["LEVEL", "MIN_UNITS", "RESAMPLES", "MAX_EMPTY", "HOLDS", "DOES_NOT_HOLD", "INCONCLUSIVE", "EQUIVALENT",
+           "UNDERPOWERED", "NOT_EVALUATED", "MIXED", "OUTCOMES", "Estimate", "unit_interval", "unit_intervals",
+           "paired_interval",
            "weighted_mean", "expanded_level", "proportion_interval", "wilson_interval", "McNemar", "mcnemar_exact",
            "holm", "Rule", "Verdict", "decide", "combine"]
 
@@ -44,6 +45,7 @@ LEVEL = 0.95  # the level of every interval a verdict rests on
 MIN_UNITS = 10  # default fewest independent units for a verdict (coverage is shown from 10 units up)
 RESAMPLES = 4999  # bootstrap replicates per interval
 CLIP = 1e-12  # Wilson bounds this close to 0 or 1 are float noise of 0 or 1
+MAX_EMPTY = 0.01  # at most this share of replicates may weigh no observation (each then counts as the estimate)
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, EQUIVALENT = "holds", "does not hold", "inconclusive", "equivalent"
 UNDERPOWERED, NOT_EVALUATED, MIXED = "underpowered", "not evaluated", "mixed"
@@ -124,7 +126,8 @@ def unit_interval(values, units: Mapping[str, Sequence[Any]] | None = None, *,
     pool's number of units (`expanded_level`; False gives the textbook interval, for comparison).
     `statistic(values (R, n), weights (R, M, n)) -> (R, M)`, like `weighted_mean`.
     Below 2 units, or when every value is equal, the interval is NaN and `note` says why (never a zero width).
-    NaN or inf values are refused.
+    A replicate that weighs no observation (few units, sparse designs) counts as the estimate, noted; more than
+    `MAX_EMPTY` of them: no interval. NaN or inf values are refused.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1:
@@ -187,7 +190,15 @@ def unit_intervals(values, units: Mapping[str, Sequence[Any]] | None = None, *,
         sums = np.stack([np.bincount(flat_cell, weights=row, minlength=cells) for row in v]).reshape(-1, *shape)
         n_cell = np.bincount(flat_cell, minlength=cells).reshape(shape).astype(np.float64)
 
+    empty = np.zeros(r_count, dtype=np.int64)  # replicates per dataset that weighed no observation
+
     def stat(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        est = _stat(*samples).reshape(r_count, -1)
+        undefined = np.isnan(est)
+        empty[:] += undefined.sum(1)
+        return np.where(undefined, value[:, None], est).reshape(samples[0].shape[:-1])
+
+    def _stat(*samples: np.ndarray) -> np.ndarray:
         lead = samples[0].shape[:-1]  # (R, ...) for R datasets
         mult = {}
         for p, s in zip(pool_names, samples):
@@ -223,10 +234,14 @@ def unit_intervals(values, units: Mapping[str, Sequence[Any]] | None = None, *,
         lo, hi = float(lows[i]), float(highs[i])
         if np.all(v[i] == v[i, 0]):
             out.append(make(i, math.nan, math.nan, f"no interval: all {n_obs} values equal {v[i, 0]:.6g}"))
+        elif empty[i] > MAX_EMPTY * resamples:
+            out.append(make(i, math.nan, math.nan, f"no interval: {empty[i]} of {resamples} replicates drew no "
+                                                   "observation (too few units for this design)"))
         elif not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
             out.append(make(i, math.nan, math.nan, "no interval: the bootstrap distribution is degenerate"))
         else:
-            out.append(make(i, lo, hi))
+            out.append(make(i, lo, hi, f"{empty[i]} replicate(s) drew no observation and count as the estimate"
+                            if empty[i] else ""))
     return out
 
 
