@@ -6,8 +6,8 @@ permutations (exact) while that succeeds within `REJECTION_TRIES` draws, otherwi
 permutations (a move rotates the targets along a random cycle of k positions, P(k) = 2^(1-k); it is kept only when
 every new pair is valid. The proposal is symmetric, so the chain's stationary law is uniform, and any two valid
 permutations are joined by rotating the cycles of their difference one at a time, each step valid), started from
-a fixed valid permutation (a maximum bipartite matching) and run for `mcmc_steps(n)` moves. No class-sorted or cyclic fallback: classes never map as
-blocks.
+a fixed valid permutation (a maximum bipartite matching) and run for `mcmc_steps(n)` moves. No class-sorted or
+cyclic fallback: classes never map as blocks.
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ from blindspots.cli import add_common_options, model_call_options, positive_int
 
 HELP = "the LST paper's Table 1 (distances, SSIM, confidence) and Table 2 (triangle hulls) for any models"
 
-__all__ = ["TABLE1_FIELDS", "TABLE2_FIELDS", "HULL_DELTAS", "hull_deltas", "table2_fields", "hull_metric", "lpips_metric", "run_study", "build_tables",
-           "write_report", "run_tables", "add_arguments", "run", "main"]
+__all__ = ["TABLE1_FIELDS", "TABLE2_FIELDS", "HULL_DELTAS", "hull_deltas", "table2_fields", "hull_metric",
+           "lpips_metric", "run_study", "build_tables",
+           "write_report", "run_tables", "open_unit_float", "add_arguments", "run", "main"]
 
 TABLE1_FIELDS = {"rms_l2": "RMS-l2", "linf": "l-inf", "ssim_paper": "SSIM (Gaussian 11, sigma 1.5; the paper's)",
                  "ssim": "SSIM (7x7 uniform; scikit-image)", "lpips": "LPIPS",

@@ -98,7 +98,8 @@ def _ssim_rows(group, records, seed):
         est = vd.unit_interval([r["ssim_paper"] for r in recs],
                                {"source": [r["source"] for r in recs], "target": [r["target"] for r in recs]},
                                pools={"source": "image", "target": "image"}, seed=seed)
-        rows.append(_row(group, model, "mean SSIM(output, target)", est, vd.decide(est, RULES["outputs_look_like_target"])))
+        verdict = vd.decide(est, RULES["outputs_look_like_target"])
+        rows.append(_row(group, model, "mean SSIM(output, target)", est, verdict))
     return rows
 
 

@@ -5,6 +5,7 @@ ball), and its command line's errors."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -153,6 +154,10 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
     assert [c["claim"] for c in saved["claims"]] == list(pv.RULES)
     assert saved["validity"]["violations"] == 0 and saved["constants"]["HULL_MARGIN"] == pv.HULL_MARGIN
     assert json.loads((tmp_path / "docs" / "claims.json").read_text()) == saved
+    with open(tmp_path / "claims.csv", newline="") as fh:  # numbers, not display strings
+        table = list(csv.DictReader(fh))
+    assert len(table) == sum(len(c["rows"]) for c in saved["claims"])
+    assert [float(r["value"]) for r in table if r["claim"] == "at_hull_larger"] == [pytest.approx(at["value"])]
     text = pv.render_markdown(saved)
     assert "| at_hull_larger | toy | toy: linear - ball |" in text and "HULL_MARGIN = 0.02" in text
     assert "paths_star_like: underpowered: needs n >= 35 sources (has 12)" in text
