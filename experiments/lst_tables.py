@@ -182,6 +182,8 @@ def _run(store, models, images, labels_t, pool, targets, out, config, protocol, 
     tables = build_tables(records, [n for n, _ in models])
     tables["pool"] = {"indices": pool.tolist(), "labels": labels_t[pool].tolist(),
                       "names": [image_names[i] for i in pool.tolist()] if image_names else None}
+    tables["labels"] = labels_t.tolist()  # of every image: the classes the protocol used
+    tables["targets"] = targets.tolist()  # (rounds, pool) positions in the pool: the pairs
     tables["skipped"] = [s for s, missing in (("hull statistics (--no-hull)", not hull),
                                               ("LPIPS (no weights given)", lpips_weights is None)) if missing]
     st.write_json(tables, out / "tables.json")

@@ -10,9 +10,9 @@ LST with the paper's settings unless told otherwise; Table 1 and Table 2 in `OUT
 held-out digits every model of the group classifies correctly (the paired comparisons need the same sources).
 ImageNet: there is no adversarially trained ImageNet model offline, so each model gets its own pool, one real photo
 per class it predicts with p > 0.6 (`OUT/imagenet/<model>/`); with at most 24 photos its rules are underpowered,
-which the run says before it starts. For each (normal, AT) pair, a second run on the same pool stops every output of
-both models at the same RMS-l2 to its target (`stop_rms` = the largest distance either model's outputs ended at, so
-all reach it on the same paths; `OUT/<group>/matched-<arch>/`): claim 3 at matched distance, triangles' sizes shown.
+which the run says before it starts. For each (normal, AT) pair, claim 3 is also decided with both models' outputs
+taken at the same RMS-l2 to their targets (`experiments.matched_distance`, `OUT/<group>/matched-<arch>/`), the
+triangles' sides shown beside it.
 
 The claims and their rules are in `experiments.paper_verdicts` (fixed before the numbers; decided with
 `blindspots.verdicts`): a verdict per model, per group, and an overall line naming the groups that decided it.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -162,7 +162,7 @@ def run_claims(out: str | Path, groups: Mapping[str, Group] | Sequence[str] = ("
             tables[r.name] = run_study(r.models, r.images, r.labels, r.out, image_names=r.names, pool=r.pool,
                                        settings={"group": r.name}, **common)
             records[name] += [dict(x, group=name) for x in RunStore.read_records(r.out)]
-    matched_records = _matched_runs(plans, groups, records, common, out) if matched else {}
+    matched_records = _matched_runs(plans, groups, tables, common, out) if matched else {}
     validity = pv.check_threshold([x for rs in (*records.values(), *matched_records.values()) for x in rs],
                                   config.threshold)
     at_pairs = {g: grp.at_pairs for g, grp in groups.items()}
@@ -182,21 +182,23 @@ def run_claims(out: str | Path, groups: Mapping[str, Group] | Sequence[str] = ("
     return {"claims": claims, "tables": tables, "figure": figure, "data": data}
 
 
-def _matched_runs(plans, groups, records, common, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Per (normal, AT) pair, the same pairs rerun with `stop_rms` = the largest RMS-l2 either model's outputs ended
-    at (times 1 + 1e-6): the same seeds follow the same paths, so every output stops at that distance."""
+def _matched_runs(plans, groups, tables, common, out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per (normal, AT) pair, claim 3's records at matched distance (`experiments.matched_distance`), on the
+    group's pool and pairs, into `out/<group>/matched-<arch>/`."""
+    from .matched_distance import matched_hull_records
+
     found: dict[str, list[dict[str, Any]]] = {}
     for name, group in groups.items():
         for arch, normal, at in group.at_pairs:
             run = next(r for r in plans[name] if {normal, at} <= {m for m, _ in r.models})
-            left = [x["rms_l2"] for x in records[name] if x.get("kind") == "lst" and x["model"] in (normal, at)]
-            stop = max(left) * (1 + 1e-6)
-            nets = [(m, n) for m, n in run.models if m in (normal, at)]
-            folder = out / name / f"matched-{st.slug(arch)}"
-            run_study(nets, run.images, run.labels, folder, image_names=run.names, pool=run.pool,
-                      settings={"group": name, "matched": arch, "stop_rms": stop},
-                      **dict(common, config=replace(common["config"], stop_rms=stop)))
-            found.setdefault(name, []).extend(dict(x, group=name) for x in RunStore.read_records(folder))
+            nets = dict(run.models)
+            labels = torch.tensor(tables[run.name]["labels"])
+            targets = torch.tensor(tables[run.name]["targets"])
+            recs = matched_hull_records([(normal, nets[normal]), (at, nets[at])], run.images, labels, run.pool,
+                                        targets, out / name / f"matched-{st.slug(arch)}", config=common["config"],
+                                        protocol=common["protocol"], restart=common["restart"],
+                                        settings={"group": name, "architecture": arch})
+            found.setdefault(name, []).extend(dict(x, group=name) for x in recs)
     return found
 
 

@@ -147,8 +147,20 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
     assert at["outcome"] == vd.HOLDS and at["units"] == {"source": 12} and at["measure"].endswith("0.15")
     matched = claims["at_hull_larger_matched"]["rows"][0]
     assert matched["setting"] == "matched distance" and matched["at"] == pytest.approx(1.0)
-    left = [matched["ball_rms_to_target"], matched["linear_rms_to_target"]]  # both stopped at one distance
+    left = [matched["ball_rms_to_target"], matched["linear_rms_to_target"]]  # both taken at one distance per pair
     assert max(left) / min(left) < 1.1 and matched["ball_side_source"] > 0 and matched["linear_side_outputs"] > 0
+    from blindspots.store import RunStore
+
+    per_pair: dict = {}
+    for r in RunStore.read_records(tmp_path / "toy" / "matched-toy"):
+        if r["kind"] == "lst":
+            per_pair.setdefault((r["round"], r["source"]), []).append(r)
+    assert len(per_pair) == 24 and all(len(v) == 2 for v in per_pair.values())
+    for a, b in per_pair.values():  # one model ended at the pair's distance, the other's path passed it there
+        assert a["matched_rms_l2"] == b["matched_rms_l2"]
+        assert sorted([a["rms_l2"] / a["matched_rms_l2"], b["rms_l2"] / b["matched_rms_l2"]])[1] == \
+            pytest.approx(1.0)
+        assert min(a["rms_l2"], b["rms_l2"]) / a["matched_rms_l2"] > 0.75  # within 4 steps of 5% below it
     assert claims["paths_star_like"]["overall"]["outcome"] == vd.UNDERPOWERED
     saved = json.loads((tmp_path / "claims.json").read_text())
     assert [c["claim"] for c in saved["claims"]] == list(pv.RULES)
