@@ -21,7 +21,8 @@ and says which parts decided it (mixed: the parts decided differently).
     est = unit_interval(diff, units={"source": src, "target": tgt}, pools={"source": "image", "target": "image"})
     v = decide(est, rule)                   # Verdict(outcome='holds', reason='...', estimate=est)
     print(est.describe(), v.outcome)        # 0.064 [0.048, 0.083] (95% BCa ..., n = 220; 44 source, 44 target)
-    combine({"mnist": v, "imagenet": decide(None, rule)}).reason   # 'decided by mnist ...; imagenet not evaluated'
+    combine({"mnist": v, "imagenet": decide(None, rule)}).reason   # 'decided by mnist (holds); not deciding: imagenet
+                                                                   #  (not evaluated)'
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ def decide(estimate: Estimate | None, rule: Rule) -> Verdict:
     """The rule's outcome for one estimate (None: not evaluated)."""
     if estimate is None:
         return Verdict(NOT_EVALUATED, "no data for this rule")
-    short = rule.power_check(estimate.min_units)
+    short = rule.power_check(estimate.min_units, " / ".join(f"{p}s" for p in estimate.pools) or "units")
     if short:
         return Verdict(UNDERPOWERED, short, estimate)
     if not estimate.has_interval:
@@ -446,8 +447,8 @@ def combine(parts: Mapping[str, Verdict | str]) -> Verdict:
             outcome = MIXED
         else:
             outcome = INCONCLUSIVE
-    by = "; ".join(f"{o}: {', '.join(k for k, v in decided.items() if v == o)}" for o in dict.fromkeys(
+    by = "; ".join(f"{', '.join(k for k, v in decided.items() if v == o)} ({o})" for o in dict.fromkeys(
         decided.values()))
-    rest = "; ".join(f"{k} {o}" for k, o in undecided.items())
-    reason = (f"decided by {by}" if decided else "no part decided") + (f" (not deciding: {rest})" if rest else "")
+    rest = ", ".join(f"{k} ({o})" for k, o in undecided.items())
+    reason = (f"decided by {by}" if decided else "no part decided") + (f"; not deciding: {rest}" if rest else "")
     return Verdict(outcome, reason, None, outcomes)

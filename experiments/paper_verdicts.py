@@ -21,8 +21,8 @@ import numpy as np
 
 from blindspots import verdicts as vd
 
-__all__ = ["SSIM_FLOOR", "STAR_FLOOR", "HULL_MARGIN", "THRESHOLD_TOL", "EDGE_TOL", "RULES", "TITLES", "CONSTANTS",
-           "RunInvalid", "check_threshold", "power_lines", "evaluate_claims", "claims_table", "findings",
+__all__ = ["SSIM_FLOOR", "STAR_FLOOR", "HULL_MARGIN", "THRESHOLD_TOL", "EDGE_TOL", "RULES", "TITLES", "UNITS",
+           "CONSTANTS", "RunInvalid", "check_threshold", "power_lines", "evaluate_claims", "claims_table", "findings",
            "render_markdown"]
 
 SSIM_FLOOR = 0.9  # claim 1: "looks like the target"
@@ -66,13 +66,17 @@ def check_threshold(records: Sequence[Mapping[str, Any]], delta: float) -> dict[
     return {"pairs": len(lst), "violations": 0, "delta": delta, "tolerance": THRESHOLD_TOL}
 
 
+UNITS = {"outputs_look_like_target": "images", "paths_star_like": "sources", "at_hull_larger": "sources",
+         "at_hull_larger_matched": "sources"}  # what each rule resamples (claim 1: images, sources and targets alike)
+
+
 def power_lines(group: str, units: Mapping[str, int], claims: Sequence[str]) -> list[str]:
-    """Before running: 'group (model, n sources): claim underpowered: needs n >= k sources (has n)' per rule that
-    cannot decide at the pool's size. `units`: model (or models' label) -> pool size."""
+    """Before running: 'group (model): claim: underpowered: needs n >= k sources (has n)' per rule that cannot
+    decide at the pool's size. `units`: model (or models' label) -> pool size."""
     out = []
     for who, n in units.items():
         for claim in claims:
-            msg = RULES[claim].power_check(n, "sources")
+            msg = RULES[claim].power_check(n, UNITS[claim])
             if msg:
                 out.append(f"{group} ({who}): {claim}: {msg}")
     return out
@@ -178,19 +182,19 @@ def findings(data: Mapping[str, Any]) -> list[str]:
     """One sentence per claim, saying exactly what its rule decided (overall, per group, and why)."""
     out = []
     for c in data["claims"]:
-        groups = "; ".join(f"{g}: {v['outcome']} ({v['reason']})" for g, v in c["groups"].items())
-        out.append(f"{c['title']}: **{c['overall']['outcome']}** ({c['overall']['reason']}). Per group: {groups}.")
+        groups = " | ".join(f"{g}: {v['outcome']}, {v['reason']}" for g, v in c["groups"].items())
+        out.append(f"{c['title']}: **{c['overall']['outcome']}**, {c['overall']['reason']}. Per group: {groups}.")
     return out
 
 
 def render_markdown(data: Mapping[str, Any]) -> str:
     """The README block: the table of `claims_table`, the constants, the validity check and the findings."""
-    head = "| claim | group | model | measure | value | 95% interval | n (units) | outcome |\n" + "|---|" * 8 + "\n"
+    head = "| claim | group | model | measure | value | 95% interval | n (units) | outcome |\n|" + "---|" * 8 + "\n"
     body = "".join("| " + " | ".join(r.values()) + " |\n" for r in claims_table(data["claims"]))
     consts = ", ".join(f"{k} = {v:g}" for k, v in data["constants"].items())
     valid = data["validity"]
     lines = [head + body, f"Constants fixed before the numbers: {consts}.", "",
-             f"Validity: all {valid['pairs']} LST pairs kept p0 - p < delta = {valid['delta']:g} (checked, not a "
-             "verdict)." + (" Before running: " + "; ".join(data["power"]) + "." if data.get("power") else ""), ""]
+             f"Validity: all {valid['pairs']} LST outputs (paper settings and matched distance) kept p0 - p < delta = "
+             f"{valid['delta']:g} (checked, not a verdict)." + (" Before running: " + "; ".join(data["power"]) + "." if data.get("power") else ""), ""]
     lines += [f"- {s}" for s in findings(data)]
     return "\n".join(lines) + "\n"

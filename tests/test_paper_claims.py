@@ -44,7 +44,7 @@ def test_claim_one_decides_per_model_with_images_resampled():
     assert _claim(claims, "outputs_look_like_target")["groups"]["g"]["outcome"] == vd.MIXED
     few = [_pair("a", s, 0.99 - 0.01 * s, n=3) for s in range(3)]  # 3 images: the README's ImageNet case
     row = _claim(pv.evaluate_claims({"g": few}, {}, 0.2), "outputs_look_like_target")["rows"][0]
-    assert row["outcome"] == vd.UNDERPOWERED and row["reason"] == "underpowered: needs n >= 10 units (has 3)"
+    assert row["outcome"] == vd.UNDERPOWERED and row["reason"] == "underpowered: needs n >= 10 images (has 3)"
 
 
 def test_the_threshold_is_a_validity_check_that_raises():
@@ -80,8 +80,8 @@ def test_claim_three_has_a_margin_for_equivalent_and_a_verdict_per_group():
     assert rows["CNN: cnn-at - cnn"]["outcome"] == vd.EQUIVALENT  # not a decisive "does not hold"
     assert claim["groups"]["mnist"]["outcome"] == vd.MIXED and claim["groups"]["imagenet"]["outcome"] == \
         vd.NOT_EVALUATED
-    assert claim["overall"] == {"outcome": vd.MIXED, "reason": "decided by mixed: mnist (not deciding: imagenet "
-                                                              "not evaluated)"}
+    assert claim["overall"] == {"outcome": vd.MIXED, "reason": "decided by mnist (mixed); not deciding: imagenet "
+                                                              "(not evaluated)"}
     worse = [_hull("cnn-at", s, frac=0.3 + 0.01 * s) for s in range(30)] + \
         [_hull("cnn", s, frac=0.6 + 0.01 * s) for s in range(30)]
     rows = _claim(pv.evaluate_claims({"m": worse}, {"m": pairs}, 0.2), "at_hull_larger")["rows"]

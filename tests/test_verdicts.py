@@ -183,8 +183,10 @@ def test_a_wilson_rule_says_underpowered_before_running_when_it_cannot_decide():
 
 def test_combine_names_the_parts_that_decided():
     v = vd.combine({"mnist": vd.DOES_NOT_HOLD, "imagenet": vd.UNDERPOWERED})
-    assert v.outcome == vd.DOES_NOT_HOLD and v.reason == "decided by does not hold: mnist (not deciding: imagenet " \
-                                                         "underpowered)"
+    assert v.outcome == vd.DOES_NOT_HOLD and v.reason == "decided by mnist (does not hold); not deciding: imagenet " \
+                                                         "(underpowered)"
+    v = vd.combine({"a": vd.HOLDS, "b": vd.INCONCLUSIVE, "c": vd.HOLDS, "d": vd.NOT_EVALUATED})
+    assert v.reason == "decided by a, c (holds); b (inconclusive); not deciding: d (not evaluated)"
     assert vd.combine({"a": vd.HOLDS, "b": vd.DOES_NOT_HOLD}).outcome == vd.MIXED
     assert vd.combine({"a": vd.HOLDS, "b": vd.INCONCLUSIVE}).outcome == vd.INCONCLUSIVE
     assert vd.combine({"a": vd.UNDERPOWERED, "b": vd.NOT_EVALUATED}).outcome == vd.UNDERPOWERED
