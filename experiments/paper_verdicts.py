@@ -193,8 +193,9 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     body = "".join("| " + " | ".join(r.values()) + " |\n" for r in claims_table(data["claims"]))
     consts = ", ".join(f"{k} = {v:g}" for k, v in data["constants"].items())
     valid = data["validity"]
+    power = " Said before running: " + "; ".join(data["power"]) + "." if data.get("power") else ""
     lines = [head + body, f"Constants fixed before the numbers: {consts}.", "",
              f"Validity: all {valid['pairs']} LST outputs (paper settings and matched distance) kept p0 - p < delta = "
-             f"{valid['delta']:g} (checked, not a verdict)." + (" Before running: " + "; ".join(data["power"]) + "." if data.get("power") else ""), ""]
+             f"{valid['delta']:g} (checked, not a verdict).{power}", ""]
     lines += [f"- {s}" for s in findings(data)]
     return "\n".join(lines) + "\n"
