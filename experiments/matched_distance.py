@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from blindspots import LSTConfig, level_set_traversal
 from blindspots import studies as st
@@ -33,7 +34,7 @@ LOG_EVERY = 4  # steps between recorded path points: each matched output lies wi
 def matched_hull_records(models: Sequence[tuple[str, nn.Module]], images: torch.Tensor, labels: torch.Tensor,
                          pool: torch.Tensor, targets: torch.Tensor, out: str | Path, *, config: LSTConfig,
                          protocol: st.ProtocolConfig, grid_step: float = 0.1, restart: bool = False,
-                         settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                         settings: dict[str, Any] | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Records of the matched-distance comparison of two models (normal, AT) on the protocol's pairs (`targets`:
     (rounds, len(pool)) positions in `pool`, as `derangement_pairs` gives them)."""
     if len(models) != 2:
@@ -46,7 +47,8 @@ def matched_hull_records(models: Sequence[tuple[str, nn.Module]], images: torch.
                                         "grid_step": grid_step, **(settings or {})}, inputs={"images": images})
     metric = hull_metric(grid_step, hull_deltas(config.threshold))
     try:
-        for sources in st.plan_batches(pool.tolist(), protocol.sources_per_batch):
+        batches = st.plan_batches(pool.tolist(), protocol.sources_per_batch)
+        for sources in tqdm(batches, disable=not progress, desc="matched distance", unit="batch"):
             if all(st.source_key("hull", m, s) in store for m, _ in models for s in sources):
                 continue
             store.append(_batch(models, images, labels, pool, targets, sources, cfg, protocol, metric))

@@ -197,7 +197,7 @@ def _matched_runs(plans, groups, tables, common, out: Path) -> dict[str, list[di
             recs = matched_hull_records([(normal, nets[normal]), (at, nets[at])], run.images, labels, run.pool,
                                         targets, out / name / f"matched-{st.slug(arch)}", config=common["config"],
                                         protocol=common["protocol"], restart=common["restart"],
-                                        settings={"group": name, "architecture": arch})
+                                        settings={"group": name, "architecture": arch}, progress=common["progress"])
             found.setdefault(name, []).extend(dict(x, group=name) for x in recs)
     return found
 
