@@ -234,6 +234,8 @@ def write_report(out: Path, data: Mapping[str, Any], tables, figure: Path | None
     sections: list[dict[str, Any]] = [
         {"heading": "Claims of the paper, checked", "pre": "\n".join(pv.findings(data)),
          "table": pv.claims_table(data["claims"])},
+        {"heading": "Claim 3's triangles: paper settings and matched distance",
+         "table": pv.triangle_table(data["claims"])},
         {"heading": "Rules and constants (fixed before the numbers)",
          "pre": "\n".join([f"{k}: {r['text']}" for k, r in data["rules"].items()] +
                           [f"{k} = {v:g}" for k, v in data["constants"].items()] + list(data["power"]))},

@@ -22,8 +22,8 @@ import numpy as np
 from blindspots import verdicts as vd
 
 __all__ = ["SSIM_FLOOR", "STAR_FLOOR", "HULL_MARGIN", "THRESHOLD_TOL", "EDGE_TOL", "RULES", "TITLES", "UNITS",
-           "CONSTANTS", "RunInvalid", "check_threshold", "power_lines", "evaluate_claims", "claims_table", "findings",
-           "render_markdown"]
+           "CONSTANTS", "RunInvalid", "check_threshold", "power_lines", "evaluate_claims", "claims_table",
+           "triangle_table", "findings", "render_markdown"]
 
 SSIM_FLOOR = 0.9  # claim 1: "looks like the target"
 STAR_FLOOR = 0.9  # claim 2: share of star-like sources
@@ -178,6 +178,24 @@ def claims_table(claims: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             for c in claims for r in c["rows"]]
 
 
+def triangle_table(claims: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Claim 3's triangles per (normal, AT) pair and setting: each model's mean RMS-l2 left to the target and mean
+    sides source-output and output-output (RMS-l2), beside the confident fractions compared."""
+    out = []
+    for c in claims:
+        for r in c["rows"]:
+            if "setting" not in r:
+                continue
+            at, normal = r["model"].split(": ", 1)[1].split(" - ")
+            for m, frac in ((normal, r["normal"]), (at, r["at"])):
+                out.append({"pair": r["model"].split(":")[0], "setting": r["setting"], "model": m,
+                            "RMS-l2 to target": _fmt(r.get(f"{m}_rms_to_target")),
+                            "side source-output": _fmt(r.get(f"{m}_side_source")),
+                            "side output-output": _fmt(r.get(f"{m}_side_outputs")),
+                            "confident hull fraction": _fmt(frac)})
+    return out
+
+
 def findings(data: Mapping[str, Any]) -> list[str]:
     """One sentence per claim, saying exactly what its rule decided (overall, per group, and why)."""
     out = []
@@ -194,7 +212,10 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     consts = ", ".join(f"{k} = {v:g}" for k, v in data["constants"].items())
     valid = data["validity"]
     power = " Said before running: " + "; ".join(data["power"]) + "." if data.get("power") else ""
-    lines = [head + body, f"Constants fixed before the numbers: {consts}.", "",
+    tri = triangle_table(data["claims"])
+    tri_md = ("Claim 3's triangles (means over sources; RMS-l2):\n\n| " + " | ".join(tri[0]) + " |\n|" +
+              "---|" * len(tri[0]) + "\n" + "".join("| " + " | ".join(r.values()) + " |\n" for r in tri)) if tri else ""
+    lines = [head + body, tri_md, f"Constants fixed before the numbers: {consts}.", "",
              f"Validity: all {valid['pairs']} LST outputs (paper settings and matched distance) kept p0 - p < delta = "
              f"{valid['delta']:g} (checked, not a verdict).{power}", ""]
     lines += [f"- {s}" for s in findings(data)]

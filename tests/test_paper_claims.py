@@ -173,6 +173,7 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
     text = pv.render_markdown(saved)
     assert "| at_hull_larger | toy | toy: linear - ball |" in text and "HULL_MARGIN = 0.02" in text
     assert "paths_star_like: underpowered: needs n >= 35 sources (has 12)" in text
+    assert "| toy | matched distance | linear |" in text  # claim 3's triangles, both settings
     assert (tmp_path / "triangles.png").read_bytes()[:4] == b"\x89PNG"
     html = (tmp_path / "report.html").read_text()
     assert html.index("Claims of the paper") < html.index("toy: Table 1") < html.index("Settings")
