@@ -64,9 +64,9 @@ def agreed_photo_pool(models: Sequence[torch.nn.Module], size: int = 224, min_co
                       ) -> PhotoPool:
     """The largest pool of real photos of distinct predicted classes that every model puts in that class.
 
-    A photo qualifies when all models give it the same top-1 class (each with confidence >= `min_confidence`);
-    each class keeps its first qualifying photo (in `real_photos` order). One photo per class is all a class can
-    contribute, so this greedy pool is the largest. With scikit-image, matplotlib and scikit-learn installed, the
+    A photo qualifies when all models give it the same top-1 class (each with confidence > `min_confidence`,
+    strict as the paper's p > 0.6); each class keeps its first qualifying photo (in `real_photos` order). One photo
+    per class is all a class can contribute, so this greedy pool is the largest. With scikit-image, matplotlib and scikit-learn installed, the
     `imagenet-lite0` and `imagenet-mobilenetv2` pool holds 9 of 24 photos (7 of 22 without scikit-learn).
     """
     if len(models) == 0:
@@ -76,7 +76,7 @@ def agreed_photo_pool(models: Sequence[torch.nn.Module], size: int = 224, min_co
     images, names = real_photos(size)
     preds, confs = zip(*(m.predict(images) for m in models))
     preds_t, confs_t = torch.stack(preds), torch.stack(confs)
-    agree = (preds_t == preds_t[0]).all(0) & (confs_t >= min_confidence).all(0)
+    agree = (preds_t == preds_t[0]).all(0) & (confs_t > min_confidence).all(0)
     keep, seen = [], set()
     for i in agree.nonzero().flatten().tolist():
         c = int(preds_t[0, i])

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .errors import InputError
 from .models import probing
+from .pairing import derangement_pairs
 from .traversal_config import LSTConfig
 from .traversal_loop import Chunk, refuse_non_finite, start_noise
 from .traversal_result import LSTResult, Trajectory
@@ -191,49 +192,3 @@ def _merge(parts: list[dict[str, Any]], seeds: torch.Tensor, config: LSTConfig) 
         start_rms_l2=cat("start_rms_l2"), model_passes=cat("model_passes"),
         start_confidence=cat("start_confidence"), start_outside=cat("start_outside"),
     )
-
-
-def derangement_pairs(labels: torch.Tensor | Sequence[int], rounds: int = 5, seed: int = 0) -> torch.Tensor:
-    """Target indices for the paper's protocol: `rounds` permutations of the pool, each sending every image to an
-    image of another class. Returns a (rounds, N) int64 tensor; row r, column i is the target of source i.
-
-    Uniformly random derangements are drawn by rejection; when classes repeat so much that rejection fails, a
-    class-sorted cyclic shift (valid whenever no class holds more than half the pool) is used instead.
-    """
-    labels_t = torch.as_tensor(labels)
-    if labels_t.ndim != 1:
-        raise InputError(f"labels must be a 1-D sequence of class indices, got shape {tuple(labels_t.shape)}")
-    if labels_t.is_floating_point():
-        if not bool((torch.isfinite(labels_t) & (labels_t == labels_t.round())).all()):
-            raise InputError("labels must be integer class indices; got non-integral floats "
-                             f"{labels_t[labels_t != labels_t.round()][:4].tolist()}")
-    elif labels_t.is_complex():
-        raise TypeError(f"labels must be integer class indices, got dtype {labels_t.dtype}")
-    labels_t = labels_t.long()
-    n = labels_t.numel()
-    if n < 2:
-        raise InputError("derangements need at least 2 images")
-    counts = torch.unique(labels_t, return_counts=True)[1]
-    if int(counts.max()) * 2 > n:
-        raise InputError(f"no pairing sends every image to another class: one class holds {int(counts.max())} of "
-                         f"{n} images (more than half)")
-    if rounds < 1:
-        raise InputError(f"rounds must be >= 1, got {rounds}")
-    rng = np.random.default_rng(seed)
-    lab = labels_t.numpy()
-    out = np.empty((rounds, n), dtype=np.int64)
-    for r in range(rounds):
-        for _ in range(200):
-            perm = rng.permutation(n)
-            if not np.any(lab[perm] == lab):
-                break
-        else:
-            shuffled = rng.permutation(n)
-            dense = np.unique(lab, return_inverse=True)[1]
-            class_order = rng.permutation(int(dense.max()) + 1)
-            order = shuffled[np.argsort(class_order[dense[shuffled]], kind="stable")]
-            m = int(counts.max())
-            perm = np.empty(n, dtype=np.int64)
-            perm[order] = order[(np.arange(n) + m) % n]
-        out[r] = perm
-    return torch.from_numpy(out)

@@ -21,7 +21,8 @@ and says which parts decided it (mixed: the parts decided differently).
     est = unit_interval(diff, units={"source": src, "target": tgt}, pools={"source": "image", "target": "image"})
     v = decide(est, rule)                   # Verdict(outcome='holds', reason='...', estimate=est)
     print(est.describe(), v.outcome)        # 0.064 [0.048, 0.083] (95% BCa ..., n = 220; 44 source, 44 target)
-    combine({"mnist": v, "imagenet": decide(None, rule)}).reason   # 'decided by mnist ...; imagenet not evaluated'
+    combine({"mnist": v, "imagenet": decide(None, rule)}).reason   # 'decided by mnist (holds); not deciding: imagenet
+                                                                   #  (not evaluated)'
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["LEVEL", "MIN_UNITS", "RESAMPLES", "HOLDS", "DOES_NOT_HOLD", "INCONCLUSIVE", "EQUIVALENT",
-           "UNDERPOWERED", "NOT_EVALUATED", "MIXED", "OUTCOMES", "Estimate", "unit_interval", "unit_intervals", "paired_interval",
+__all__ = ["LEVEL", "MIN_UNITS", "RESAMPLES", "MAX_EMPTY", "HOLDS", "DOES_NOT_HOLD", "INCONCLUSIVE", "EQUIVALENT",
+           "UNDERPOWERED", "NOT_EVALUATED", "MIXED", "OUTCOMES", "Estimate", "unit_interval", "unit_intervals",
+           "paired_interval",
            "weighted_mean", "expanded_level", "proportion_interval", "wilson_interval", "McNemar", "mcnemar_exact",
            "holm", "Rule", "Verdict", "decide", "combine"]
 
@@ -44,6 +46,7 @@ LEVEL = 0.95  # the level of every interval a verdict rests on
 MIN_UNITS = 10  # default fewest independent units for a verdict (coverage is shown from 10 units up)
 RESAMPLES = 4999  # bootstrap replicates per interval
 CLIP = 1e-12  # Wilson bounds this close to 0 or 1 are float noise of 0 or 1
+MAX_EMPTY = 0.01  # at most this share of replicates may weigh no observation (each then counts as the estimate)
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, EQUIVALENT = "holds", "does not hold", "inconclusive", "equivalent"
 UNDERPOWERED, NOT_EVALUATED, MIXED = "underpowered", "not evaluated", "mixed"
@@ -124,7 +127,8 @@ def unit_interval(values, units: Mapping[str, Sequence[Any]] | None = None, *,
     pool's number of units (`expanded_level`; False gives the textbook interval, for comparison).
     `statistic(values (R, n), weights (R, M, n)) -> (R, M)`, like `weighted_mean`.
     Below 2 units, or when every value is equal, the interval is NaN and `note` says why (never a zero width).
-    NaN or inf values are refused.
+    A replicate that weighs no observation (few units, sparse designs) counts as the estimate, noted; more than
+    `MAX_EMPTY` of them: no interval. NaN or inf values are refused.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1:
@@ -187,7 +191,15 @@ def unit_intervals(values, units: Mapping[str, Sequence[Any]] | None = None, *,
         sums = np.stack([np.bincount(flat_cell, weights=row, minlength=cells) for row in v]).reshape(-1, *shape)
         n_cell = np.bincount(flat_cell, minlength=cells).reshape(shape).astype(np.float64)
 
+    empty = np.zeros(r_count, dtype=np.int64)  # replicates per dataset that weighed no observation
+
     def stat(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        est = _stat(*samples).reshape(r_count, -1)
+        undefined = np.isnan(est)
+        empty[:] += undefined.sum(1)
+        return np.where(undefined, value[:, None], est).reshape(samples[0].shape[:-1])
+
+    def _stat(*samples: np.ndarray) -> np.ndarray:
         lead = samples[0].shape[:-1]  # (R, ...) for R datasets
         mult = {}
         for p, s in zip(pool_names, samples):
@@ -223,10 +235,14 @@ def unit_intervals(values, units: Mapping[str, Sequence[Any]] | None = None, *,
         lo, hi = float(lows[i]), float(highs[i])
         if np.all(v[i] == v[i, 0]):
             out.append(make(i, math.nan, math.nan, f"no interval: all {n_obs} values equal {v[i, 0]:.6g}"))
+        elif empty[i] > MAX_EMPTY * resamples:
+            out.append(make(i, math.nan, math.nan, f"no interval: {empty[i]} of {resamples} replicates drew no "
+                                                   "observation (too few units for this design)"))
         elif not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
             out.append(make(i, math.nan, math.nan, "no interval: the bootstrap distribution is degenerate"))
         else:
-            out.append(make(i, lo, hi))
+            out.append(make(i, lo, hi, f"{empty[i]} replicate(s) drew no observation and count as the estimate"
+                            if empty[i] else ""))
     return out
 
 
@@ -392,7 +408,7 @@ def decide(estimate: Estimate | None, rule: Rule) -> Verdict:
     """The rule's outcome for one estimate (None: not evaluated)."""
     if estimate is None:
         return Verdict(NOT_EVALUATED, "no data for this rule")
-    short = rule.power_check(estimate.min_units)
+    short = rule.power_check(estimate.min_units, " / ".join(f"{p}s" for p in estimate.pools) or "units")
     if short:
         return Verdict(UNDERPOWERED, short, estimate)
     if not estimate.has_interval:
@@ -431,8 +447,8 @@ def combine(parts: Mapping[str, Verdict | str]) -> Verdict:
             outcome = MIXED
         else:
             outcome = INCONCLUSIVE
-    by = "; ".join(f"{o}: {', '.join(k for k, v in decided.items() if v == o)}" for o in dict.fromkeys(
+    by = "; ".join(f"{', '.join(k for k, v in decided.items() if v == o)} ({o})" for o in dict.fromkeys(
         decided.values()))
-    rest = "; ".join(f"{k} {o}" for k, o in undecided.items())
-    reason = (f"decided by {by}" if decided else "no part decided") + (f" (not deciding: {rest})" if rest else "")
+    rest = ", ".join(f"{k} ({o})" for k, o in undecided.items())
+    reason = (f"decided by {by}" if decided else "no part decided") + (f"; not deciding: {rest}" if rest else "")
     return Verdict(outcome, reason, None, outcomes)

@@ -27,9 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 Renderer = Callable[[Any], str]
 
+
+def _paper_claims(data: Any) -> str:
+    from .paper_verdicts import render_markdown  # imported when rendered: --check stays light
+
+    return render_markdown(data)
+
+
 # NAME -> (results file relative to the repository, renderer of its parsed JSON). Register a block here, next to
 # nothing else: the renderer lives in the module that owns the results.
-BLOCKS: dict[str, tuple[str, Renderer]] = {}
+BLOCKS: dict[str, tuple[str, Renderer]] = {
+    "paper-claims": ("docs/results/claims.json", _paper_claims),  # blindspots paper --results-to <this file>
+}
 
 
 def _register() -> None:

@@ -1,7 +1,7 @@
 """The LST paper's Tables 1 and 2 on any list of models and an image pool, resumable and shardable.
 
-Protocol (Balasubramanian et al. 2023): the pool is the images every model classifies correctly (confidence >=
-`--min-confidence`; 0.6 in the paper); 5 rounds, each a derangement sending every source to a target of another
+Protocol (Balasubramanian et al. 2023): the pool is the images every model classifies correctly (confidence >
+`--min-confidence`, strict; 0.6 in the paper); 5 rounds, each a derangement sending every source to a target of another
 class; LST with the paper's settings (`LSTConfig.paper()`: step 1e-2, 400 iterations, threshold 0.2, adversarial
 step 2e-3). Table 1 per model: RMS-l2, l-inf, SSIM (and LPIPS with `--lpips-weights`) between LST outputs and
 targets, and the final source confidence, mean +- std over rounds and sources. Table 2 per model: the triangle-hull
@@ -36,8 +36,9 @@ from blindspots.cli import add_common_options, model_call_options, positive_int
 
 HELP = "the LST paper's Table 1 (distances, SSIM, confidence) and Table 2 (triangle hulls) for any models"
 
-__all__ = ["TABLE1_FIELDS", "TABLE2_FIELDS", "hull_metric", "lpips_metric", "run_study", "build_tables",
-           "write_report", "add_arguments", "run", "main"]
+__all__ = ["TABLE1_FIELDS", "TABLE2_FIELDS", "HULL_DELTAS", "hull_deltas", "table2_fields", "hull_metric",
+           "lpips_metric", "run_study", "build_tables",
+           "write_report", "run_tables", "open_unit_float", "add_arguments", "run", "main"]
 
 TABLE1_FIELDS = {"rms_l2": "RMS-l2", "linf": "l-inf", "ssim_paper": "SSIM (Gaussian 11, sigma 1.5; the paper's)",
                  "ssim": "SSIM (7x7 uniform; scikit-image)", "lpips": "LPIPS",
@@ -50,20 +51,40 @@ TABLE1_FIELDS = {"rms_l2": "RMS-l2", "linf": "l-inf", "ssim_paper": "SSIM (Gauss
 TABLE2_FIELDS = {"p_src": "p_src", "hull_mean": "hull mean p", "edge_mean": "source-edge mean p",
                  "edge_min": "worst source-edge min (p - p_src)", "fraction@0": "frac p>=p_src",
                  "fraction@0.1": "frac p>=p_src-0.1", "fraction@0.2": "frac p>=p_src-0.2",
-                 "fraction@0.3": "frac p>=p_src-0.3"}
+                 "fraction@0.3": "frac p>=p_src-0.3", "side_source": "triangle side source-output (RMS-l2)",
+                 "side_outputs": "triangle side output-output (RMS-l2)"}
+HULL_DELTAS = (0.0, 0.1, 0.2, 0.3)
 
 
-def hull_metric(grid_step: float = 0.1, deltas: Sequence[float] = (0.0, 0.1, 0.2, 0.3), batch_size: int = 256
+def hull_deltas(threshold: float) -> tuple[float, ...]:
+    """The deltas Table 2 reports: the paper's four and the run's own threshold (any value in (0, 1))."""
+    return tuple(sorted(set(HULL_DELTAS) | {float(threshold)}))
+
+
+def table2_fields(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """TABLE2_FIELDS plus a column for each delta of `rows` (summaries or records) beyond the paper's four."""
+    keys = sorted({k.removesuffix("_mean") for r in rows for k in r if k.startswith("fraction@")} - set(TABLE2_FIELDS))
+    return {**TABLE2_FIELDS, **{k: f"frac p>=p_src-{k.removeprefix('fraction@')}" for k in keys
+                                if not k.endswith(("_std", "_median", "_n"))}}
+
+
+def hull_metric(grid_step: float = 0.1, deltas: Sequence[float] = HULL_DELTAS, batch_size: int = 256
                 ) -> st.SourceMetric:
-    """Per-source triangle-hull statistics (paper Table 2) as a source metric for `run_pair_protocol`."""
+    """Per-source triangle-hull statistics (paper Table 2) as a source metric for `run_pair_protocol`, with the
+    triangles' size: mean RMS-l2 from the source to its outputs and between its outputs."""
     from blindspots.geometry import hull_statistics
+    from blindspots.metrics import rms_l2
 
     def metric(model: nn.Module, sources: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor, **_: Any):
         res = hull_statistics(model, sources, outputs, labels, grid_step, deltas, batch_size=batch_size)
         per = res.per_source()
-        return [{k: float(v[i]) for k, v in per.items()} | {"pairs": int(res.pairs.shape[0]),
-                                                             "probes_per_triangle": int(res.grid.shape[0])}
-                for i in range(sources.shape[0])]
+        s, k = outputs.shape[:2]
+        i, j = torch.triu_indices(k, k, 1)
+        side_src = rms_l2(outputs.flatten(0, 1), sources.repeat_interleave(k, 0)).view(s, k).mean(1)
+        side_out = rms_l2(outputs[:, i].flatten(0, 1), outputs[:, j].flatten(0, 1)).view(s, -1).mean(1)
+        return [{k_: float(v[n]) for k_, v in per.items()} | {
+            "pairs": int(res.pairs.shape[0]), "probes_per_triangle": int(res.grid.shape[0]),
+            "side_source": float(side_src[n]), "side_outputs": float(side_out[n])} for n in range(sources.shape[0])]
 
     return metric
 
@@ -105,20 +126,27 @@ def run_study(
     progress: bool = False,
     report: bool = True,
     restart: bool = False,
+    pool: Sequence[int] | torch.Tensor | None = None,
 ) -> dict[str, Any] | None:
     """Run (or resume) the protocol for every model into `out`; on rank 0 return the tables (None elsewhere).
 
     `models` are (name, classifier) pairs already on `info.device`. The run store's key holds every model's
     weights, the images, the protocol, the config and `settings` (e.g. the command line): a rerun with any of them
-    changed into the same folder is refused naming what changed (`restart=True` discards the old run).
+    changed into the same folder is refused naming what changed (`restart=True` discards the old run). `pool`:
+    the source indices when the caller chose them (e.g. a second run on the same pool); by default the images
+    every model classifies correctly with confidence > `min_confidence`.
     """
     config = config or LSTConfig.paper()
     protocol = protocol or st.ProtocolConfig()
     info = info or st.DistInfo()
     out = Path(out)
-    pool, labels_t = st.select_pool([m for _, m in models], images, labels, min_confidence=min_confidence)
+    if hull and protocol.rounds < 2:
+        raise ValueError(f"rounds {protocol.rounds}: the hull statistics (Table 2) need >= 2 rounds, two LST outputs "
+                         "per source for a triangle; give --rounds >= 2 or --no-hull")
+    chosen, labels_t = st.select_pool([m for _, m in models], images, labels, min_confidence=min_confidence)
+    pool = chosen if pool is None else torch.as_tensor(pool).long().flatten()
     if pool.numel() < 2:
-        raise ValueError(f"only {pool.numel()} image(s) are classified correctly by every model (min confidence "
+        raise ValueError(f"only {pool.numel()} image(s) are classified correctly by every model (confidence > "
                          f"{min_confidence}); the protocol needs at least 2 of different classes")
     targets = derangement_pairs(labels_t[pool], protocol.rounds, protocol.seed)
     full_settings = {"study": "lst_tables", "models": [n for n, _ in models], "config": config.to_dict(),
@@ -142,7 +170,7 @@ def _run(store, models, images, labels_t, pool, targets, out, config, protocol, 
     pair_metrics = {"ssim_paper": ssim_paper_metric}
     if lpips_weights is not None:
         pair_metrics["lpips"] = lpips_metric(lpips_weights)
-    source_metrics = {"hull": hull_metric(grid_step)} if hull else {}
+    source_metrics = {"hull": hull_metric(grid_step, hull_deltas(config.threshold))} if hull else {}
     mine: list[dict[str, Any]] = []
     for name, model in models:
         mine += st.run_pair_protocol(model, name, images, labels_t, pool, targets, store, config=config,
@@ -154,6 +182,8 @@ def _run(store, models, images, labels_t, pool, targets, out, config, protocol, 
     tables = build_tables(records, [n for n, _ in models])
     tables["pool"] = {"indices": pool.tolist(), "labels": labels_t[pool].tolist(),
                       "names": [image_names[i] for i in pool.tolist()] if image_names else None}
+    tables["labels"] = labels_t.tolist()  # of every image: the classes the protocol used
+    tables["targets"] = targets.tolist()  # (rounds, pool) positions in the pool: the pairs
     tables["skipped"] = [s for s, missing in (("hull statistics (--no-hull)", not hull),
                                               ("LPIPS (no weights given)", lpips_weights is None)) if missing]
     st.write_json(tables, out / "tables.json")
@@ -173,7 +203,7 @@ def build_tables(records: Sequence[dict[str, Any]], model_order: Sequence[str]) 
     lst = [r for r in records if r["kind"] == "lst"]
     hull = [r for r in records if r["kind"] == "hull"]
     t1 = sorted(st.summarize(lst, ["model"], list(TABLE1_FIELDS)), key=lambda r: order.get(r["model"], 1 << 30))
-    t2 = sorted(st.summarize(hull, ["model"], list(TABLE2_FIELDS)), key=lambda r: order.get(r["model"], 1 << 30))
+    t2 = sorted(st.summarize(hull, ["model"], list(table2_fields(hull))), key=lambda r: order.get(r["model"], 1 << 30))
     return {"table1": t1, "table2": t2, "pairs": len(lst), "hull_sources": len(hull)}
 
 
@@ -235,7 +265,7 @@ def write_report(out: Path, tables: dict[str, Any], records: Sequence[dict[str, 
                  model_order: Sequence[str]) -> Path:
     """report.html beside the records: both tables, example LST outputs and the hull fractions."""
     t1 = st.display_rows(tables["table1"], ["model"], TABLE1_FIELDS)
-    t2 = st.display_rows(tables["table2"], ["model"], TABLE2_FIELDS)
+    t2 = st.display_rows(tables["table2"], ["model"], table2_fields(tables["table2"]))
     sections: list[dict[str, Any]] = [
         {"text": f"{tables['pairs']} LST pairs over {len(tables['pool']['indices'])} correctly classified sources "
                  "(mean ± std over rounds and sources; n = pairs)."
@@ -277,10 +307,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "predictions, i.e. the pool is where all models agree)")
     p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
     p.add_argument("--size", type=positive_int, default=224)
-    p.add_argument("--min-confidence", type=float, default=0.0, help="pool: confidence needed (paper: 0.6)")
+    p.add_argument("--min-confidence", type=float, default=0.0,
+                   help="pool: confidence above this (strict; paper: 0.6)")
     p.add_argument("--rounds", type=positive_int, default=5)
     p.add_argument("--step-size", type=float, default=None)
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--threshold", type=open_unit_float, default=None, help="delta, in (0, 1) (paper: 0.2)")
     p.add_argument("--adv-eps", type=float, default=None)
     p.add_argument("--no-hull", action="store_true", help="skip Table 2")
     p.add_argument("--grid-step", type=float, default=0.1)
@@ -289,41 +320,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_options(p, "tables", iterations=None, batch_size=20, model_calls=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_tables(out: str | Path, models: str | Sequence[str] = "imagenet-lite0", *,
+               weights: Sequence[str | None] | None = None, images: str | Path | None = None,
+               labels: str | Path | None = None, limit: int | None = None, size: int = 224,
+               min_confidence: float = 0.0, rounds: int = 5, config: LSTConfig | None = None, hull: bool = True,
+               grid_step: float = 0.1, lpips_weights: str | Path | None = None, seed: int = 0, batch_size: int = 20,
+               device: str | None = None, progress: bool = False, restart: bool = False) -> dict[str, Any] | None:
+    """The `blindspots tables` study from Python: model specs (with local weight files, None for the spec's own),
+    an image folder (`images`, with a 'file,label' CSV `labels`) or scikit-image's photos, the protocol and LST
+    config (`LSTConfig.paper()` by default). Returns the tables on rank 0 (None on other ranks of torchrun)."""
     from blindspots.data import demo_photos, load_image_folder
 
-    info = st.init_distributed(args.device)
+    specs = [s for s in models.split(",") if s] if isinstance(models, str) else list(models)
+    weights = list(weights or [])
+    if len(weights) > len(specs):
+        raise ValueError(f"weights has {len(weights)} entries for {len(specs)} models")
+    weights += [None] * (len(specs) - len(weights))
+    config = config or LSTConfig.paper()
+    protocol = st.ProtocolConfig(rounds=rounds, seed=seed, pairs_per_batch=batch_size)
+    if hull and rounds < 2:  # before loading anything: run_study checks it too
+        raise ValueError(f"rounds {rounds}: the hull statistics (Table 2) need >= 2 rounds, two LST outputs per "
+                         "source for a triangle; give --rounds >= 2 or --no-hull")
+    info = st.init_distributed(device)
     try:
-        specs = [s for s in args.model.split(",") if s]
-        weights = (args.weights.split(",") if args.weights else [])
-        weights += [""] * (len(specs) - len(weights))
-        if len(weights) != len(specs):
-            raise ValueError(f"--weights has {len(weights)} entries for {len(specs)} models")
-        models = [(spec, load_classifier(spec, weights=w if w not in ("", "-") else None, device=info.device))
-                  for spec, w in zip(specs, weights)]
-        if args.images:
-            images, names = load_image_folder(args.images, args.size, args.limit)
+        nets = [(spec, load_classifier(spec, weights=w or None, device=info.device)) for spec, w in zip(specs, weights)]
+        if images:
+            x, names = load_image_folder(images, size, limit)
         else:
-            images, names = demo_photos(size=args.size)
-            images, names = images[:args.limit], names[:args.limit]
-        labels = _read_labels(args.labels, names) if args.labels else None
-        overrides = {k: v for k, v in (("iterations", args.iterations), ("step_size", args.step_size),
-                                       ("threshold", args.threshold), ("adv_eps", args.adv_eps)) if v is not None}
-        config = LSTConfig.paper(**overrides, **model_call_options(args))
-        protocol = st.ProtocolConfig(rounds=args.rounds, seed=args.seed, pairs_per_batch=args.batch_size)
-        settings = {"images": args.images or "skimage", "size": args.size, "weights": weights}
-        tables = run_study(models, images, labels, args.out, config=config, protocol=protocol,
-                           min_confidence=args.min_confidence, hull=not args.no_hull, grid_step=args.grid_step,
-                           lpips_weights=args.lpips_weights, image_names=names, info=info, settings=settings,
-                           progress=not args.quiet, restart=args.restart)
-        if tables is not None and not args.quiet:
-            print(st.markdown_table(st.display_rows(tables["table1"], ["model"], TABLE1_FIELDS)))
-            if tables["table2"]:
-                print()
-                print(st.markdown_table(st.display_rows(tables["table2"], ["model"], TABLE2_FIELDS)))
-            print(f"\nreport: {Path(args.out) / 'report.html'}")
+            x, names = demo_photos(size=size)
+            x, names = x[:limit], names[:limit]
+        y = _read_labels(labels, names) if labels else None
+        settings = {"images": str(images) if images else "skimage", "size": size, "weights": [w or "" for w in weights]}
+        return run_study(nets, x, y, out, config=config, protocol=protocol, min_confidence=min_confidence, hull=hull,
+                         grid_step=grid_step, lpips_weights=lpips_weights, image_names=names, info=info,
+                         settings=settings, progress=progress, restart=restart)
     finally:
         st.finish_distributed(info)
+
+
+def open_unit_float(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("iterations", args.iterations), ("step_size", args.step_size),
+                                   ("threshold", args.threshold), ("adv_eps", args.adv_eps)) if v is not None}
+    weights = [w if w not in ("", "-") else None for w in args.weights.split(",")] if args.weights else None
+    tables = run_tables(args.out, args.model, weights=weights, images=args.images, labels=args.labels,
+                        limit=args.limit, size=args.size, min_confidence=args.min_confidence, rounds=args.rounds,
+                        config=LSTConfig.paper(**overrides, **model_call_options(args)), hull=not args.no_hull,
+                        grid_step=args.grid_step, lpips_weights=args.lpips_weights, seed=args.seed,
+                        batch_size=args.batch_size, device=args.device, progress=not args.quiet, restart=args.restart)
+    if tables is not None and not args.quiet:
+        print(st.markdown_table(st.display_rows(tables["table1"], ["model"], TABLE1_FIELDS)))
+        if tables["table2"]:
+            print()
+            print(st.markdown_table(st.display_rows(tables["table2"], ["model"], table2_fields(tables["table2"]))))
+        print(f"\nreport: {Path(args.out) / 'report.html'}")
     return 0
 
 

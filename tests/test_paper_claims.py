@@ -1,63 +1,91 @@
-"""The paper-claims study: its verdict rules on hand-made records, and the study end to end on two analytic models
-whose hull fractions are known: a linear model (hyperplane level sets: every triangle of LST outputs stays
-confident) and a ball-complement model (spherical level sets: chords between outputs dip into the ball)."""
+"""The paper-claims study: its rules on hand-made records (outcomes per model, per group, overall; the threshold
+as a validity check), the study end to end on two analytic models whose hull fractions are known (a linear model:
+hyperplane level sets, every triangle stays confident; a ball-complement model: chords between outputs dip into the
+ball), and its command line's errors."""
 
 from __future__ import annotations
 
+import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from blindspots import Classifier, LSTConfig
+from blindspots import verdicts as vd
 from experiments import paper_claims as pc
+from experiments import paper_verdicts as pv
 
 
-def _pair(model, source, ssim, p0=0.9, p_end=0.85, round_=0):
-    return {"kind": "lst", "model": model, "source": source, "round": round_, "ssim_paper": ssim,
-            "initial_confidence": p0, "final_confidence": p_end}
+def _pair(model, source, ssim, p0=0.9, p_end=0.85, round_=0, n=20):
+    return {"kind": "lst", "model": model, "source": source, "target": (source + 1 + round_) % n, "round": round_,
+            "ssim_paper": ssim, "initial_confidence": p0, "final_confidence": p_end, "rms_l2": 0.1}
 
 
-def _hull(model, source, edge_min, frac):
+def _hull(model, source, edge_min=0.0, frac=0.9):
     return {"kind": "hull", "model": model, "source": source, "edge_min": edge_min, "fraction@0.2": frac}
 
 
-def test_claim_one_needs_the_threshold_kept_and_ssim_above_the_floor():
-    good = [_pair("a", s, 0.95 + 0.01 * (s % 3), round_=r) for s in range(20) for r in range(2)]
-    assert pc.claim_outputs_look_like_target(good, 0.2)["verdict"] == "holds"
-    lost = good + [_pair("a", 99, 0.99, p0=0.9, p_end=0.6)]  # one pair lost the source class: against the claim
-    assert pc.claim_outputs_look_like_target(lost, 0.2)["verdict"] == "does not hold"
-    blurry = [_pair("b", s, 0.3 + 0.01 * (s % 5)) for s in range(20)]
-    assert pc.claim_outputs_look_like_target(blurry, 0.2)["verdict"] == "does not hold"
-    assert pc.claim_outputs_look_like_target(good + blurry, 0.2)["verdict"] == "mixed"
-    row = pc.claim_outputs_look_like_target(good, 0.2)["rows"][0]
-    assert row["n"] == 20 and row["ci_low"] <= row["value"] <= row["ci_high"] and row["threshold_held"] == 1.0
+def _claim(claims, name):
+    return next(c for c in claims if c["claim"] == name)
 
 
-def test_claim_two_counts_sources_whose_worst_edge_stays_within_delta():
-    star = [_hull("a", s, -0.05, 0.9) for s in range(60)]
-    res = pc.claim_paths_star_like(star, 0.2)
-    assert res["verdict"] == "holds" and res["rows"][0]["value"] == 1.0
-    broken = [_hull("a", s, -0.5 if s % 2 else -0.05, 0.9) for s in range(60)]
-    res = pc.claim_paths_star_like(broken, 0.2)
-    assert res["verdict"] == "mixed" and res["rows"][0]["value"] == 0.5
-    assert pc.claim_paths_star_like([_hull("a", s, -0.5, 0.9) for s in range(60)], 0.2)["verdict"] == \
-        "does not hold"
+def test_claim_one_decides_per_model_with_images_resampled():
+    rng = np.random.default_rng(0)
+    good = [_pair("a", s, 0.95 + 0.02 * rng.random(), round_=r) for s in range(20) for r in range(2)]
+    blurry = [_pair("b", s, 0.3 + 0.05 * rng.random(), round_=r) for s in range(20) for r in range(2)]
+    claims = pv.evaluate_claims({"g": good + blurry}, {}, 0.2)
+    rows = {r["model"]: r for r in _claim(claims, "outputs_look_like_target")["rows"]}
+    assert rows["a"]["outcome"] == vd.HOLDS and rows["b"]["outcome"] == vd.DOES_NOT_HOLD
+    assert rows["a"]["n"] == 40 and rows["a"]["units"] == {"source": 20, "target": 20}
+    assert rows["a"]["ci_low"] < rows["a"]["value"] < rows["a"]["ci_high"]
+    assert _claim(claims, "outputs_look_like_target")["groups"]["g"]["outcome"] == vd.MIXED
+    few = [_pair("a", s, 0.99 - 0.01 * s, n=3) for s in range(3)]  # 3 images: the README's ImageNet case
+    row = _claim(pv.evaluate_claims({"g": few}, {}, 0.2), "outputs_look_like_target")["rows"][0]
+    assert row["outcome"] == vd.UNDERPOWERED and row["reason"] == "underpowered: needs n >= 10 images (has 3)"
 
 
-def test_claim_three_is_a_paired_difference_per_architecture():
-    recs = [_hull("cnn", s, 0, 0.5 + 0.01 * s) for s in range(30)] + [_hull("cnn-at", s, 0, 0.7 + 0.01 * s)
-                                                                        for s in range(30)]
-    vit_same = [_hull("vit", s, 0, 0.5) for s in range(30)] + [_hull("vit-at", s, 0, 0.5) for s in range(30)]
+def test_the_threshold_is_a_validity_check_that_raises():
+    ok = [_pair("a", s, 0.9) for s in range(5)]
+    assert pv.check_threshold(ok, 0.2) == {"pairs": 5, "violations": 0, "delta": 0.2, "tolerance": pv.THRESHOLD_TOL}
+    with pytest.raises(pv.RunInvalid, match="1 of 6 LST pairs lost more than delta = 0.2"):
+        pv.check_threshold(ok + [_pair("a", 9, 0.9, p0=0.9, p_end=0.6)], 0.2)
+
+
+def test_claim_two_is_underpowered_below_the_n_its_wilson_bound_needs():
+    star = [_hull("a", s, -0.05) for s in range(60)]
+    half = [_hull("b", s, -0.5 if s % 2 else -0.05) for s in range(60)]
+    rows = {r["model"]: r for r in _claim(pv.evaluate_claims({"g": star + half}, {}, 0.2), "paths_star_like")["rows"]}
+    assert rows["a"]["outcome"] == vd.HOLDS and rows["a"]["value"] == 1.0 and rows["a"]["ci_high"] == 1.0
+    assert rows["b"]["outcome"] == vd.DOES_NOT_HOLD and rows["b"]["value"] == 0.5
+    three = _claim(pv.evaluate_claims({"g": [_hull("a", s, -0.05) for s in range(3)]}, {}, 0.2), "paths_star_like")
+    assert three["rows"][0]["outcome"] == vd.UNDERPOWERED and "needs n >= 35" in three["rows"][0]["reason"]
+    assert pv.power_lines("imagenet", {"imagenet-lite0": 3}, ["paths_star_like"]) == [
+        "imagenet (imagenet-lite0): paths_star_like: underpowered: needs n >= 35 sources (has 3)"]
+
+
+def test_claim_three_has_a_margin_for_equivalent_and_a_verdict_per_group():
     pairs = [("CNN", "cnn", "cnn-at"), ("ViT", "vit", "vit-at")]
-    res = pc.claim_at_hull_larger(recs, pairs[:1], 0.2)
-    assert res["verdict"] == "holds" and res["rows"][0]["value"] == pytest.approx(0.2)
-    res = pc.claim_at_hull_larger(recs + vit_same, pairs, 0.2)
-    assert res["verdict"] == "mixed"  # the CNN shows it, the ViT (no difference at all) does not
-    assert res["rows"][1]["value"] == 0.0 and res["rows"][1]["ci_low"] == res["rows"][1]["ci_high"] == 0.0
-    worse = [_hull("cnn-at", s, 0, 0.3) for s in range(30)] + [_hull("cnn", s, 0, 0.6) for s in range(30)]
-    assert pc.claim_at_hull_larger(worse, pairs[:1], 0.2)["verdict"] == "does not hold"
+    larger = [_hull("vit", s, frac=0.5 + 0.01 * s) for s in range(30)] + \
+        [_hull("vit-at", s, frac=0.7 + 0.01 * s + 0.005 * (s % 3)) for s in range(30)]
+    same = [_hull("cnn", s, frac=1.0) for s in range(30)] + \
+        [_hull("cnn-at", s, frac=1.0 - 0.002 * (s % 2)) for s in range(30)]  # the issue's 0.998-1.0 case
+    claim = _claim(pv.evaluate_claims({"mnist": larger + same, "imagenet": []}, {"mnist": pairs}, 0.2),
+                   "at_hull_larger")
+    rows = {r["model"]: r for r in claim["rows"]}
+    assert rows["ViT: vit-at - vit"]["outcome"] == vd.HOLDS
+    assert rows["ViT: vit-at - vit"]["value"] == pytest.approx(0.2 + 0.005, abs=0.002)
+    assert rows["CNN: cnn-at - cnn"]["outcome"] == vd.EQUIVALENT  # not a decisive "does not hold"
+    assert claim["groups"]["mnist"]["outcome"] == vd.MIXED and claim["groups"]["imagenet"]["outcome"] == \
+        vd.NOT_EVALUATED
+    assert claim["overall"] == {"outcome": vd.MIXED, "reason": "decided by mnist (mixed); not deciding: imagenet "
+                                                              "(not evaluated)"}
+    worse = [_hull("cnn-at", s, frac=0.3 + 0.01 * s) for s in range(30)] + \
+        [_hull("cnn", s, frac=0.6 + 0.01 * s) for s in range(30)]
+    rows = _claim(pv.evaluate_claims({"m": worse}, {"m": pairs}, 0.2), "at_hull_larger")["rows"]
+    assert [r["outcome"] for r in rows] == [vd.DOES_NOT_HOLD]
 
 
 class _Linear(nn.Module):
@@ -106,21 +134,116 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
     x, y = _images(w)
     for m in models.values():
         assert (m.predict(x)[0] == y).all()
-    group = pc.Group(("ball", "linear"), (("toy", "ball", "linear"),), lambda limit, seed, size: (x, y, None))
-    config = LSTConfig.paper(iterations=60, step_size=0.05, threshold=0.1, adv_eps=0.0)
+    group = pc.Group(("ball", "linear"), (("toy", "ball", "linear"),), lambda nets, limit, seed, size, p: (x, y, None))
+    config = LSTConfig.paper(iterations=60, step_size=0.05, threshold=0.15, adv_eps=0.0)  # a delta off the grid
+    said: list[str] = []
     result = pc.run_claims(tmp_path, {"toy": group}, rounds=2, config=config, min_confidence=0.6, models=models,
-                           batch_size=24)
+                           batch_size=24, results_to=tmp_path / "docs" / "claims.json", log=said.append)
+    assert said == ["toy (ball, linear): paths_star_like: underpowered: needs n >= 35 sources (has 12)"]
     claims = {c["claim"]: c for c in result["claims"]}
     at = claims["at_hull_larger"]["rows"][0]
     assert at["at"] == pytest.approx(1.0)  # the linear model's triangles stay confident everywhere
     assert at["normal"] < 0.95  # chords between points of a sphere pass inside the ball
-    assert claims["at_hull_larger"]["verdict"] == "holds"
-    assert {r["model"] for r in claims["outputs_look_like_target"]["rows"]} == {"ball", "linear"}
-    assert all(r["threshold_held"] == 1.0 for r in claims["outputs_look_like_target"]["rows"])
+    assert at["outcome"] == vd.HOLDS and at["units"] == {"source": 12} and at["measure"].endswith("0.15")
+    matched = claims["at_hull_larger_matched"]["rows"][0]
+    assert matched["setting"] == "matched distance" and matched["at"] == pytest.approx(1.0)
+    left = [matched["ball_rms_to_target"], matched["linear_rms_to_target"]]  # both taken at one distance per pair
+    assert max(left) / min(left) < 1.1 and matched["ball_side_source"] > 0 and matched["linear_side_outputs"] > 0
+    from blindspots.store import RunStore
+
+    per_pair: dict = {}
+    for r in RunStore.read_records(tmp_path / "toy" / "matched-toy"):
+        if r["kind"] == "lst":
+            per_pair.setdefault((r["round"], r["source"]), []).append(r)
+    assert len(per_pair) == 24 and all(len(v) == 2 for v in per_pair.values())
+    for a, b in per_pair.values():  # one model ended at the pair's distance, the other's path passed it there
+        assert a["matched_rms_l2"] == b["matched_rms_l2"]
+        assert sorted([a["rms_l2"] / a["matched_rms_l2"], b["rms_l2"] / b["matched_rms_l2"]])[1] == \
+            pytest.approx(1.0)
+        assert min(a["rms_l2"], b["rms_l2"]) / a["matched_rms_l2"] > 0.75  # within 4 steps of 5% below it
+    assert claims["paths_star_like"]["overall"]["outcome"] == vd.UNDERPOWERED
     saved = json.loads((tmp_path / "claims.json").read_text())
-    assert [c["claim"] for c in saved["claims"]] == list(pc.CLAIM_RULES)
-    assert (tmp_path / "claims.csv").read_text().count("\n") == 1 + 2 + 2 + 1
+    assert [c["claim"] for c in saved["claims"]] == list(pv.RULES)
+    assert saved["validity"]["violations"] == 0 and saved["constants"]["HULL_MARGIN"] == pv.HULL_MARGIN
+    assert json.loads((tmp_path / "docs" / "claims.json").read_text()) == saved
+    with open(tmp_path / "claims.csv", newline="") as fh:  # numbers, not display strings
+        table = list(csv.DictReader(fh))
+    assert len(table) == sum(len(c["rows"]) for c in saved["claims"])
+    assert [float(r["value"]) for r in table if r["claim"] == "at_hull_larger"] == [pytest.approx(at["value"])]
+    text = pv.render_markdown(saved)
+    assert "| at_hull_larger | toy | toy: linear - ball |" in text and "HULL_MARGIN = 0.02" in text
+    assert "paths_star_like: underpowered: needs n >= 35 sources (has 12)" in text
+    assert "| toy | matched distance | linear |" in text  # claim 3's triangles, both settings
     assert (tmp_path / "triangles.png").read_bytes()[:4] == b"\x89PNG"
     html = (tmp_path / "report.html").read_text()
     assert html.index("Claims of the paper") < html.index("toy: Table 1") < html.index("Settings")
-    assert len(result["tables"]["toy"]["table1"]) == 2 and len(result["tables"]["toy"]["table2"]) == 2
+
+
+def _cli(capsys, *argv):
+    code = pc.main(list(argv))
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_cli_errors_are_one_line_before_any_work(tmp_path, capsys):
+    """ISSUE22: paper-empty-groups -- `--groups ,` names the choices (not a missing .tmp file); --amp and
+    --rounds 1 are refused before a model loads."""
+    out = tmp_path / "run"
+    assert _cli(capsys, "--groups", ",", "--out", str(out)) == (
+        2, ["blindspots paper: error: --groups ',': choose one or more of mnist, imagenet"])
+    code, err = _cli(capsys, "--groups", "mnist", "--amp", "--out", str(out))
+    assert code == 2 and len(err) == 1 and "amp: refused for this study" in err[0]
+    code, err = _cli(capsys, "--groups", "mnist", "--rounds", "1", "--out", str(out))
+    assert code == 2 and err == ["blindspots paper: error: rounds 1: the claims need >= 2 rounds (a triangle needs "
+                                 "two LST outputs per source)"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value, ok", [("0.05", True), ("0.15", True), ("0.999", True), ("0", False), ("1", False),
+                                       ("1.5", False)])
+def test_threshold_takes_any_value_in_the_open_unit_interval(value, ok, tmp_path, capsys):
+    from blindspots.cli import Parser
+
+    p = Parser(prog="blindspots paper")
+    pc.add_arguments(p)
+    if ok:
+        assert p.parse_args(["--threshold", value]).threshold == float(value)
+    else:
+        with pytest.raises(SystemExit):
+            p.parse_args(["--threshold", value])
+        assert "expected a number in (0, 1)" in capsys.readouterr().err
+
+
+class _Unsure(nn.Module):
+    """Ten classes, logits all zero: p = 0.1 for every photo, so no photo passes p > 0.6."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 10) + 0 * self.dummy
+
+
+def test_tiny_photos_fail_with_a_clear_error(tmp_path, monkeypatch):
+    """ISSUE22: paper-photo-size-8 -- a photo size at which no photo keeps p > 0.6 names the model, the count and
+    the size, instead of 'images is empty'."""
+    import blindspots.photos
+
+    monkeypatch.setattr(blindspots.photos, "real_photos", lambda size: (torch.rand(5, 3, size, size), list("abcde")))
+    group = pc.Group(("unsure",), (), pc._photo_images, per_model=True)
+    with pytest.raises(ValueError, match=r"imagenet: unsure puts 0 of 5 photos in a class with p > 0.6 at 8 px"):
+        pc.run_claims(tmp_path / "run", {"imagenet": group}, models={"unsure": Classifier(_Unsure(), name="unsure")},
+                      photo_size=8)
+    assert not (tmp_path / "run").exists()
+
+
+def test_tables_with_one_round_and_hulls_fail_before_lst(tmp_path, capsys):
+    """ISSUE22: tables-rounds-1 -- Table 2 needs two LST outputs per source: refused before any model loads or LST
+    runs (it used to fail in the hull statistics after LST)."""
+    from experiments import lst_tables
+
+    with pytest.raises(ValueError, match="rounds 1: the hull statistics"):
+        lst_tables.run_tables(tmp_path / "t", "no-such-model", rounds=1)  # fails before the unknown model loads
+    assert lst_tables.main(["--rounds", "1", "--out", str(tmp_path / "t")]) == 2
+    assert "need >= 2 rounds" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

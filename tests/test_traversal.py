@@ -278,14 +278,42 @@ def test_derangements_pair_other_classes():
     assert torch.equal(pairs, derangement_pairs(labels, rounds=5, seed=0))
 
 
-def test_derangements_with_repeated_classes_use_fallback():
-    labels = torch.tensor([0] * 20 + [1] * 20)  # rejection sampling essentially never succeeds here
-    pairs = derangement_pairs(labels, rounds=3, seed=1)
+def test_derangements_never_repeat_a_pair_and_never_map_a_class_as_a_block():
+    labels = torch.arange(10).repeat_interleave(6)  # 60 balanced MNIST-like sources: rejection fails in later rounds
+    pairs = derangement_pairs(labels, rounds=5, seed=0)
     for row in pairs:
-        assert sorted(row.tolist()) == list(range(40))
-        assert not bool((labels[row] == labels).any())
+        assert sorted(row.tolist()) == list(range(60)) and not bool((labels[row] == labels).any())
+        for c in range(10):  # the old class-sorted cyclic fallback sent a whole class onto one target class
+            assert len(set(labels[row[labels == c]].tolist())) > 1
+    assert all(len(set(pairs[:, i].tolist())) == 5 for i in range(60))  # no source meets a target twice
+    two = torch.tensor([0] * 20 + [1] * 20)  # rejection essentially never succeeds: the Markov chain draws it
+    pairs = derangement_pairs(two, rounds=3, seed=1)
+    assert all(not bool((two[row] == two).any()) for row in pairs)
+    assert all(len(set(pairs[:, i].tolist())) == 3 for i in range(40))
     with pytest.raises(ValueError, match="more than half"):
         derangement_pairs(torch.tensor([0, 0, 0, 1]))
+    with pytest.raises(ValueError, match="3 rounds need 3 distinct targets"):
+        derangement_pairs(torch.tensor([0, 0, 1, 1]), rounds=3)
+
+
+@pytest.mark.parametrize("tries, draws", [(None, 576), (0, 384)], ids=["rejection", "markov-chain"])
+def test_derangements_are_uniform_over_valid_assignments(tries, draws):
+    """Chi-square on 2 rounds of a 5-image pool (classes 0,0,1,1,2): 16 valid first rounds, each leaving 3 valid
+    second rounds without a repeated pair, so the 48 valid (round 1, round 2) assignments are equally likely. The
+    chain starts from a fixed assignment, so this sees its mixing (with no moves it fails, p ~ 0)."""
+    from itertools import permutations
+
+    from scipy.stats import chisquare
+
+    labels = [0, 0, 1, 1, 2]
+    valid = [p for p in permutations(range(5)) if all(labels[p[i]] != labels[i] for i in range(5))]
+    cells = {(p, q): 0 for p in valid for q in valid if all(p[i] != q[i] for i in range(5))}
+    assert len(cells) == 48
+    kw = {} if tries is None else {"rejection_tries": tries}
+    for seed in range(draws):
+        pairs = derangement_pairs(labels, rounds=2, seed=seed, **kw)
+        cells[tuple(pairs[0].tolist()), tuple(pairs[1].tolist())] += 1  # KeyError: an invalid assignment
+    assert chisquare(list(cells.values())).pvalue > 0.001
 
 
 def test_labels_from_inference_mode_are_accepted():

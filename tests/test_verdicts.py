@@ -107,6 +107,19 @@ def test_degenerate_inputs_give_no_interval_and_underpowered(values, note):
     assert v.outcome == vd.UNDERPOWERED and note in v.reason
 
 
+def test_replicates_without_observations_are_counted_and_too_many_give_no_interval():
+    x = np.arange(10.0) % 3
+    sparse = vd.unit_interval(x[:5], {"source": np.arange(5), "target": np.arange(5) + 5},
+                              pools={"source": "image", "target": "image"})  # 5 pairs on 10 images: ~8% empty
+    assert math.isnan(sparse.low) and "replicates drew no observation (too few units" in sparse.note
+    assert vd.decide(sparse, vd.Rule("x", 0.0, min_units=2)).outcome == vd.UNDERPOWERED
+    src = np.repeat(np.arange(12), 2)
+    tgt = (src + np.tile([1, 5], 12)) % 12
+    dense = vd.unit_interval(np.sin(np.arange(24.0)), {"source": src, "target": tgt},
+                             pools={"source": "image", "target": "image"})
+    assert dense.has_interval and (dense.note == "" or "count as the estimate" in dense.note)
+
+
 def test_bad_inputs_are_refused_in_one_line():
     with pytest.raises(ValueError, match="1 NaN/inf of 3"):
         vd.unit_interval([0.1, float("nan"), 0.3])
@@ -170,8 +183,10 @@ def test_a_wilson_rule_says_underpowered_before_running_when_it_cannot_decide():
 
 def test_combine_names_the_parts_that_decided():
     v = vd.combine({"mnist": vd.DOES_NOT_HOLD, "imagenet": vd.UNDERPOWERED})
-    assert v.outcome == vd.DOES_NOT_HOLD and v.reason == "decided by does not hold: mnist (not deciding: imagenet " \
-                                                         "underpowered)"
+    assert v.outcome == vd.DOES_NOT_HOLD and v.reason == "decided by mnist (does not hold); not deciding: imagenet " \
+                                                         "(underpowered)"
+    v = vd.combine({"a": vd.HOLDS, "b": vd.INCONCLUSIVE, "c": vd.HOLDS, "d": vd.NOT_EVALUATED})
+    assert v.reason == "decided by a, c (holds); b (inconclusive); not deciding: d (not evaluated)"
     assert vd.combine({"a": vd.HOLDS, "b": vd.DOES_NOT_HOLD}).outcome == vd.MIXED
     assert vd.combine({"a": vd.HOLDS, "b": vd.INCONCLUSIVE}).outcome == vd.INCONCLUSIVE
     assert vd.combine({"a": vd.UNDERPOWERED, "b": vd.NOT_EVALUATED}).outcome == vd.UNDERPOWERED

@@ -75,7 +75,8 @@ SourceMetric = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], S
 @torch.no_grad()
 def select_pool(models: Sequence[Classifier], images: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None,
                 *, min_confidence: float = 0.0, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the images every model classifies correctly with confidence >= `min_confidence`, and the labels.
+    """Indices of the images every model classifies correctly with confidence > `min_confidence` (strict, as the
+    paper's p > 0.6), and the labels.
 
     Without labels, the first model's predictions serve as the labels (the pool is where all models agree).
     """
@@ -91,7 +92,7 @@ def select_pool(models: Sequence[Classifier], images: torch.Tensor, labels: torc
     labels_t = preds[0][0].clone() if labels is None else check_labels(labels, images.shape[0], None)
     keep = torch.ones(images.shape[0], dtype=torch.bool)
     for cls, conf in preds:
-        keep &= (cls == labels_t) & (conf >= min_confidence)
+        keep &= (cls == labels_t) & (conf > min_confidence)
     return keep.nonzero().flatten(), labels_t
 
 
