@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import attacks
-from attacks.training import adversarial_training, robust_accuracy
+from attacks.training import adversarial_training
 from blindspots.zoo import RECIPES, WEIGHTS_DIR, build_mnist_model, load_zoo_model, mnist_split
 
 __all__ = ["train_one", "score", "main"]
@@ -70,11 +70,12 @@ def score(name: str, out_dir: Path, progress: bool) -> dict[str, float]:
     model = load_zoo_model(name, out_dir / f"{name}.safetensors")
     x, y = mnist_split("test")
     t0 = time.perf_counter()
-    clean, pgd = robust_accuracy(model, x, y, attacks.PGD(model, EVAL_EPS, "linf", steps=20, seed=0,
-                                                          progress=progress))
-    _, apgd = robust_accuracy(model, x, y, attacks.APGD(model, EVAL_EPS, "linf", steps=50, seed=0,
-                                                        progress=progress))
-    return {"clean_accuracy": clean, "pgd_accuracy": pgd, "apgd_accuracy": apgd, "n_test": int(y.shape[0]),
+    pgd = attacks.evaluate_robustness(model, x, y, attacks=[attacks.PGD(model, EVAL_EPS, "linf", steps=20, seed=0)],
+                                      batch_size=500, progress=progress)
+    apgd = attacks.evaluate_robustness(model, x, y, attacks=[attacks.APGD(model, EVAL_EPS, "linf", steps=50, seed=0)],
+                                       batch_size=500, progress=progress)
+    return {"clean_accuracy": pgd.clean_accuracy, "pgd_accuracy": pgd.robust_accuracy,
+            "apgd_accuracy": apgd.robust_accuracy, "n_test": int(y.shape[0]),
             "score_seconds": time.perf_counter() - t0}
 
 

@@ -27,9 +27,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 Renderer = Callable[[Any], str]
 
+def _zoo_training(data: Any) -> str:
+    from blindspots.zoo import render_training_table
+
+    return render_training_table(data)
+
+
+def _zoo_robustness(data: Any) -> str:
+    from .robustness import render_zoo_robustness
+
+    return render_zoo_robustness(data)
+
+
 # NAME -> (results file relative to the repository, renderer of its parsed JSON). Register a block here, next to
-# nothing else: the renderer lives in the module that owns the results.
-BLOCKS: dict[str, tuple[str, Renderer]] = {}
+# nothing else: the renderer lives in the module that owns the results (imported when the block is rendered).
+BLOCKS: dict[str, tuple[str, Renderer]] = {
+    "zoo-training": ("blindspots/zoo/weights/mnist.json", _zoo_training),
+    "zoo-robustness": ("blindspots/zoo/weights/mnist_robustness.json", _zoo_robustness),
+}
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[A-Za-z0-9_.-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)",
                     re.DOTALL)
