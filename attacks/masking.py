@@ -24,6 +24,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from blindspots.models import model_device, probing
 
 from .ensemble import GRADIENT_FREE, EnsembleBudget, RobustnessResult, evaluate_robustness, make_attack
 
@@ -81,17 +84,20 @@ def masking_checks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     n = len(result)
     gen = torch.Generator().manual_seed(seed + 7)
     subset = torch.randperm(n, generator=gen)[:min(samples, n)].sort().values
-    m = subset.numel()
     x, y = images[subset], labels[subset]
-    opts = {"budget": budget, "batch_size": batch_size, "seed": seed, "device": device, "progress": progress,
+    opts = {"budget": budget, "batch_size": batch_size, "seed": seed, "device": device, "progress": False,
             "amp": amp, "compile": compile}
     gradient = [k for k, a in enumerate(result.attacks) if a not in GRADIENT_FREE]
     # survivors of every gradient attack (robust, or fooled only by a gradient-free one)
     white_survivor = result.clean_correct.cpu() & ~torch.isin(result.fooled_by.cpu(), torch.tensor(gradient))
-    checks = _sweep(model, x, y, subset, result, eps, norm, opts)
-    checks.append(_black_box(result, white_survivor))
-    checks.append(_more_effort(model, x, y, result.robust.cpu()[subset], eps, norm, budget, opts))
-    checks.append(_transfer(model, twin, twin_name, x, y, white_survivor[subset], eps, norm, opts))
+    with tqdm(total=3, disable=not progress, desc="masking checks", unit="check") as bar:
+        checks = _sweep(model, x, y, subset, result, eps, norm, opts)
+        bar.update(1)
+        checks.append(_black_box(result, white_survivor))
+        checks.append(_more_effort(model, x, y, result.robust.cpu()[subset], eps, norm, budget, opts))
+        bar.update(1)
+        checks.append(_transfer(model, twin, twin_name, x, y, white_survivor[subset], eps, norm, opts))
+        bar.update(1)
     return checks
 
 
@@ -158,8 +164,6 @@ def _transfer(model, twin, twin_name: str, x, y, white_survivor: torch.Tensor, e
     if twin is None:
         return Check(name, "not run", None, TRANSFER_EXTRA_MAX, m, "no normal twin given (--twin)")
     made = evaluate_robustness(twin, x, y, eps, norm, ["apgd-ce"], **opts)
-    from blindspots.models import model_device, probing
-
     with torch.no_grad(), probing(model):
         pred = model(made.images.to(model_device(model))).argmax(1).cpu()
     fooled = pred != y

@@ -6,9 +6,10 @@ scored on the 1,000 held-out digits: clean accuracy and robust accuracy at l-inf
 (20 steps, step 2.5 eps / 20, one random start) and `attacks.APGD` (APGD-CE, 50 steps). Everything goes into
 `mnist.json` beside the weights (recipes, seconds, accuracies).
 
-Measured (one thread, 2 cores shared with three other jobs, load average ~8): training 36 s (mnist-cnn), 481 s
-(mnist-cnn-at), 74 s (mnist-vit), 315 s (mnist-vit-at), 15 min in all, plus 2.6 min of scoring; on idle cores an
-AT epoch of the CNN took 8 s instead of 20-50 s. Weights rebuilt with another thread count or CPU differ in float
+Measured (one thread, 2 cores shared with three other jobs, load average ~8-9): training 36 s (mnist-cnn), 481 s
+(mnist-cnn-at), 74 s (mnist-vit), 1,221 s (mnist-vit-at: 24 epochs of 10-step PGD; its earlier 12 epochs of 5-step
+PGD took 315 s), 30 min in all, plus 2.6 min of scoring; on idle cores an AT epoch of the CNN took 8 s instead of
+20-50 s. Weights rebuilt with another thread count or CPU differ in float
 rounding (and so slightly in accuracy: mnist-cnn scored 0.968 with 2 threads, 0.972 with 1).
 
 Target (exit 1 when missed): each AT model's PGD and APGD robust accuracy exceeds its normal twin's by >= 0.2; an

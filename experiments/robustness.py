@@ -33,7 +33,7 @@ __all__ = ["ZOO_THREATS", "ZOO_RESULTS", "evaluate_model", "format_record", "zoo
 # report (Croce & Hein's FAB and AutoAttack papers, Rony et al.'s DDN): 2.0, about a tenth of the l2 size of a digit
 ZOO_THREATS = (("linf", 0.3), ("l2", 2.0))
 ZOO_RESULTS = WEIGHTS_DIR / "mnist_robustness.json"
-ZOO_COMMAND = "blindspots robust --zoo --threads 2 --quiet"
+ZOO_COMMAND = "blindspots robust --zoo --threads 1 --quiet"
 
 
 def weights_sha256(name: str) -> str:
