@@ -171,5 +171,7 @@ def render_zoo_robustness(data: dict[str, Any]) -> str:
              "(monotone, unbounded), black box vs white box, more steps and restarts, and for the AT models transfer "
              f"from the normal twin; tolerances: {tol}. CPU time: ensemble and checks, one process with "
              f"{', '.join(map(str, sorted(threads)))} torch thread(s) (wall times and load averages are in the file).",
-             "Flagged: " + "; ".join(flagged) + "." if flagged else "No check was flagged."]
+             "", ("Flagged: " + "; ".join(flagged) + ". Where a check is flagged, the attacks were stopped on some "
+              "samples by something other than robustness (the gradients, or a loss that misleads them): read that "
+              "row's robust accuracy as an upper bound.") if flagged else "No check was flagged."]
     return "\n".join(lines) + "\n"
