@@ -7,16 +7,25 @@ with the adversarial images, a success mask, per-sample l2 / l-inf norms and per
     result = attacks.PGD(model, eps=8 / 255, norm="linf", steps=10, seed=0)(images, labels)
     result.success, result.linf, result.forwards
 
-`attacks.minimal_epsilon(model, images, labels)` gives each sample's smallest flipping budget, the counterpart of
-Level Set Traversal distances (see `blindspots.sensitivity_profile`); `attacks.adversarial_training(model, (x, y),
-eps)` trains a model on PGD examples (Madry et al.; eps=0: normal training), resumable from per-epoch checkpoints.
+`attacks.evaluate_robustness(model, images, labels, eps, norm)` is the robust accuracy the field reports: the
+AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square) run in cascade, per-sample worst case; `attacks.masking_checks`
+puts the gradient-masking checks of Carlini et al. beside it. `attacks.minimal_epsilon(model, images, labels)` gives
+each sample's smallest flipping budget, the counterpart of Level Set Traversal distances (see
+`blindspots.sensitivity_profile`); `attacks.adversarial_training(model, (x, y), eps)` trains a model on PGD examples
+(Madry et al.; eps=0: normal training), resumable from per-epoch checkpoints.
 """
 
 from .apgd import APGD
+from .apgdt import APGDT
 from .base import Attack, AttackResult
 from .deepfool import DeepFool
+from .ensemble import EnsembleBudget, RobustnessResult, evaluate_robustness
+from .fab import FAB
+from .masking import Check, masking_checks
 from .pgd import FGSM, PGD, MinimalEpsilon, minimal_epsilon
-from .training import TrainResult, adversarial_training, robust_accuracy
+from .square import Square
+from .training import TrainResult, adversarial_training
 
-__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "DeepFool", "MinimalEpsilon", "minimal_epsilon",
-           "adversarial_training", "TrainResult", "robust_accuracy"]
+__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "FAB", "Square", "DeepFool", "MinimalEpsilon",
+           "minimal_epsilon", "evaluate_robustness", "EnsembleBudget", "RobustnessResult", "masking_checks", "Check",
+           "adversarial_training", "TrainResult"]

@@ -46,7 +46,8 @@ class APGD(Attack):
         steps: iterations per restart (each one forward + one backward; plus one for the start point).
         restarts: independent random starts; with early stop a restart only runs the samples not fooled yet.
         rho: the oscillation threshold of the step-size schedule (0.75 in the paper).
-        loss: "ce" (APGD-CE) or "margin".
+        loss: "ce" (APGD-CE), "margin" or "dlr" (Croce & Hein's difference-of-logits ratio, `attacks.base.dlr_loss`;
+            with `targets`, the targeted DLR; `attacks.APGDT` runs it over the top-k target classes).
         early_stop, seed, device, progress, channels_last, amp, compile: see `attacks.base.Attack`.
 
     Returns the first (early stop) or the last adversarial iterate of a sample; for a sample never fooled, its

@@ -30,10 +30,11 @@ from blindspots.traversal_probe import Probe
 from blindspots.validation import check_device, check_images, check_labels, check_logits, check_same_shape
 from blindspots.errors import InputError
 
-__all__ = ["AttackResult", "Attack", "per_sample_noise", "check_gradient", "compute_dtype", "NORMS", "LOSSES"]
+__all__ = ["AttackResult", "Attack", "per_sample_noise", "check_gradient", "compute_dtype", "dlr_loss", "NORMS",
+           "LOSSES"]
 
 NORMS = ("linf", "l2")
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "dlr")
 
 
 @dataclass
@@ -145,6 +146,23 @@ class AttackResult:
         }
 
 
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Difference-of-logits ratio (Croce & Hein 2020), per sample, to be ascended; invariant to shifting and scaling
+    the logits. Untargeted: (max_{i != y} z_i - z_y) / (z_pi1 - z_pi3); targeted: (z_t - z_y) / (z_pi1 - (z_pi3 +
+    z_pi4) / 2), with z_pi1 >= z_pi2 >= ... the sorted logits (so it needs 3, or 4, classes)."""
+    need = 3 if targets is None else 4
+    if logits.shape[1] < need:
+        raise ValueError(f"the {'targeted ' if targets is not None else ''}DLR loss needs at least {need} classes, "
+                         f"the model has {logits.shape[1]}; use loss='ce' or 'margin'")
+    top = logits.sort(1, descending=True).values
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    if targets is None:
+        other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+        return (other - own) / (top[:, 0] - top[:, 2] + 1e-12)
+    aim = logits.gather(1, targets[:, None]).squeeze(1)
+    return (aim - own) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 def _mix(seed: int, stream: int) -> int:
     """A distinct 63-bit seed for (sample seed, restart/stream), independent of the batch."""
     return (seed * 6364136223846793005 + stream * 1442695040888963407 + 1) % (2**63 - 1)
@@ -254,7 +272,10 @@ class _Run:
 
     def objective(self, logits: torch.Tensor, idx: torch.Tensor, loss: str) -> torch.Tensor:
         """Per-sample quantity the attack ascends: CE of the label (untargeted) or minus CE of the target
-        (targeted); "margin": best other logit minus the label's (untargeted) or target logit minus best other."""
+        (targeted); "margin": best other logit minus the label's (untargeted) or target logit minus best other;
+        "dlr": Croce & Hein's difference-of-logits ratio (`dlr_loss`)."""
+        if loss == "dlr":
+            return dlr_loss(logits, self.y[idx], self.t[idx] if self.targeted else None)
         cls = self.t[idx] if self.targeted else self.y[idx]
         if loss == "ce":
             ce = F.cross_entropy(logits, cls, reduction="none")

@@ -32,9 +32,10 @@ from blindspots.store import RunStore, StageRefused, fingerprint_data, fingerpri
 from blindspots.validation import check_images, check_labels
 
 from .base import NORMS, check_budget, check_choice, check_positive_int
+from .ensemble import evaluate_robustness
 from .pgd import PGD
 
-__all__ = ["adversarial_training", "TrainResult", "robust_accuracy", "load_checkpoint_weights"]
+__all__ = ["adversarial_training", "TrainResult", "load_checkpoint_weights"]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -94,25 +95,6 @@ def _num_batches(data: Any, tensors, batch_size: int) -> int | None:
     if isinstance(data, torch.utils.data.Dataset):
         return math.ceil(len(data) / batch_size)
     return len(data) if hasattr(data, "__len__") else None
-
-
-def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Any | None = None,
-                    batch_size: int = 500) -> tuple[float, float]:
-    """(clean accuracy, robust accuracy) of `model` on (images, labels): robust = correct and not fooled by
-    `attack` (an `attacks` instance; None gives robust = clean)."""
-    correct, robust = 0, 0
-    for i in range(0, images.shape[0], batch_size):
-        x, y = images[i:i + batch_size], labels[i:i + batch_size]
-        with torch.no_grad(), probing(model):
-            ok = model(x.to(_device(model))).argmax(1).cpu() == y.cpu()
-        correct += int(ok.sum())
-        if attack is None:
-            robust += int(ok.sum())
-        elif bool(ok.any()):
-            res = attack(x[ok], y[ok])
-            robust += int((~res.success).sum())
-    n = images.shape[0]
-    return correct / n, robust / n
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -362,9 +344,10 @@ def _run(clf, opt, store, data, tensors, eval_data, settings, *, eps, norm, step
                                   schedule=schedule, eps_warmup=eps_warmup, clean_weight=clean_weight, seed=seed,
                                   nb=nb, dev=dev)
             if eval_data is not None:
-                attack = PGD(clf, eps, norm, eval_steps, seed=seed, early_stop=True) if eps > 0 else None
-                record["eval_clean_accuracy"], record["eval_robust_accuracy"] = robust_accuracy(
-                    clf, eval_data[0], eval_data[1], attack)
+                attack = [PGD(clf, eps, norm, eval_steps, seed=seed, early_stop=True)] if eps > 0 else []
+                scored = evaluate_robustness(clf, eval_data[0], eval_data[1], attacks=attack, batch_size=500)
+                record["eval_clean_accuracy"], record["eval_robust_accuracy"] = scored.clean_accuracy, \
+                    scored.robust_accuracy
             else:
                 record["eval_clean_accuracy"] = record["eval_robust_accuracy"] = float("nan")
             history.append(record)

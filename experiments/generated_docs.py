@@ -29,25 +29,38 @@ Renderer = Callable[[Any], str]
 
 
 def _paper_claims(data: Any) -> str:
-    from .paper_verdicts import render_markdown  # imported when rendered: --check stays light
+    from .paper_verdicts import render_markdown
 
     return render_markdown(data)
 
 
+def _zoobot_results(data: Any) -> str:
+    from .zoobot.report import render_readme
+
+    return render_readme(data)
+
+
+def _zoo_training(data: Any) -> str:
+    from blindspots.zoo import render_training_table
+
+    return render_training_table(data)
+
+
+def _zoo_robustness(data: Any) -> str:
+    from .robustness import render_zoo_robustness
+
+    return render_zoo_robustness(data)
+
+
 # NAME -> (results file relative to the repository, renderer of its parsed JSON). Register a block here, next to
-# nothing else: the renderer lives in the module that owns the results.
+# nothing else: the renderer lives in the module that owns the results (imported when the block is rendered, so
+# --check stays light).
 BLOCKS: dict[str, tuple[str, Renderer]] = {
     "paper-claims": ("docs/results/claims.json", _paper_claims),  # blindspots paper --results-to <this file>
+    "zoobot-results": ("docs/results/zoobot.json", _zoobot_results),  # blindspots zoobot --results-to <this file>
+    "zoo-training": ("blindspots/zoo/weights/mnist.json", _zoo_training),
+    "zoo-robustness": ("blindspots/zoo/weights/mnist_robustness.json", _zoo_robustness),  # blindspots robust --zoo
 }
-
-
-def _register() -> None:
-    from experiments.zoobot.report import render_readme
-
-    BLOCKS["zoobot-results"] = ("docs/results/zoobot.json", render_readme)
-
-
-_register()
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[A-Za-z0-9_.-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)",
                     re.DOTALL)

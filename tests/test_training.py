@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import attacks
-from attacks.training import adversarial_training, load_checkpoint_weights, robust_accuracy
+from attacks.training import adversarial_training, load_checkpoint_weights
 from blindspots import Classifier
 from blindspots.store import RunChanged
 
@@ -39,9 +39,11 @@ def test_adversarial_training_buys_robustness_normal_training_does_not():
                   eval_data=(test[0][:16], test[1][:16]))  # the per-epoch evaluation is not what is tested here
     normal = adversarial_training(mlp(0), train, 0.0, **kwargs).model
     robust = adversarial_training(mlp(0), train, 0.15, **kwargs).model
-    attack = lambda m: attacks.PGD(m, 0.15, "linf", steps=20, seed=0)  # noqa: E731
-    clean_n, rob_n = robust_accuracy(normal, *test, attack(normal))
-    clean_a, rob_a = robust_accuracy(robust, *test, attack(robust))
+    def scores(m):
+        res = attacks.evaluate_robustness(m, *test, attacks=[attacks.PGD(m, 0.15, "linf", steps=20, seed=0)])
+        return res.clean_accuracy, res.robust_accuracy
+
+    (clean_n, rob_n), (clean_a, rob_a) = scores(normal), scores(robust)
     assert clean_n > 0.97 and clean_a > 0.8
     assert rob_n < 0.2 and rob_a > 0.8, (rob_n, rob_a)
 

@@ -66,6 +66,32 @@ def test_shipped_at_models_resist_pgd_their_normal_twins_do_not(arch, mnist_test
     assert robust[f"mnist-{arch}-at"] > robust[f"mnist-{arch}"] + 0.25, robust
 
 
+def test_the_robustness_table_was_measured_on_the_shipped_weights_with_the_default_budget():
+    """`mnist_robustness.json` (the README's table) belongs to these weights: a retrained model must be remeasured
+    with `blindspots robust --zoo`."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from blindspots.zoo import WEIGHTS_DIR
+
+    data = json.loads((WEIGHTS_DIR / "mnist_robustness.json").read_text())
+    assert list(data["models"]) == list(MNIST_MODELS)
+    assert data["budget"] == dataclasses.asdict(attacks.EnsembleBudget())
+    for name, entry in data["models"].items():
+        sha = hashlib.sha256((WEIGHTS_DIR / f"{name}.safetensors").read_bytes()).hexdigest()[:16]
+        assert entry["weights_sha256"] == sha, f"{name} changed since its table; rerun blindspots robust --zoo"
+        clean = zoo_accuracies()["models"][name]["clean_accuracy"]
+        assert entry["linf"]["clean_accuracy"] == pytest.approx(clean, abs=1.5e-3)  # up to batch-size rounding
+        for norm, eps in (("linf", 0.3), ("l2", 2.0)):
+            rec = entry[norm]
+            assert rec["n"] == 1000 and rec["eps"] == eps and rec["norm"] == norm
+            after = [a["accuracy_after"] for a in rec["attacks"]]
+            assert [a["name"] for a in rec["attacks"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+            assert rec["clean_accuracy"] >= after[0] and after == sorted(after, reverse=True)
+            assert after[-1] == rec["robust_accuracy"] and len(rec["checks"]) == 5
+
+
 @needs_mobilenet
 def test_mobilenetv2_puts_the_espresso_in_the_espresso_class():
     from blindspots.data import demo_photos
