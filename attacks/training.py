@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from blindspots.models import Classifier, probing
+from blindspots.models import Classifier
 from blindspots.errors import InputError, TrainingDiverged
 from blindspots.store import RunStore, StageRefused, fingerprint_data, fingerprint_model
 from blindspots.validation import check_images, check_labels

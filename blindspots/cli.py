@@ -19,7 +19,7 @@ import sys
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Iterator
 
 from .errors import InputError, UsageError

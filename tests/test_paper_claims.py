@@ -49,9 +49,17 @@ def test_claim_one_decides_per_model_with_images_resampled():
 
 def test_the_threshold_is_a_validity_check_that_raises():
     ok = [_pair("a", s, 0.9) for s in range(5)]
-    assert pv.check_threshold(ok, 0.2) == {"pairs": 5, "violations": 0, "delta": 0.2, "tolerance": pv.THRESHOLD_TOL}
+    assert pv.check_threshold(ok, 0.2) == {"pairs": 5, "violations": 0, "delta": 0.2, "tolerance": pv.THRESHOLD_TOL,
+                                           "start_outside": 0, "start_outside_ended_outside": 0}
     with pytest.raises(pv.RunInvalid, match="1 of 6 LST pairs lost more than delta = 0.2"):
         pv.check_threshold(ok + [_pair("a", 9, 0.9, p0=0.9, p_end=0.6)], 0.2)
+    # a pair whose noisy start already lay outside the level set is kept and counted beside, not a broken run
+    outside = {**_pair("a", 9, 0.9, p0=0.9, p_end=0.6), "start_outside": True}
+    checked = pv.check_threshold(ok + [outside, {**ok[0], "start_outside": True}], 0.2)
+    assert (checked["pairs"], checked["start_outside"], checked["start_outside_ended_outside"]) == (7, 2, 1)
+    line = pv._validity_line(checked)
+    assert line.startswith("Validity: all 5 of 7 LST outputs") and "2 noisy starts already lay outside" in line
+    assert "1 of them ended outside" in line
 
 
 def test_claim_two_is_underpowered_below_the_n_its_wilson_bound_needs():

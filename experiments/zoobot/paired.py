@@ -14,7 +14,7 @@ cutouts. See `RULE` for the verdict rule; `MIN_PROGRESS`, `EQUIVALENCE_MARGIN`, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -140,39 +140,13 @@ class Comparison:
                 "stall_only_a": m.only_a, "stall_only_b": m.only_b, "stall_p": m.p_value}
 
 
-MAX_REDRAWS = 4  # bootstrap draws tried when a replicate drew no pair at all (see unit_estimate)
-MAX_EMPTY_SHARE = 0.01  # above this share of empty replicates the design is too sparse to redraw: no interval
-
-
 def unit_estimate(d: np.ndarray, source_units: Sequence[Any], target_units: Sequence[Any], unit: str,
                   level: float) -> vd.Estimate:
-    """`verdicts.unit_interval` of the mean d over units, sources and targets drawn from one pool of units.
-
-    A replicate that draws no pair with both its units (possible with ~12 hosts; about 1 in 5,000 replicates on
-    the default real arm) has no mean, and one such replicate leaves `unit_interval` without an interval. Those
-    replicates are rejected: the whole draw is repeated with the next seed (at most MAX_REDRAWS times), which is
-    the bootstrap conditional on every replicate holding a pair; the note says how often. Where more than
-    MAX_EMPTY_SHARE of the replicates are empty (a design with two or three targets), nothing is redrawn."""
-    units = {"source": list(source_units), "target": list(target_units)}
-    pools = {"source": unit, "target": unit}
-    est = None
-    for attempt in range(MAX_REDRAWS + 1):
-        empty = [0]
-
-        def mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-            empty[0] += int((weights.sum(-1) == 0).sum())  # only a replicate can weigh nothing
-            return vd.weighted_mean(values, weights)
-
-        est = vd.unit_interval(d, units, pools=pools, level=level, seed=attempt, statistic=mean)
-        if not empty[0] or empty[0] > MAX_EMPTY_SHARE * vd.RESAMPLES:
-            break
-    assert est is not None
-    note = est.note
-    if empty[0]:
-        note = (note + "; " if note else "") + f"{empty[0]} of {vd.RESAMPLES} replicates drew no pair"
-    elif attempt:
-        note = (note + "; " if note else "") + f"redrawn {attempt} time(s): a replicate drew no pair"
-    return replace(est, note=note)
+    """`verdicts.unit_interval` of the mean d over units, sources and targets drawn from one pool of units. A
+    replicate that draws no pair with both its units (possible with ~12 hosts) counts as the estimate and is noted;
+    above `verdicts.MAX_EMPTY` of them (a design with two or three targets) there is no interval."""
+    return vd.unit_interval(d, {"source": list(source_units), "target": list(target_units)},
+                            pools={"source": unit, "target": unit}, level=level)
 
 
 def compare(index: Mapping[tuple[str, int, str], Mapping[tuple, Mapping]], a: str, b: str, seed: int,
