@@ -32,6 +32,7 @@ from torch import nn
 
 from blindspots import LSTConfig, derangement_pairs, load_classifier
 from blindspots import studies as st
+from blindspots.errors import InputError
 from blindspots.cli import add_common_options, model_call_options, positive_int
 
 HELP = "the LST paper's Table 1 (distances, SSIM, confidence) and Table 2 (triangle hulls) for any models"
@@ -291,13 +292,16 @@ def write_report(out: Path, tables: dict[str, Any], records: Sequence[dict[str, 
 def _read_labels(path: str | Path, names: Sequence[str]) -> torch.Tensor:
     """A CSV of 'file,label' lines (header optional) -> labels in the order of `names`."""
     table: dict[str, int] = {}
-    with open(path, newline="") as fh:
-        for row in csv.reader(fh):
-            if len(row) >= 2 and row[1].strip().lstrip("-").isdigit():
-                table[row[0].strip()] = int(row[1])
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.reader(fh):
+                if len(row) >= 2 and row[1].strip().lstrip("-").isdigit():
+                    table[row[0].strip()] = int(row[1])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read labels file {path}: not a UTF-8 CSV of 'file,label' lines ({exc})") from None
     missing = [n for n in names if n not in table]
     if missing:
-        raise ValueError(f"{path} has no label for {len(missing)} images, e.g. {missing[:3]}")
+        raise InputError(f"{path} has no label for {len(missing)} images, e.g. {missing[:3]}")
     return torch.tensor([table[n] for n in names])
 
 

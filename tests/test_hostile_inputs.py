@@ -722,3 +722,20 @@ def test_input_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsy
                        (FileNotFoundError(2, "No such file or directory", "x.png"), "x.png: No such file or directory")):
         assert run_command("t", command(exc), []) == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"blindspots t: error: {words}"]
+
+
+def test_a_binary_or_incomplete_labels_file_is_refused_naming_it(tmp_path):
+    """`blindspots tables --labels FILE`: a binary file (not UTF-8) or one with no label for an image is an input
+    error naming the file, never a UnicodeDecodeError traceback."""
+    from blindspots.errors import InputError
+    from experiments.lst_tables import _read_labels
+
+    binary = tmp_path / "labels.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(InputError, match="cannot read labels file .*labels.csv: not a UTF-8 CSV"):
+        _read_labels(binary, ["a.png"])
+    partial = tmp_path / "partial.csv"
+    partial.write_text("file,label\na.png,3\n", encoding="utf-8")
+    assert _read_labels(partial, ["a.png"]).tolist() == [3]
+    with pytest.raises(InputError, match="partial.csv has no label for 1 images"):
+        _read_labels(partial, ["a.png", "b.png"])
