@@ -105,14 +105,17 @@ def test_readme_setup_commands_are_the_ones_ci_runs():
         assert command in ci, f".ci/run does not run the README's {command!r}"
 
 
-def test_readme_stays_a_landing_page():
-    """Under ~200 lines, no generated block (measured tables live in docs/), and a link to every docs page."""
+def test_readme_stays_a_landing_page_and_both_landing_pages_link_every_page():
+    """Under ~200 lines, no generated block (measured tables live in docs/); README.md and docs/index.md (the site's
+    landing page) each link every docs page."""
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
     assert "<!-- generated:" not in readme
-    linked = {(REPO / t.partition("#")[0]).resolve() for t in _relative_links(REPO / "README.md")}
-    pages = {p.resolve() for p in DOCS if p.name != "index.md" and p.parent.name != "api"}
-    assert pages <= linked, f"README links no page for: {sorted(p.name for p in pages - linked)}"
+    for landing in (REPO / "README.md", REPO / "docs" / "index.md"):
+        linked = {(landing.parent / t.partition("#")[0]).resolve() for t in _relative_links(landing)}
+        pages = {p.resolve() for p in DOCS if p != landing and p.parent.name != "api"} | {
+            (REPO / "docs" / "api" / "blindspots.md").resolve()}
+        assert pages <= linked, f"{landing.name} links no page for: {sorted(p.name for p in pages - linked)}"
 
 
 def _mkdocs(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
