@@ -106,7 +106,7 @@ def _fmt(v) -> str:
 
 
 def comparison(results: dict[str, dict]) -> str:
-    """The README's table: one line per row (same architecture, data and budget)."""
+    """The docs' table (docs/detectors.md): one line per row (same architecture, data and budget)."""
     header = ("| row | backbone (weights) | threshold (validation) | simulated test | at the paper's 0.3 "
               "| AP50 clump | real hosts, completeness | training steps |")
     lines = [header, "|---|---|---|---|---|---|---|---|"]

@@ -1,6 +1,6 @@
 """Documentation blocks generated from results files, so that no measured figure or verdict is copied by hand.
 
-A block of README.md or docs/*.md lies between two markers::
+A block of README.md or of any Markdown page under docs/ (the documentation site) lies between two markers::
 
     <!-- generated:NAME -->
     ...rendered text...
@@ -8,8 +8,9 @@ A block of README.md or docs/*.md lies between two markers::
 
 `BLOCKS` maps NAME to (results file, renderer): the results file (relative to the repository) is written by the
 command that measures it; the renderer turns its parsed JSON into Markdown. `python -m experiments.generated_docs`
-rewrites every block; `--check` rewrites nothing and exits 1 naming each block that differs (the test suite runs it),
-so a sentence or table in the docs cannot drift from its numbers.
+rewrites every block; `--check` rewrites nothing and exits 1 naming each block that differs, and each registered
+block that no page holds (the test suite runs it), so a sentence or table in the docs cannot drift from its numbers
+nor be lost when a section moves between pages.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["BLOCKS", "REPO", "render_block", "update_text", "update_files", "main"]
+__all__ = ["BLOCKS", "REPO", "render_block", "update_text", "update_files", "unplaced_blocks", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,6 +117,13 @@ def update_files(check: bool = False, blocks: Mapping[str, tuple[str, Renderer]]
     return drift
 
 
+def unplaced_blocks(blocks: Mapping[str, tuple[str, Renderer]] | None = None, root: Path = REPO) -> list[str]:
+    """The registered blocks that no doc file holds (a section moved without its block, or a block never placed)."""
+    blocks = BLOCKS if blocks is None else blocks
+    placed = {m["name"] for path in doc_files(root) for m in _BLOCK.finditer(path.read_text())}
+    return sorted(set(blocks) - placed)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.generated_docs", description=__doc__.split("\n")[0])
     p.add_argument("--check", action="store_true", help="compare only; exit 1 when a block differs")
@@ -123,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     drift = update_files(check=args.check)
     for path, names in drift.items():
         print(f"{path}: {'differs' if args.check else 'updated'}: {', '.join(names)}")
-    return 1 if drift and args.check else 0
+    unplaced = unplaced_blocks()
+    if unplaced:
+        print(f"registered but in no doc file (README.md, docs/**/*.md): {', '.join(unplaced)}")
+    return 1 if (drift or unplaced) and args.check else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     blindspots paper                          # MNIST: mnist-cnn[-at], mnist-vit[-at]; ImageNet: lite0, MobileNetV2
     blindspots paper --groups mnist --sources 100 --iterations 400
-    blindspots paper --results-to docs/results/claims.json     # the file the README's claims block is made from
+    blindspots paper --results-to docs/results/claims.json     # the file docs/studies.md's claims block is made from
 
 Per group, the paper's protocol (`experiments.lst_tables.run_study`): sources with confidence > `min_confidence`
 (0.6, strict, as the paper's pool), `rounds` derangements (each source to a target of another class, no pair twice),
@@ -127,7 +127,7 @@ def run_claims(out: str | Path, groups: Mapping[str, Group] | Sequence[str] = ("
     `groups`: names of `GROUPS` or Group objects by name; `models` overrides `load_classifier` by name (tests);
     `sources`: at most this many images per group before the confidence filter; `photo_size`: the ImageNet
     photos' size in pixels (128 by default, to fit a CPU; the paper uses 224); `matched`: also run claim 3 at
-    matched distance; `results_to`: copy `claims.json` there (e.g. docs/results/claims.json for the README).
+    matched distance; `results_to`: copy `claims.json` there (e.g. docs/results/claims.json for docs/studies.md).
     Refuses `config.amp` (the hull probes run in float32, so LST's bfloat16 confidences would not match them) and
     fewer than 2 rounds (a triangle needs two LST outputs per source), before anything runs.
     """

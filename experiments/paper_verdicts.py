@@ -224,7 +224,8 @@ def _validity_line(valid: Mapping[str, Any]) -> str:
 
 
 def render_markdown(data: Mapping[str, Any]) -> str:
-    """The README block: the table of `claims_table`, the constants, the validity check and the findings."""
+    """The docs' block (docs/studies.md): the table of `claims_table`, the constants, the validity check and the
+    findings."""
     head = "| claim | group | model | measure | value | 95% interval | n (units) | outcome |\n|" + "---|" * 8 + "\n"
     body = "".join("| " + " | ".join(r.values()) + " |\n" for r in claims_table(data["claims"]))
     consts = ", ".join(f"{k} = {v:g}" for k, v in data["constants"].items())

@@ -5,7 +5,7 @@ robustness table built from such records (`blindspots robust`, `experiments.robu
 both; `zoo_robustness` does so for every MNIST zoo model on the zoo's 1,000 held-out digits at l-inf eps 0.3 and l2
 eps 2.0 and writes `blindspots/zoo/weights/mnist_robustness.json`, each model's entry keyed by the sha256 of its
 weights file so that a stale table is caught (`tests/test_zoo.py`); `render_zoo_robustness` turns that file into the
-README's table (`experiments.generated_docs`).
+docs' table (docs/zoo.md, `experiments.generated_docs`).
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def zoo_robustness(results_to: Path | None = ZOO_RESULTS, *, budget: attacks.Ens
 
 
 def render_zoo_robustness(data: dict[str, Any]) -> str:
-    """The README table of `mnist_robustness.json`: accuracy after each attack of the cascade and the checks."""
+    """The docs' table of `mnist_robustness.json` (docs/zoo.md): accuracy after each attack of the cascade and the
+    checks."""
     threats = {"linf": "l-inf", "l2": "l2"}
     rows = ["| model | threat | clean | APGD-CE | + APGD-T | + FAB-T | + Square = worst case (95% CI) | masking "
             "checks | CPU time |", "|---|---|---|---|---|---|---|---|---|"]

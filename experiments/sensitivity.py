@@ -102,8 +102,8 @@ def sensitivity_profile(
             relative precision `rtol`, at most `search_steps` rounds; PGD steps per budget).
         rounds: LST targets per image, drawn by `derangement_pairs` (each image's target is an image of another
             class); 0 skips the under-sensitivity side (its columns are then NaN).
-        config: LST settings (default `LSTConfig.adaptive()`: far fewer model passes than paper mode, see the
-            README); seed: seeds both sides (LST round r uses seed + r * N).
+        config: LST settings (default `LSTConfig.adaptive()`: far fewer model passes than paper mode, see
+            docs/engine.md); seed: seeds both sides (LST round r uses seed + r * N).
         device, progress: where to compute; show progress bars.
         checkpoint: a run-store folder where each stage (the budget search, every LST round) is kept as it
             completes; a rerun with the same model weights, images and settings reuses them, any change is refused

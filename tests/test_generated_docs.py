@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from experiments.generated_docs import update_files, update_text
+from experiments.generated_docs import main, unplaced_blocks, update_files, update_text
 
 
 def _blocks():
@@ -37,3 +37,32 @@ def test_unknown_block_and_missing_results_file_are_named(tmp_path):
 
 def test_repository_docs_equal_their_results_files():
     assert update_files(check=True) == {}, "run `python -m experiments.generated_docs` and commit the result"
+
+
+def test_blocks_of_readme_and_nested_docs_pages_in_one_pass_and_unplaced_blocks_named(tmp_path):
+    (tmp_path / "res.json").write_text(json.dumps({"model": "m", "clean": 0.25}))
+    (tmp_path / "docs" / "api").mkdir(parents=True)
+    block = "<!-- generated:acc -->\nold\n<!-- /generated:acc -->\n"
+    for page in ("README.md", "docs/api/page.md"):
+        (tmp_path / page).write_text(block)
+    (tmp_path / "docs" / "plain.md").write_text("no block here\n")
+    blocks = {**_blocks(), "lost": ("res.json", str)}
+    assert update_files(check=True, blocks=blocks, root=tmp_path) == {"README.md": ["acc"], "docs/api/page.md": ["acc"]}
+    assert unplaced_blocks(blocks, tmp_path) == ["lost"]  # registered, but its section moved without it
+    update_files(blocks=blocks, root=tmp_path)
+    assert "| m | 0.250 |" in (tmp_path / "docs" / "api" / "page.md").read_text()
+    (tmp_path / "docs" / "plain.md").write_text("<!-- generated:lost -->\n<!-- /generated:lost -->\n")
+    assert unplaced_blocks(blocks, tmp_path) == []
+
+
+def test_every_registered_block_sits_in_a_doc_file():
+    assert unplaced_blocks() == [], "place each registered block in README.md or a docs/ page"
+
+
+def test_check_names_a_registered_block_that_no_page_holds(monkeypatch, capsys):
+    import experiments.generated_docs as gd
+
+    monkeypatch.setitem(gd.BLOCKS, "nowhere", ("docs/results/zoobot.json", str))
+    monkeypatch.setattr(gd, "update_files", lambda check=False: {})  # isolate the placement check from the results
+    assert main(["--check"]) == 1
+    assert "nowhere" in capsys.readouterr().out

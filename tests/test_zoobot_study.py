@@ -468,7 +468,7 @@ def test_documented_zoobot_command_with_files_written_here(tmp_path):
     _encoder_file(imagenet, "resnet18", 2, head=True)
     from experiments.zoobot.fetch import command
 
-    documented = command("resnet18", zoobot, imagenet).split()  # the command fetch prints and the README shows
+    documented = command("resnet18", zoobot, imagenet).split()  # the command fetch prints and the docs show
     assert documented[:2] == ["blindspots", "zoobot"]
     argv = documented[2:] + TINY + [
         "--out", str(tmp_path / "out"), "--real", str(_real_folder(tmp_path / "real")), "--seeds", "0"]
@@ -602,15 +602,15 @@ def test_report_fits_a_1280_px_window_in_chromium(study, tmp_path):
 
 
 def test_the_readme_python_example_uses_the_api_as_it_is():
-    """The README's ten lines: they compile, name only ZoobotConfig fields and run_zoobot arguments, and use the
-    result's attributes."""
+    """The docs' ten lines (docs/studies.md): they compile, name only ZoobotConfig fields and run_zoobot arguments,
+    and use the result's attributes."""
     import ast
     import inspect
 
     from conftest import REPO
 
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Zoobot vs ImageNet"):]
+    text = (REPO / "docs" / "studies.md").read_text()
+    section = text[text.index("## Zoobot vs ImageNet"):]
     code = section[section.index("```python\n") + 10:]
     code = code[:code.index("```")]
     assert len(code.strip().splitlines()) <= 10

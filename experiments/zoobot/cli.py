@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lst-batch", type=positive_int, default=default("lst_batch"), help="LST pairs per batch")
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (1 on a shared machine)")
     p.add_argument("--results-to", default=None, metavar="FILE",
-                   help="also record this run's summary in FILE (JSON, one entry per command; the README's "
+                   help="also record this run's summary in FILE (JSON, one entry per command; the docs' "
                         "Zoobot block is rendered from docs/results/zoobot.json)")
     add_common_options(p, "zoobot", model=None, iterations=None, batch_size=default("batch_size"))
 

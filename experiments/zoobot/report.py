@@ -1,6 +1,6 @@
 """The study's outputs: verdict first (the rule, then each backbone's verdict with its intervals), the paired
 comparison and stall tables, the figure, accuracies, the real arm's design, the proxy's quality and the settings
-last; CSV and JSON beside them. `summary` / `record_summary` / `render_readme`: the README's Zoobot block, generated
+last; CSV and JSON beside them. `summary` / `record_summary` / `render_readme`: the docs' Zoobot block, generated
 from the run's results (`experiments.generated_docs`), so no sentence there says more than the rule decided."""
 
 from __future__ import annotations
@@ -212,11 +212,11 @@ def _proxy_caption(proxy_log: Mapping[str, Any] | None) -> str:
             "features (before any fine-tuning) to held-out simulated morphology, R² on a third held out.")
 
 
-# ------------------------------------------------------------------------------ the README's block, generated
+# -------------------------------------------------------------------------------- the docs' block, generated
 
 
 def summary(result, analysis: Mapping[str, Any]) -> dict[str, Any]:
-    """What the README quotes from one run: verdicts, the verdict cells' intervals, accuracies, the real arm."""
+    """What the docs quote from one run: verdicts, the verdict cells' intervals, accuracies, the real arm."""
     cells = [c.row() for c in analysis["comparisons"] if c.category in pd.VERDICT_ARMS]
     return {"verdicts": {k: {"outcome": v.outcome, "sentence": v.reason} for k, v in result.verdicts.items()},
             "cells": cells, "accuracy": result.accuracy, "stalls": [s for s in analysis["stalls"]
@@ -238,8 +238,9 @@ def record_summary(result, path: str | Path, command: str, threads: int | None =
 
 
 def render_readme(data: Mapping[str, Any]) -> str:
-    """The README's Zoobot results block from docs/results/zoobot.json: the rule and its constants, then per run
-    its command, the verdict cells (ratio [interval], pairs, units), accuracies, hosts left out and the verdict."""
+    """The docs' Zoobot results block (docs/studies.md) from docs/results/zoobot.json: the rule and its constants,
+    then per run its command, the verdict cells (ratio [interval], pairs, units), accuracies, hosts left out and the
+    verdict."""
     runs = data.get("runs", {})
     first = next(iter(runs.values()), {})
     lines = [first.get("rule", ""), "", first.get("screen_rule", ""), "", first.get("constants", ""), "",
