@@ -12,7 +12,6 @@ Early stop: attacks drop a sample from their working batch as soon as one of the
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -24,9 +23,8 @@ from torch import nn
 
 from blindspots.metrics import l2 as l2_distance
 from blindspots.metrics import linf as linf_distance
+from blindspots.engine import Probe, compute_dtype, sample_seeds
 from blindspots.models import Classifier, model_device, probing
-from blindspots.traversal import sample_seeds
-from blindspots.traversal_probe import Probe
 from blindspots.validation import check_device, check_images, check_labels, check_logits, check_same_shape
 from blindspots.errors import InputError
 
@@ -205,14 +203,6 @@ def check_gradient(g: torch.Tensor, idx: torch.Tensor) -> None:
     if not bool(finite.all()):
         bad = idx[~finite.to(idx.device)].tolist()
         raise InputError(f"the model's input gradient is NaN or infinite during the attack for samples {bad[:10]}")
-
-
-def compute_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype the model computes in: that of its first floating parameter or buffer (float32 without any)."""
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
 
 
 class _Run:
