@@ -67,10 +67,12 @@ def add_common_options(parser: argparse.ArgumentParser, command: str, *, model: 
     """The shared vocabulary. `model=None` makes --model optional without a default (e.g. read from a file);
     `iterations=False` leaves --iterations out (the command does not iterate); `model_calls` adds --amp,
     --channels-last and --compile (read them with `model_call_options`)."""
+    from .zoo import model_names
+
     g = parser.add_argument_group("shared options")
     g.add_argument("--model", default=model, metavar="SPEC",
-                   help="model: imagenet-lite0, imagenet-mobilenetv2, mnist-cnn[-at], mnist-vit[-at], "
-                        "timm:<name>, torchvision:<name>, zoobot:<arch> (default: %(default)s)")
+                   help=f"model: a registered name ({', '.join(model_names())}), timm:<name>, torchvision:<name>, "
+                        "zoobot:<arch> (default: %(default)s)")
     g.add_argument("--weights", default=None, metavar="FILE",
                    help="local .safetensors/.pth weights for --model (never unpickled)")
     g.add_argument("--out", default=str(OUT_ROOT / command), metavar="DIR",

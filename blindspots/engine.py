@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .models import model_device
+from .classifier import model_device
 
 __all__ = ["Probe", "autocast", "compute_dtype", "sample_seeds"]
 
