@@ -29,7 +29,7 @@ from blindspots.validation import check_device, check_images, check_labels, chec
 from blindspots.errors import InputError
 
 __all__ = ["AttackResult", "Attack", "per_sample_noise", "check_gradient", "compute_dtype", "dlr_loss", "NORMS",
-           "LOSSES"]
+           "LOSSES"]  # the budget checks and the fixed-budget / minimisation base classes: `attacks.budget`
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin", "dlr")
@@ -150,7 +150,7 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor |
     z_pi4) / 2), with z_pi1 >= z_pi2 >= ... the sorted logits (so it needs 3, or 4, classes)."""
     need = 3 if targets is None else 4
     if logits.shape[1] < need:
-        raise ValueError(f"the {'targeted ' if targets is not None else ''}DLR loss needs at least {need} classes, "
+        raise InputError(f"the {'targeted ' if targets is not None else ''}DLR loss needs at least {need} classes, "
                          f"the model has {logits.shape[1]}; use loss='ce' or 'margin'")
     top = logits.sort(1, descending=True).values
     own = logits.gather(1, labels[:, None]).squeeze(1)
@@ -452,28 +452,3 @@ class Attack:
 
     def _run(self, run: _Run, idx: torch.Tensor, init: torch.Tensor | None) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def check_budget(eps: float | Sequence[float] | torch.Tensor, name: str = "eps") -> float | torch.Tensor:
-    """A budget is a non-negative finite float, or one per sample (1-D)."""
-    if isinstance(eps, (int, float)):
-        if not (math.isfinite(eps) and eps >= 0):
-            raise InputError(f"{name} must be a finite number >= 0, got {eps}")
-        return float(eps)
-    t = torch.as_tensor(eps, dtype=torch.float32)
-    if t.ndim != 1 or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-        raise InputError(f"{name} must be a number or a 1-D tensor of finite values >= 0, one per sample")
-    return t
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """A count (steps, restarts, ...) is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def check_choice(value: str, choices: Sequence[str], name: str) -> str:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
