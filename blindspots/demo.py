@@ -145,12 +145,12 @@ HULL_ROWS = {"p_src": "source confidence p_src", "hull_mean": "mean confidence i
 def hull_table(summary: dict) -> str:
     """The triangle-hull summary (`HullResult.summary()`) as a small table: each statistic's mean and std over
     sources, with the number of sources and of triangles per source."""
-    lines = [f"triangle hulls: {summary['sources']} sources x {summary['pairs']} triangles, "
+    lines = [f"triangle hulls: {summary['sources']} sources x {summary['pairs']} triangle(s), "
              f"{summary['probes_per_triangle']} probes per triangle (mean and std over sources)",
              f"  {'statistic':<40} {'mean':>7} {'std':>7}"]
     for key, value in summary.items():
         if isinstance(value, dict) and "mean" in value:
-            label = HULL_ROWS.get(key) or (f"fraction within {key.split('@')[1]} of p_src" if key.startswith(
+            label = HULL_ROWS.get(key) or (f"share of probes >= p_src - {key.split('@')[1]}" if key.startswith(
                 "fraction@") else key)
             lines.append(f"  {label:<40} {value['mean']:>7.3f} {value['std']:>7.3f}")
     return "\n".join(lines)

@@ -38,7 +38,7 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     assert 0 <= geometry["hull"]["hull_mean"]["mean"] <= 1 and (out / "geometry" / "triangle_0_0_1.png").exists()
     # the geometry summary prints as a table of the saved figures (mean and std over sources), not as a raw dict
     hull = geometry["hull"]
-    assert "{'" not in printed and f"triangle hulls: 3 sources x {hull['pairs']} triangles" in printed
+    assert "{'" not in printed and f"triangle hulls: 3 sources x {hull['pairs']} triangle(s)" in printed
     for label, key in (("source confidence p_src", "p_src"), ("mean confidence in the triangles", "hull_mean")):
         assert f"  {label:<40} {hull[key]['mean']:>7.3f} {hull[key]['std']:>7.3f}" in printed
 
