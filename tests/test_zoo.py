@@ -111,6 +111,29 @@ def test_missing_mobilenet_package_names_the_install_line(monkeypatch):
         load_classifier("imagenet-mobilenetv2")
 
 
+@pytest.mark.parametrize("name", list(ZOO_NAMES))
+def test_every_registered_model_loads_as_registered(name):
+    """Each registered model loads offline with the normalisation, input size and classes its entry states, and
+    answers one image with finite logits of that width (or names the package it needs)."""
+    from blindspots.errors import MissingDependency
+    from blindspots.registry import model_entry
+
+    entry = model_entry(name)
+    try:
+        clf = load_classifier(name)
+    except MissingDependency as exc:
+        pytest.skip(str(exc))
+    assert clf.name == name and clf.num_classes == entry.num_classes and clf.input_size == entry.input_size
+    assert (clf.mean is None) == (entry.mean is None)
+    if entry.mean is not None:
+        assert clf.mean.flatten().tolist() == pytest.approx(entry.mean)
+        assert clf.std.flatten().tolist() == pytest.approx(entry.std)
+    x = torch.rand(1, *(entry.input_size or (3, 64, 64)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = clf(x)
+    assert logits.shape == (1, entry.num_classes) and torch.isfinite(logits).all()
+
+
 def test_a_registered_model_is_loaded_listed_in_help_and_in_the_docs_table(capsys):
     """One `register_model` call is all a model needs: load_classifier, --model's help and the docs table read it."""
     from blindspots.cli import main
