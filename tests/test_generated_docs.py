@@ -37,3 +37,27 @@ def test_unknown_block_and_missing_results_file_are_named(tmp_path):
 
 def test_repository_docs_equal_their_results_files():
     assert update_files(check=True) == {}, "run `python -m experiments.generated_docs` and commit the result"
+
+
+def test_a_block_without_results_file_is_rendered_from_code(tmp_path):
+    """A block registered with no results file (the model registry's table) is rendered from None: no file is
+    looked for."""
+    seen = []
+    blocks = {"code": (None, lambda d: seen.append(d) or "| a |\n|---|\n")}
+    text, changed = update_text("<!-- generated:code -->\nold\n<!-- /generated:code -->", blocks, tmp_path)
+    assert seen == [None] and changed == ["code"]
+    assert text == "<!-- generated:code -->\n| a |\n|---|\n<!-- /generated:code -->"
+
+
+def test_the_readme_models_block_is_the_registry():
+    """The README's model table lists every registered model, in order, and equals its renderer's output."""
+    import re
+
+    from blindspots.registry import MODELS
+    from experiments.generated_docs import REPO, render_block
+
+    body = render_block("models")
+    assert [r.split("|")[1].strip().strip("`") for r in body.splitlines()[2:]] == list(MODELS)
+    assert {"imagenet-lite0", "mnist-cnn"} <= set(MODELS)
+    readme = (REPO / "README.md").read_text()
+    assert re.search(r"<!-- generated:models -->\n(.*?)<!-- /generated:models -->", readme, re.S)[1] == body
