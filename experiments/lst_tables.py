@@ -32,8 +32,8 @@ from torch import nn
 
 from blindspots import LSTConfig, derangement_pairs, load_classifier
 from blindspots import studies as st
-from blindspots.cli import add_common_options, model_call_options, positive_int
 from blindspots.errors import InputError
+from blindspots.cli import add_common_options, model_call_options, positive_int
 
 HELP = "the LST paper's Table 1 (distances, SSIM, confidence) and Table 2 (triangle hulls) for any models"
 
