@@ -13,8 +13,13 @@ puts the gradient-masking checks of Carlini et al. beside it. `attacks.minimal_e
 each sample's smallest flipping budget, the counterpart of Level Set Traversal distances (see
 `blindspots.sensitivity_profile`); `attacks.adversarial_training(model, (x, y), eps)` trains a model on PGD examples
 (Madry et al.; eps=0: normal training), resumable from per-epoch checkpoints.
+
+Every attack is registered where it is defined (`attacks.registry.register_attack`) with its norms, its budget
+semantics (`attacks.budget`: a fixed budget, or a search for the minimal one) and a one-line description;
+`attacks.registry.run_attack(name, model, images, ...)` and `blindspots attack --attack NAME` run any of them.
 """
 
+from . import registry
 from .apgd import APGD
 from .apgdt import APGDT
 from .base import Attack, AttackResult
@@ -26,6 +31,6 @@ from .pgd import FGSM, PGD, MinimalEpsilon, minimal_epsilon
 from .square import Square
 from .training import TrainResult, adversarial_training
 
-__all__ = ["Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "FAB", "Square", "DeepFool", "MinimalEpsilon",
+__all__ = ["registry", "Attack", "AttackResult", "FGSM", "PGD", "APGD", "APGDT", "FAB", "Square", "DeepFool", "MinimalEpsilon",
            "minimal_epsilon", "evaluate_robustness", "EnsembleBudget", "RobustnessResult", "masking_checks", "Check",
            "adversarial_training", "TrainResult"]

@@ -17,8 +17,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import (LOSSES, NORMS, Attack, _Run, _view, check_budget, check_choice, check_positive_int,
-                   per_sample_noise)
+from blindspots.errors import InputError
+
+from .base import _Run, _view, per_sample_noise
+from .budget import FixedEpsilonAttack
+from .registry import register_attack
 from .pgd import project
 
 __all__ = ["APGD"]
@@ -36,7 +39,9 @@ def _apgd_start(x0: torch.Tensor, eps: torch.Tensor, norm: str, seeds: torch.Ten
     return torch.clamp(x0 + t.view_as(x0) * _view(eps), 0, 1)
 
 
-class APGD(Attack):
+@register_attack("apgd", "APGD (Croce & Hein 2020): PGD with momentum and an adaptive step, within eps "
+                 "(cross-entropy loss)")
+class APGD(FixedEpsilonAttack):
     """APGD-CE (or APGD with the margin loss) in l-inf or l2.
 
     Args:
@@ -61,19 +66,15 @@ class APGD(Attack):
                  early_stop: bool = True, seed: int | Sequence[int] | None = None,
                  device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True,
                  amp: bool = False, compile: bool = False) -> None:
-        super().__init__(model, early_stop=early_stop, seed=seed, device=device, progress=progress,
+        super().__init__(model, eps, norm, loss=loss, counts={"steps": steps, "restarts": restarts},
+                         early_stop=early_stop, seed=seed, device=device, progress=progress,
                          channels_last=channels_last, amp=amp, compile=compile)
-        self.eps = check_budget(eps, "eps")
-        self.norm = check_choice(norm, NORMS, "norm")
-        self.loss = check_choice(loss, LOSSES, "loss")
-        check_positive_int(steps, "steps")
-        check_positive_int(restarts, "restarts")
         if not 0 < rho <= 1:
-            raise ValueError(f"rho must be in (0, 1], got {rho}")
-        self.steps, self.restarts, self.rho = steps, restarts, float(rho)
+            raise InputError(f"rho must be in (0, 1], got {rho}")
+        self.rho = float(rho)
 
     def params(self) -> dict[str, Any]:
-        return {"eps": self.eps if isinstance(self.eps, float) else "per-sample", "norm": self.norm,
+        return {"eps": self.eps_param(), "norm": self.norm,
                 "steps": self.steps, "restarts": self.restarts, "rho": self.rho, "loss": self.loss,
                 "early_stop": self.early_stop}
 

@@ -10,12 +10,15 @@ import torch
 from torch import nn
 
 from .apgd import APGD
-from .base import _Run, check_positive_int
+from .base import _Run
+from .budget import check_positive_int
+from .registry import register_attack
 from .targeted import GuidedRun, over_targets
 
 __all__ = ["APGDT"]
 
 
+@register_attack("apgd-t", "targeted APGD with the DLR loss over the top target classes, within eps")
 class APGDT(APGD):
     """Targeted APGD over the top-k target classes, l-inf or l2 (untargeted success).
 

@@ -12,7 +12,6 @@ Early stop: attacks drop a sample from their working batch as soon as one of the
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -24,14 +23,13 @@ from torch import nn
 
 from blindspots.metrics import l2 as l2_distance
 from blindspots.metrics import linf as linf_distance
+from blindspots.engine import Probe, compute_dtype, sample_seeds
 from blindspots.models import Classifier, model_device, probing
-from blindspots.traversal import sample_seeds
-from blindspots.traversal_probe import Probe
 from blindspots.validation import check_device, check_images, check_labels, check_logits, check_same_shape
 from blindspots.errors import InputError
 
 __all__ = ["AttackResult", "Attack", "per_sample_noise", "check_gradient", "compute_dtype", "dlr_loss", "NORMS",
-           "LOSSES"]
+           "LOSSES"]  # the budget checks and the fixed-budget / minimisation base classes: `attacks.budget`
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin", "dlr")
@@ -152,7 +150,7 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor |
     z_pi4) / 2), with z_pi1 >= z_pi2 >= ... the sorted logits (so it needs 3, or 4, classes)."""
     need = 3 if targets is None else 4
     if logits.shape[1] < need:
-        raise ValueError(f"the {'targeted ' if targets is not None else ''}DLR loss needs at least {need} classes, "
+        raise InputError(f"the {'targeted ' if targets is not None else ''}DLR loss needs at least {need} classes, "
                          f"the model has {logits.shape[1]}; use loss='ce' or 'margin'")
     top = logits.sort(1, descending=True).values
     own = logits.gather(1, labels[:, None]).squeeze(1)
@@ -205,14 +203,6 @@ def check_gradient(g: torch.Tensor, idx: torch.Tensor) -> None:
     if not bool(finite.all()):
         bad = idx[~finite.to(idx.device)].tolist()
         raise InputError(f"the model's input gradient is NaN or infinite during the attack for samples {bad[:10]}")
-
-
-def compute_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype the model computes in: that of its first floating parameter or buffer (float32 without any)."""
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
 
 
 class _Run:
@@ -462,28 +452,3 @@ class Attack:
 
     def _run(self, run: _Run, idx: torch.Tensor, init: torch.Tensor | None) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def check_budget(eps: float | Sequence[float] | torch.Tensor, name: str = "eps") -> float | torch.Tensor:
-    """A budget is a non-negative finite float, or one per sample (1-D)."""
-    if isinstance(eps, (int, float)):
-        if not (math.isfinite(eps) and eps >= 0):
-            raise InputError(f"{name} must be a finite number >= 0, got {eps}")
-        return float(eps)
-    t = torch.as_tensor(eps, dtype=torch.float32)
-    if t.ndim != 1 or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-        raise InputError(f"{name} must be a number or a 1-D tensor of finite values >= 0, one per sample")
-    return t
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """A count (steps, restarts, ...) is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def check_choice(value: str, choices: Sequence[str], name: str) -> str:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value

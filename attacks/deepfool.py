@@ -18,13 +18,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import Attack, _Run, _view, check_gradient, check_positive_int
+from .base import _Run, _view, check_gradient
+from .budget import MinimizationAttack, check_positive_int
+from .registry import register_attack
 from blindspots.errors import InputError
 
 __all__ = ["DeepFool"]
 
 
-class DeepFool(Attack):
+@register_attack("deepfool", "DeepFool (Moosavi-Dezfooli et al. 2016): the minimal l2 step to the linearised "
+                 "decision boundary, iterated")
+class DeepFool(MinimizationAttack):
     """Untargeted minimal-l2 attack by iterative linearisation.
 
     Args:
@@ -38,6 +42,7 @@ class DeepFool(Attack):
 
     name = "deepfool"
     norm = "l2"
+    norms = ("l2",)
     supports_targeted = False
 
     def __init__(self, model: nn.Module, steps: int = 50, overshoot: float = 0.02, candidates: int = 10, *,

@@ -31,9 +31,11 @@ from blindspots.validation import check_images, check_labels
 
 from .apgd import APGD
 from .apgdt import APGDT
-from .base import NORMS, Attack, check_budget, check_choice, compute_dtype
+from .base import NORMS, Attack, compute_dtype
+from .budget import check_budget, check_choice
 from .fab import FAB
 from .square import Square
+from blindspots.errors import InputError
 
 __all__ = ["ATTACKS", "LABELS", "EnsembleBudget", "RobustnessResult", "evaluate_robustness", "make_attack",
            "BUDGET_RTOL"]
@@ -58,7 +60,7 @@ class EnsembleBudget:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"EnsembleBudget.{f.name} must be a positive int, got {v!r}")
+                raise InputError(f"EnsembleBudget.{f.name} must be a positive int, got {v!r}")
 
     @classmethod
     def autoattack(cls) -> "EnsembleBudget":
@@ -88,7 +90,7 @@ def make_attack(name: str, model: nn.Module, eps: float, norm: str, budget: Ense
                    **options)
     if name == "square":
         return Square(model, eps, norm, b.square_queries, restarts=b.restarts, seed=seed, **options)
-    raise ValueError(f"unknown attack {name!r}; the ensemble knows {', '.join(ATTACKS)}")
+    raise InputError(f"unknown attack {name!r}; the ensemble knows {', '.join(ATTACKS)}")
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -179,7 +181,7 @@ def _resolve(attacks: str | Sequence[str | Attack], model: nn.Module, eps: float
     """(name, factory from per-sample seeds) per attack; Attack instances are used as they are."""
     if isinstance(attacks, str):
         if attacks != "standard":
-            raise ValueError(f"attacks must be 'standard' or a list of names ({', '.join(ATTACKS)}) or Attack "
+            raise InputError(f"attacks must be 'standard' or a list of names ({', '.join(ATTACKS)}) or Attack "
                              f"instances, got {attacks!r}")
         attacks = ATTACKS
     out = []
@@ -188,14 +190,14 @@ def _resolve(attacks: str | Sequence[str | Attack], model: nn.Module, eps: float
             out.append((type(a).__name__, lambda seeds, a=a: a))
         elif isinstance(a, str):
             if a not in ATTACKS:
-                raise ValueError(f"unknown attack {a!r}; the ensemble knows {', '.join(ATTACKS)}")
+                raise InputError(f"unknown attack {a!r}; the ensemble knows {', '.join(ATTACKS)}")
             if eps is None:
-                raise ValueError(f"attack {a!r} needs eps")
+                raise InputError(f"attack {a!r} needs eps")
             out.append((a, lambda seeds, a=a: make_attack(a, model, eps, norm, budget, seed=seeds, **options)))
         else:
             raise TypeError(f"attacks must hold names or Attack instances, got {type(a).__name__}")
     if len({name for name, _ in out}) != len(out):
-        raise ValueError(f"each attack may appear once, got {[name for name, _ in out]}")
+        raise InputError(f"each attack may appear once, got {[name for name, _ in out]}")
     return out
 
 
@@ -224,10 +226,10 @@ def evaluate_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Te
     if eps is not None:
         eps = check_budget(eps, "eps")
         if not isinstance(eps, float):
-            raise ValueError("eps must be one number for the ensemble")
+            raise InputError("eps must be one number for the ensemble")
     norm = check_choice(norm, NORMS, "norm")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     budget = budget or EnsembleBudget()
     options = {"device": device, "amp": amp, "compile": compile}
     plan = _resolve(attacks, model, eps, norm, budget, options)

@@ -22,9 +22,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import NORMS, Attack, _Run, _view, check_budget, check_choice, check_gradient, check_positive_int
+from .base import NORMS, _Run, _view, check_gradient
+from .budget import MinimizationAttack, check_budget, check_choice, check_positive_int
+from .registry import register_attack
 from .base import per_sample_noise
 from .targeted import GuidedRun, over_targets
+from blindspots.errors import InputError
 
 __all__ = ["FAB", "project_hyperplane"]
 
@@ -67,7 +70,9 @@ def _norm(d: torch.Tensor, norm: str) -> torch.Tensor:
     return d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
 
 
-class FAB(Attack):
+@register_attack("fab-t", "targeted FAB (Croce & Hein 2020): minimal perturbations towards the decision "
+                 "boundaries of the top target classes")
+class FAB(MinimizationAttack):
     """FAB-T: targeted fast adaptive boundary attack over the top-k target classes (untargeted success).
 
     Args:
@@ -100,9 +105,9 @@ class FAB(Attack):
         self.target_classes = check_positive_int(target_classes, "target_classes")
         self.restarts = check_positive_int(restarts, "restarts")
         if restarts > 1 and eps is None:
-            raise ValueError("restarts > 1 need eps (the random starts lie within eps / 2)")
+            raise InputError("restarts > 1 need eps (the random starts lie within eps / 2)")
         if not (0 <= alpha_max <= 1 and eta >= 1 and 0 < beta <= 1):
-            raise ValueError(f"need 0 <= alpha_max <= 1, eta >= 1 and 0 < beta <= 1, got alpha_max={alpha_max}, "
+            raise InputError(f"need 0 <= alpha_max <= 1, eta >= 1 and 0 < beta <= 1, got alpha_max={alpha_max}, "
                              f"eta={eta}, beta={beta}")
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from blindspots.models import model_device, probing
 
 from .ensemble import GRADIENT_FREE, EnsembleBudget, RobustnessResult, evaluate_robustness, make_attack
+from blindspots.errors import InputError
 
 __all__ = ["Check", "masking_checks", "TOLERANCES", "EPS_FACTORS", "MONOTONE_SLACK", "UNBOUNDED_ACCURACY_MAX",
            "BLACK_BOX_EXTRA_MAX", "MORE_EFFORT_EXTRA_MAX", "TRANSFER_EXTRA_MAX", "MORE_STEPS_FACTOR",
@@ -78,7 +79,7 @@ def masking_checks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """The checks above for `result` (from `evaluate_robustness` on the same images, labels and budget)."""
     eps, norm = result.eps, result.norm
     if eps is None or norm is None:
-        raise ValueError("masking checks need the ensemble's eps and norm")
+        raise InputError("masking checks need the ensemble's eps and norm")
     budget = budget or EnsembleBudget(**result.budget)
     labels = labels.cpu()
     n = len(result)

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import (LOSSES, NORMS, Attack, AttackResult, _Run, _view, check_budget, check_choice, check_positive_int,
-                   per_sample_noise)
+from .base import NORMS, AttackResult, _Run, _view, per_sample_noise
+from .registry import register_attack
+from .budget import FixedEpsilonAttack, MinimizationAttack, check_budget, check_choice, check_positive
 from blindspots.errors import InputError
 
 __all__ = ["PGD", "FGSM", "MinimalEpsilon", "minimal_epsilon", "project", "random_start"]
@@ -70,7 +71,8 @@ def _step(x: torch.Tensor, g: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor,
     return torch.clamp(x0 + d * _view(factor), 0, 1)
 
 
-class PGD(Attack):
+@register_attack("pgd", "projected gradient descent (Madry et al. 2018) within eps, from a random start")
+class PGD(FixedEpsilonAttack):
     """Projected gradient descent in l-inf or l2.
 
     Args:
@@ -94,20 +96,16 @@ class PGD(Attack):
                  loss: str = "ce", early_stop: bool = True, seed: int | Sequence[int] | None = None,
                  device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True,
                  amp: bool = False, compile: bool = False) -> None:
-        super().__init__(model, early_stop=early_stop, seed=seed, device=device, progress=progress,
+        super().__init__(model, eps, norm, loss=loss, counts={"steps": steps, "restarts": restarts},
+                         early_stop=early_stop, seed=seed, device=device, progress=progress,
                          channels_last=channels_last, amp=amp, compile=compile)
-        self.eps = check_budget(eps, "eps")
-        self.norm = check_choice(norm, NORMS, "norm")
-        self.loss = check_choice(loss, LOSSES, "loss")
-        check_positive_int(steps, "steps")
-        check_positive_int(restarts, "restarts")
         if restarts > 1 and not random_start:
             raise InputError("restarts > 1 need random_start=True (without it every restart is the same run)")
-        self.steps, self.restarts, self.random_start = steps, restarts, bool(random_start)
+        self.random_start = bool(random_start)
         self.step_size = None if step_size is None else check_budget(step_size, "step_size")
 
     def params(self) -> dict[str, Any]:
-        eps = self.eps if isinstance(self.eps, float) else "per-sample"
+        eps = self.eps_param()
         step = self.step_size if self.step_size is None or isinstance(self.step_size, float) else "per-sample"
         return {"eps": eps, "norm": self.norm, "steps": self.steps, "step_size": step,
                 "random_start": self.random_start, "restarts": self.restarts, "loss": self.loss,
@@ -179,6 +177,7 @@ class PGD(Attack):
             run.set(idx[rest], best_x[rest], best_succ[rest], best_pred[rest])
 
 
+@register_attack("fgsm", "one signed-gradient step of size eps (Goodfellow et al. 2015)", norms=("linf",))
 class FGSM(PGD):
     """Fast gradient sign method (Goodfellow et al. 2015): one l-inf step of size eps from the clean image."""
 
@@ -193,10 +192,12 @@ class FGSM(PGD):
                          amp=amp, compile=compile)
 
     def params(self) -> dict[str, Any]:
-        return {"eps": self.eps if isinstance(self.eps, float) else "per-sample", "loss": self.loss}
+        return {"eps": self.eps_param(), "loss": self.loss}
 
 
-class MinimalEpsilon(Attack):
+@register_attack("minimal-epsilon", "the smallest PGD budget that flips the model, by bisection of log(eps) "
+                 "(--max-eps, --rtol, --search-steps)")
+class MinimalEpsilon(MinimizationAttack):
     """Per-sample smallest PGD budget that flips the model, by geometric bisection (see `minimal_epsilon`)."""
 
     name = "minimal_epsilon"
@@ -210,11 +211,11 @@ class MinimalEpsilon(Attack):
         super().__init__(model, early_stop=True, seed=seed, device=device, progress=progress,
                          channels_last=channels_last, amp=amp, compile=compile)
         self.norm = check_choice(norm, NORMS, "norm")
-        self.max_eps = _positive((0.1 if self.norm == "linf" else 10.0) if max_eps is None else max_eps, "max_eps")
-        self.min_eps = self.max_eps * 1e-4 if min_eps is None else _positive(min_eps, "min_eps")
+        self.max_eps = check_positive((0.1 if self.norm == "linf" else 10.0) if max_eps is None else max_eps, "max_eps")
+        self.min_eps = self.max_eps * 1e-4 if min_eps is None else check_positive(min_eps, "min_eps")
         if not self.min_eps < self.max_eps:
             raise InputError(f"min_eps ({self.min_eps:g}) must be below max_eps ({self.max_eps:g})")
-        self.rtol = _positive(rtol, "rtol")
+        self.rtol = check_positive(rtol, "rtol")
         if search_steps is not None and (isinstance(search_steps, bool) or not isinstance(search_steps, int)
                                          or search_steps < 0):
             raise InputError(f"search_steps must be a non-negative int or None, got {search_steps!r}")
@@ -293,12 +294,6 @@ class MinimalEpsilon(Attack):
     def _result(self, images: torch.Tensor, run: _Run, **extra: Any) -> AttackResult:
         self._fields(run)  # every sample misclassified clean: _run never ran
         return super()._result(images, run, **run.extra)
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise InputError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def minimal_epsilon(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | Sequence[int] | None = None, *,

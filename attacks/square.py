@@ -21,8 +21,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import (LOSSES, NORMS, Attack, _Run, _view, check_budget, check_choice, check_positive_int,
-                   per_sample_noise)
+from blindspots.errors import InputError
+
+from .base import LOSSES, _Run, _view, per_sample_noise
+from .budget import FixedEpsilonAttack
+from .registry import register_attack
 
 __all__ = ["Square"]
 
@@ -69,7 +72,9 @@ def _place(pattern: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: t
     return (pattern.to(top.device).flatten()[index] * inside)[:, None]
 
 
-class Square(Attack):
+@register_attack("square", "Square Attack (Andriushchenko et al. 2020): score-based random search within eps, "
+                 "no gradients (--steps: queries)", steps_keyword="queries")
+class Square(FixedEpsilonAttack):
     """Square Attack, l-inf or l2, score-based (no gradient).
 
     Args:
@@ -85,33 +90,30 @@ class Square(Attack):
     """
 
     name = "square"
+    losses = LOSSES[:2]
 
     def __init__(self, model: nn.Module, eps: float | Sequence[float] | torch.Tensor = 8 / 255, norm: str = "linf",
                  queries: int = 5000, *, restarts: int = 1, p_init: float = 0.8, loss: str = "margin",
                  early_stop: bool = True, seed: int | Sequence[int] | None = None,
                  device: str | torch.device | None = None, progress: bool = False, channels_last: bool = True,
                  amp: bool = False, compile: bool = False) -> None:
-        super().__init__(model, early_stop=early_stop, seed=seed, device=device, progress=progress,
+        super().__init__(model, eps, norm, loss=loss, counts={"queries": queries, "restarts": restarts},
+                         early_stop=early_stop, seed=seed, device=device, progress=progress,
                          channels_last=channels_last, amp=amp, compile=compile)
-        self.eps = check_budget(eps, "eps")
-        self.norm = check_choice(norm, NORMS, "norm")
-        self.loss = check_choice(loss, LOSSES[:2], "loss")
-        self.queries = check_positive_int(queries, "queries")
-        self.restarts = check_positive_int(restarts, "restarts")
         if not 0 < p_init <= 1:
-            raise ValueError(f"p_init must be in (0, 1], got {p_init}")
+            raise InputError(f"p_init must be in (0, 1], got {p_init}")
         self.p_init = float(p_init)
 
     def params(self) -> dict[str, Any]:
-        return {"eps": self.eps if isinstance(self.eps, float) else "per-sample", "norm": self.norm,
+        return {"eps": self.eps_param(), "norm": self.norm,
                 "queries": self.queries, "restarts": self.restarts, "p_init": self.p_init, "loss": self.loss,
                 "early_stop": self.early_stop}
 
     def _run(self, run: _Run, idx: torch.Tensor, init: torch.Tensor | None) -> None:
         if init is not None:
-            raise ValueError("Square starts from its own stripes or blocks; init is not supported")
+            raise InputError("Square starts from its own stripes or blocks; init is not supported")
         if run.x.ndim != 4 or min(run.x.shape[2:]) < 2:
-            raise ValueError(f"Square needs images of at least 2 x 2 pixels, got shape {tuple(run.x.shape[1:])}")
+            raise InputError(f"Square needs images of at least 2 x 2 pixels, got shape {tuple(run.x.shape[1:])}")
         m, dev = idx.numel(), run.x.device
         best_x, best_pred = run.x[idx].clone(), run.y[idx].clone()
         best_obj = torch.full((m,), float("-inf"), device=dev)

@@ -31,7 +31,8 @@ from blindspots.errors import InputError, TrainingDiverged
 from blindspots.store import RunStore, StageRefused, fingerprint_data, fingerprint_model
 from blindspots.validation import check_images, check_labels
 
-from .base import NORMS, check_budget, check_choice, check_positive_int
+from .base import NORMS
+from .budget import check_budget, check_choice, check_positive_int
 from .ensemble import evaluate_robustness
 from .pgd import PGD
 

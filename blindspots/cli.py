@@ -67,10 +67,12 @@ def add_common_options(parser: argparse.ArgumentParser, command: str, *, model: 
     """The shared vocabulary. `model=None` makes --model optional without a default (e.g. read from a file);
     `iterations=False` leaves --iterations out (the command does not iterate); `model_calls` adds --amp,
     --channels-last and --compile (read them with `model_call_options`)."""
+    from .zoo import model_names
+
     g = parser.add_argument_group("shared options")
     g.add_argument("--model", default=model, metavar="SPEC",
-                   help="model: imagenet-lite0, imagenet-mobilenetv2, mnist-cnn[-at], mnist-vit[-at], "
-                        "timm:<name>, torchvision:<name>, zoobot:<arch> (default: %(default)s)")
+                   help=f"model: a registered name ({', '.join(model_names())}), timm:<name>, torchvision:<name>, "
+                        "zoobot:<arch> (default: %(default)s)")
     g.add_argument("--weights", default=None, metavar="FILE",
                    help="local .safetensors/.pth weights for --model (never unpickled)")
     g.add_argument("--out", default=str(OUT_ROOT / command), metavar="DIR",
@@ -170,32 +172,17 @@ def _load(name: str, module_path: str) -> ModuleType:
     return importlib.import_module(module_path)
 
 
-# Transitional: modules whose input checks still raise a plain ValueError (written before `InputError`); a plain
-# ValueError raised *in* one of them is still reported as a user error. Empty this once they raise InputError.
-LEGACY_VALUE_ERRORS = ("experiments.paper_claims", "experiments.lst_tables", "experiments.zoobot", "attacks.apgd",
-                       "blindspots.stats")
-_TOOLKIT = ("blindspots", "attacks", "detectors", "experiments")
 # OSErrors about a user's file or folder (missing, unreadable, no space, ...): one line naming the path
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether the command line reports `exc` as one line (a user's mistake) rather than a traceback (a bug):
-    the toolkit's `InputError` (run-store refusals included), an OSError about a file or folder, and, for now, a
-    ValueError whose innermost toolkit frame is in a module of `LEGACY_VALUE_ERRORS`."""
+    the toolkit's `InputError` (run-store refusals included) and an OSError about a file or folder. Any other
+    exception, a plain ValueError included, is a bug."""
     if isinstance(exc, InputError):
         return True
-    if isinstance(exc, OSError) and (isinstance(exc, _FILE_ERRORS) or exc.filename is not None):
-        return True
-    if isinstance(exc, ValueError):
-        module, tb = "", exc.__traceback__
-        while tb is not None:
-            name = tb.tb_frame.f_globals.get("__name__", "")
-            if name.split(".")[0] in _TOOLKIT:
-                module = name
-            tb = tb.tb_next
-        return module.startswith(LEGACY_VALUE_ERRORS)
-    return False
+    return isinstance(exc, OSError) and (isinstance(exc, _FILE_ERRORS) or exc.filename is not None)
 
 
 def _message(exc: BaseException) -> str:

@@ -135,7 +135,25 @@ def _geometry(model, images, classes, rows, out: Path, args) -> None:
                              tube_points=3, seed=args.seed, batch_size=args.batch_size, device=resolve_device(args.device),
                              progress=not args.quiet, restart=args.restart)
     if not args.quiet and "hull" in report:
-        print("triangle hulls (mean +- std over sources):", report["hull"])
+        print(hull_table(report["hull"]))
+
+
+HULL_ROWS = {"p_src": "source confidence p_src", "hull_mean": "mean confidence in the triangles",
+             "edge_mean": "mean confidence on the source's edges", "edge_min": "worst drop on the source's edges"}
+
+
+def hull_table(summary: dict) -> str:
+    """The triangle-hull summary (`HullResult.summary()`) as a small table: each statistic's mean and std over
+    sources, with the number of sources and of triangles per source."""
+    lines = [f"triangle hulls: {summary['sources']} sources x {summary['pairs']} triangle(s), "
+             f"{summary['probes_per_triangle']} probes per triangle (mean and std over sources)",
+             f"  {'statistic':<40} {'mean':>7} {'std':>7}"]
+    for key, value in summary.items():
+        if isinstance(value, dict) and "mean" in value:
+            label = HULL_ROWS.get(key) or (f"share of probes >= p_src - {key.split('@')[1]}" if key.startswith(
+                "fraction@") else key)
+            lines.append(f"  {label:<40} {value['mean']:>7.3f} {value['std']:>7.3f}")
+    return "\n".join(lines)
 
 
 def _print_table(records: list[dict]) -> None:

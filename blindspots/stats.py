@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import InputError
 from .verdicts import wilson_interval
 
 __all__ = ["wilson_interval", "bootstrap_interval"]
@@ -20,7 +21,7 @@ def bootstrap_interval(values, statistic: Callable[[np.ndarray], float] = np.mea
     if v.size == 0:
         return float("nan"), float("nan")
     if not np.all(np.isfinite(v)):
-        raise ValueError("bootstrap_interval: values hold NaN or inf; count such samples apart before the interval")
+        raise InputError("bootstrap_interval: values hold NaN or inf; count such samples apart before the interval")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, v.size, size=(resamples, v.size))
     stats = np.array([statistic(v[i]) for i in idx])

@@ -23,40 +23,23 @@ import math
 import warnings
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .engine import Probe, sample_seeds
 from .errors import InputError
 from .models import probing
 from .pairing import derangement_pairs
 from .traversal_config import LSTConfig
 from .traversal_loop import Chunk, refuse_non_finite, start_noise
 from .traversal_result import LSTResult, Trajectory
-from .traversal_probe import Probe, auto_batch_size, check_batch_independence, check_label_range, resolve_device
+from .traversal_probe import auto_batch_size, check_batch_independence, check_label_range, resolve_device
 
 _start_noise = start_noise  # the name benchmarks/speed_lst.py imports
 from .validation import check_images, check_labels, check_same_shape
 
 __all__ = ["LSTConfig", "LSTResult", "Trajectory", "level_set_traversal", "derangement_pairs", "sample_seeds"]
-
-
-def sample_seeds(seed: int | Sequence[int] | torch.Tensor | None, n: int) -> torch.Tensor:
-    """Per-sample seeds: an int gives seed, seed+1, ...; a sequence is used as is; None draws from torch's RNG."""
-    if seed is None:
-        return torch.randint(0, 2**62, (n,), dtype=torch.int64)
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
-        if not -2**63 <= int(seed) <= 2**63 - max(n, 1):
-            raise InputError(f"seed {seed} is out of range: seeds are 64-bit integers (use one below 2**32)")
-        return torch.arange(n, dtype=torch.int64) + int(seed)
-    try:
-        seeds = torch.as_tensor(seed, dtype=torch.int64).flatten()
-    except (RuntimeError, TypeError, ValueError, OverflowError):
-        raise InputError("seed must be an int, one 64-bit integer per sample, or None") from None
-    if seeds.shape[0] != n:
-        raise InputError(f"seed must be an int or hold one seed per sample ({n}), got {seeds.shape[0]}")
-    return seeds
 
 
 def level_set_traversal(

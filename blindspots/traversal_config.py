@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .traversal_loop import PAPER_STEP
 
-__all__ = ["LSTConfig"]
+__all__ = ["LSTConfig", "PAPER_STEP", "START_REDRAWS"]
+
+PAPER_STEP = 1e-2  # the paper's step; `LSTConfig.offset_scale_max` counts a step of eta as eta / PAPER_STEP of them
+START_REDRAWS = 5  # LSTConfig(start="redraw"): noise of radius r/2, r/4, ..., r/32, then the clean source
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,16 @@ logging. Split from `traversal` to keep each file short; `level_set_traversal` i
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .metrics import distances
-from .traversal_probe import Probe
+from .engine import Probe
 from .errors import InputError
-
-if TYPE_CHECKING:
-    from .traversal_config import LSTConfig
+from .metrics import distances
+from .traversal_config import PAPER_STEP, START_REDRAWS, LSTConfig
 
 __all__ = ["Chunk", "start_noise", "refuse_non_finite", "PAPER_STEP", "START_REDRAWS"]
-
-PAPER_STEP = 1e-2  # the paper's step; `LSTConfig.offset_scale_max` counts a step of eta as eta / PAPER_STEP of them
-START_REDRAWS = 5  # LSTConfig(start="redraw"): noise of radius r/2, r/4, ..., r/32, then the clean source
 
 
 def start_noise(seeds: torch.Tensor, shape: torch.Size, radius: float) -> torch.Tensor:

@@ -1,15 +1,15 @@
-"""Model evaluation for the LST engine: the probe (precision, memory format, compile), the one-time checks that the
-engine's assumptions hold (model on the right device, per-sample outputs independent of batch-mates, labels within
-the logits' width), and the automatic batch size."""
+"""Model evaluation for the LST engine: the one-time checks that the engine's assumptions hold (model on the right
+device, per-sample outputs independent of batch-mates, labels within the logits' width), and the automatic batch size. The probe itself (precision, memory format, compile) is the
+neutral `blindspots.engine.Probe`, shared with the attacks, and re-exported here."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 from torch import nn
 
+from .engine import Probe
 from .models import model_device
 from .validation import check_labels
 from .errors import InputError
@@ -17,53 +17,6 @@ from .errors import InputError
 __all__ = ["Probe", "resolve_device", "check_batch_independence", "check_label_range", "auto_batch_size"]
 
 CPU_AUTO_BATCH = 32  # CPU: large enough to amortise per-call overhead, small enough for 224-px ResNet-50 activations
-
-
-class Probe:
-    """Forward(+backward) of the model at a batch of points, in the configured precision and memory format (the LST
-    engine's model calls, and the attacks' through `float_logits`).
-
-    `amp` runs the model under bfloat16 autocast (on CPU too): bfloat16 has float32's exponent range, so the gradient
-    of -log p on a confident source does not underflow to zero as it can in float16 without loss scaling. Logits are
-    cast back to float32 before the log-softmax, and the input gradient comes back in the input's dtype.
-    """
-
-    def __init__(self, model: nn.Module, *, amp: bool = False, channels_last: bool = False, compile: bool = False,
-                 device: torch.device | None = None) -> None:
-        self.model = model
-        self.forward = torch.compile(model) if compile else model
-        self.amp = amp
-        self.device_type = (device or model_device(model)).type
-        self.channels_last = channels_last
-
-    def float_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits at x as float32, in the configured precision and layout; the caller's grad mode holds
-        (the attacks take their gradients through this)."""
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(self.device_type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
-        with ctx:
-            logits = self.forward(x)
-        return logits.float()
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.float_logits(x)
-
-    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.float_logits(x).log_softmax(-1)
-
-    def log_probs_and_grad(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log-softmax at x and g = grad_x(-log p_y(x)) per sample (one forward, one backward)."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            logp = self.float_logits(x).log_softmax(-1)
-            loss = -logp.gather(1, y[:, None]).sum()
-            if not loss.requires_grad:  # the output does not depend on the input: the gradient is zero
-                return logp.detach(), torch.zeros_like(x)
-            (g,) = torch.autograd.grad(loss, x, allow_unused=True)
-        return logp.detach(), torch.zeros_like(x) if g is None else g.to(x.dtype)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

@@ -36,6 +36,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from .errors import InputError
+
 __all__ = ["LEVEL", "MIN_UNITS", "RESAMPLES", "MAX_EMPTY", "HOLDS", "DOES_NOT_HOLD", "INCONCLUSIVE", "EQUIVALENT",
            "UNDERPOWERED", "NOT_EVALUATED", "MIXED", "OUTCOMES", "Estimate", "unit_interval", "unit_intervals",
            "paired_interval",
@@ -107,7 +109,7 @@ def expanded_level(level: float, units: int) -> float:
     """The level to ask of the bootstrap so that its interval has the width a t interval has at `units` units:
     2 Phi(sqrt(G / (G - 1)) t_{G-1, (1 + level) / 2}) - 1 (Hesterberg 2015, the expanded percentile interval)."""
     if units < 2:
-        raise ValueError(f"an interval needs at least 2 units, got {units}")
+        raise InputError(f"an interval needs at least 2 units, got {units}")
     t = stats.t.ppf((1 + level) / 2, units - 1)
     return float(2 * stats.norm.cdf(math.sqrt(units / (units - 1)) * t) - 1)
 
@@ -132,7 +134,7 @@ def unit_interval(values, units: Mapping[str, Sequence[Any]] | None = None, *,
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1:
-        raise ValueError(f"values must be 1-D, one per observation; got shape {v.shape}")
+        raise InputError(f"values must be 1-D, one per observation; got shape {v.shape}")
     return unit_intervals(v[None], units, pools=pools, statistic=statistic, level=level, resamples=resamples,
                           seed=seed, method=method, expand=expand)[0]
 
@@ -145,23 +147,23 @@ def unit_intervals(values, units: Mapping[str, Sequence[Any]] | None = None, *,
     for coverage simulations. `batch`: replicates per statistic call (memory: R x batch x n floats)."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2:
-        raise ValueError(f"values must be (datasets, observations), got shape {v.shape}")
+        raise InputError(f"values must be (datasets, observations), got shape {v.shape}")
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"values hold {int((~np.isfinite(v)).sum())} NaN/inf of {v.size}: decide how to count "
+        raise InputError(f"values hold {int((~np.isfinite(v)).sum())} NaN/inf of {v.size}: decide how to count "
                          "them before the interval")
     if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+        raise InputError(f"level must lie in (0, 1), got {level!r}")
     if method not in ("BCa", "percentile"):
-        raise ValueError(f"method must be 'BCa' or 'percentile', got {method!r}")
+        raise InputError(f"method must be 'BCa' or 'percentile', got {method!r}")
     n_obs = v.shape[1]
     units = {"unit": np.arange(n_obs)} if units is None else {r: list(np.asarray(ids).tolist())
                                                                for r, ids in units.items()}
     if not units:
-        raise ValueError("units: give at least one role")
+        raise InputError("units: give at least one role")
     pools = {role: (pools or {}).get(role, role) for role in units}
     for role, ids in units.items():
         if len(ids) != n_obs:
-            raise ValueError(f"units[{role!r}] has {len(ids)} ids for {n_obs} values")
+            raise InputError(f"units[{role!r}] has {len(ids)} ids for {n_obs} values")
     pool_names = list(dict.fromkeys(pools.values()))
     index = {p: {u: i for i, u in enumerate(dict.fromkeys(u for r in units if pools[r] == p for u in units[r]))}
              for p in pool_names}
@@ -250,7 +252,7 @@ def paired_interval(a, b, units: Mapping[str, Sequence[Any]] | None = None, **kw
     """Interval of the mean paired difference a - b (same observations, same units); see `unit_interval`."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"paired values need one shape, got {a.shape} and {b.shape}")
+        raise InputError(f"paired values need one shape, got {a.shape} and {b.shape}")
     return unit_interval(a - b, units, **kwargs)
 
 
@@ -262,7 +264,7 @@ def proportion_interval(k: int, n: int, *, level: float = LEVEL, unit: str = "un
     1e-12 of 0 or 1 are returned as exactly 0 or 1."""
     k, n = int(k), int(n)
     if n < 0 or not 0 <= k <= max(n, 0):
-        raise ValueError(f"a proportion needs 0 <= k <= n, got k={k}, n={n}")
+        raise InputError(f"a proportion needs 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0, {unit: 0}, {unit: 0}, "Wilson", level,
                         "no interval: n = 0")
@@ -274,13 +276,13 @@ def wilson_interval(k, n, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]
     """Wilson score interval of k / n elementwise (`scipy.stats.binomtest(k, n).proportion_ci('wilson')`), NaN
     where n == 0; k must be whole numbers (counts that went through floats are rounded if within 1e-6)."""
     if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+        raise InputError(f"level must lie in (0, 1), got {level!r}")
     k, n = np.broadcast_arrays(np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64))
     if np.any(np.abs(k - np.round(k)) > 1e-6) or np.any(np.abs(n - np.round(n)) > 1e-6):
-        raise ValueError("wilson_interval: k and n must be counts (whole numbers)")
+        raise InputError("wilson_interval: k and n must be counts (whole numbers)")
     k, n = np.round(k).astype(np.int64), np.round(n).astype(np.int64)
     if np.any(n < 0) or np.any(k < 0) or np.any(k > n):
-        raise ValueError("wilson_interval: needs 0 <= k <= n")
+        raise InputError("wilson_interval: needs 0 <= k <= n")
     lo, hi = np.full(k.shape, np.nan), np.full(k.shape, np.nan)
     for i in np.ndindex(k.shape):
         if n[i] > 0:
@@ -310,7 +312,7 @@ def mcnemar_exact(a, b) -> McNemar:
     """Two-sided exact McNemar test (binomial test of the discordant pairs at 1/2) for paired booleans a, b."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired outcomes need two 1-D arrays of one length, got {a.shape} and {b.shape}")
+        raise InputError(f"paired outcomes need two 1-D arrays of one length, got {a.shape} and {b.shape}")
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     p = 1.0 if only_a + only_b == 0 else float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
     n = int(a.size)
@@ -321,7 +323,7 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error), in the input order."""
     p = np.asarray(p_values, dtype=np.float64)
     if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
-        raise ValueError("holm: p-values must be a 1-D sequence of numbers in [0, 1]")
+        raise InputError("holm: p-values must be a 1-D sequence of numbers in [0, 1]")
     m = p.size
     order = np.argsort(p, kind="stable")
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
@@ -350,11 +352,11 @@ class Rule:
 
     def __post_init__(self) -> None:
         if self.direction not in ("above", "below"):
-            raise ValueError(f"direction must be 'above' or 'below', got {self.direction!r}")
+            raise InputError(f"direction must be 'above' or 'below', got {self.direction!r}")
         if self.interval not in ("mean", "proportion"):
-            raise ValueError(f"interval must be 'mean' or 'proportion', got {self.interval!r}")
+            raise InputError(f"interval must be 'mean' or 'proportion', got {self.interval!r}")
         if self.margin is not None and not self.margin > 0:
-            raise ValueError(f"margin must be > 0, got {self.margin!r}")
+            raise InputError(f"margin must be > 0, got {self.margin!r}")
 
     def needs(self) -> int:
         """The fewest units at which the rule can decide either way: `min_units`, and for a Wilson rule the
@@ -383,7 +385,7 @@ class Rule:
 def _wilson_needs(bound: float, level: float) -> int:
     """The smallest n at which n / n has a Wilson lower bound above `bound` and 0 / n an upper bound below it."""
     if not 0 < bound < 1:
-        raise ValueError(f"a proportion rule needs a bound in (0, 1), got {bound}")
+        raise InputError(f"a proportion rule needs a bound in (0, 1), got {bound}")
     n = 1
     while not (wilson_interval(n, n, level)[0] > bound and wilson_interval(0, n, level)[1] < bound):
         n += 1
@@ -433,7 +435,7 @@ def combine(parts: Mapping[str, Verdict | str]) -> Verdict:
     outcomes = {k: (v.outcome if isinstance(v, Verdict) else v) for k, v in parts.items()}
     bad = {k: o for k, o in outcomes.items() if o not in OUTCOMES}
     if bad:
-        raise ValueError(f"unknown outcomes {bad}; expected one of {OUTCOMES}")
+        raise InputError(f"unknown outcomes {bad}; expected one of {OUTCOMES}")
     decided = {k: o for k, o in outcomes.items() if o in _DECIDED or o == MIXED}
     undecided = {k: o for k, o in outcomes.items() if k not in decided}
     if not decided:

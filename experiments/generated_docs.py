@@ -7,7 +7,8 @@ A block of README.md or of any Markdown page under docs/ (the documentation site
     <!-- /generated:NAME -->
 
 `BLOCKS` maps NAME to (results file, renderer): the results file (relative to the repository) is written by the
-command that measures it; the renderer turns its parsed JSON into Markdown. `python -m experiments.generated_docs`
+command that measures it; the renderer turns its parsed JSON into Markdown. A block without a results file (None) is
+rendered from the code (the model registry's table), its renderer called with None. `python -m experiments.generated_docs`
 rewrites every block; `--check` rewrites nothing and exits 1 naming each block that differs, and each registered
 block that no page holds (the test suite runs it), so a sentence or table in the docs cannot drift from its numbers
 nor be lost when a section moves between pages.
@@ -21,6 +22,8 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from blindspots.errors import InputError
 
 __all__ = ["BLOCKS", "REPO", "render_block", "update_text", "update_files", "unplaced_blocks", "main"]
 
@@ -53,10 +56,17 @@ def _zoo_robustness(data: Any) -> str:
     return render_zoo_robustness(data)
 
 
-# NAME -> (results file relative to the repository, renderer of its parsed JSON). Register a block here, next to
-# nothing else: the renderer lives in the module that owns the results (imported when the block is rendered, so
-# --check stays light).
-BLOCKS: dict[str, tuple[str, Renderer]] = {
+def _models(data: None) -> str:
+    from blindspots.zoo import render_model_table
+
+    return render_model_table(data)
+
+
+# NAME -> (results file relative to the repository, or None for a block rendered from the code itself, e.g. a
+# registry; renderer of the parsed JSON, or of None). Register a block here, next to nothing else: the renderer lives
+# in the module that owns the results (imported when the block is rendered, so --check stays light).
+BLOCKS: dict[str, tuple[str | None, Renderer]] = {
+    "models": (None, _models),  # the model registry (blindspots.registry, filled by blindspots.zoo)
     "paper-claims": ("docs/results/claims.json", _paper_claims),  # blindspots paper --results-to <this file>
     "zoobot-results": ("docs/results/zoobot.json", _zoobot_results),  # blindspots zoobot --results-to <this file>
     "zoo-training": ("blindspots/zoo/weights/mnist.json", _zoo_training),
@@ -67,7 +77,7 @@ _BLOCK = re.compile(r"(<!-- generated:(?P<name>[A-Za-z0-9_.-]+) -->\n)(?P<body>.
                     re.DOTALL)
 
 
-def render_block(name: str, blocks: Mapping[str, tuple[str, Renderer]] | None = None,
+def render_block(name: str, blocks: Mapping[str, tuple[str | None, Renderer]] | None = None,
                  root: Path = REPO) -> str:
     """The Markdown of block `name`, rendered from its results file (one line per error: unknown block, missing
     or unreadable results file)."""
@@ -75,16 +85,18 @@ def render_block(name: str, blocks: Mapping[str, tuple[str, Renderer]] | None = 
     if name not in blocks:
         raise KeyError(f"generated block {name!r} is not registered in experiments.generated_docs.BLOCKS")
     rel, render = blocks[name]
-    path = root / rel
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"generated block {name!r}: cannot read its results file {path}: {exc}") from None
+    data = None
+    if rel is not None:
+        path = root / rel
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"generated block {name!r}: cannot read its results file {path}: {exc}") from None
     text = render(data)
     return text if text.endswith("\n") else text + "\n"
 
 
-def update_text(text: str, blocks: Mapping[str, tuple[str, Renderer]] | None = None,
+def update_text(text: str, blocks: Mapping[str, tuple[str | None, Renderer]] | None = None,
                 root: Path = REPO) -> tuple[str, list[str]]:
     """`text` with every generated block re-rendered, and the names of the blocks whose content changed."""
     changed: list[str] = []
@@ -103,7 +115,7 @@ def doc_files(root: Path = REPO) -> list[Path]:
     return [p for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))] if p.is_file()]
 
 
-def update_files(check: bool = False, blocks: Mapping[str, tuple[str, Renderer]] | None = None,
+def update_files(check: bool = False, blocks: Mapping[str, tuple[str | None, Renderer]] | None = None,
                  root: Path = REPO) -> dict[str, list[str]]:
     """Re-render the blocks of every doc file (or, with `check`, only compare); {file: changed blocks}."""
     drift: dict[str, list[str]] = {}

@@ -142,12 +142,12 @@ def run_study(
     info = info or st.DistInfo()
     out = Path(out)
     if hull and protocol.rounds < 2:
-        raise ValueError(f"rounds {protocol.rounds}: the hull statistics (Table 2) need >= 2 rounds, two LST outputs "
+        raise InputError(f"rounds {protocol.rounds}: the hull statistics (Table 2) need >= 2 rounds, two LST outputs "
                          "per source for a triangle; give --rounds >= 2 or --no-hull")
     chosen, labels_t = st.select_pool([m for _, m in models], images, labels, min_confidence=min_confidence)
     pool = chosen if pool is None else torch.as_tensor(pool).long().flatten()
     if pool.numel() < 2:
-        raise ValueError(f"only {pool.numel()} image(s) are classified correctly by every model (confidence > "
+        raise InputError(f"only {pool.numel()} image(s) are classified correctly by every model (confidence > "
                          f"{min_confidence}); the protocol needs at least 2 of different classes")
     targets = derangement_pairs(labels_t[pool], protocol.rounds, protocol.seed)
     full_settings = {"study": "lst_tables", "models": [n for n, _ in models], "config": config.to_dict(),
@@ -338,12 +338,12 @@ def run_tables(out: str | Path, models: str | Sequence[str] = "imagenet-lite0", 
     specs = [s for s in models.split(",") if s] if isinstance(models, str) else list(models)
     weights = list(weights or [])
     if len(weights) > len(specs):
-        raise ValueError(f"weights has {len(weights)} entries for {len(specs)} models")
+        raise InputError(f"weights has {len(weights)} entries for {len(specs)} models")
     weights += [None] * (len(specs) - len(weights))
     config = config or LSTConfig.paper()
     protocol = st.ProtocolConfig(rounds=rounds, seed=seed, pairs_per_batch=batch_size)
     if hull and rounds < 2:  # before loading anything: run_study checks it too
-        raise ValueError(f"rounds {rounds}: the hull statistics (Table 2) need >= 2 rounds, two LST outputs per "
+        raise InputError(f"rounds {rounds}: the hull statistics (Table 2) need >= 2 rounds, two LST outputs per "
                          "source for a triangle; give --rounds >= 2 or --no-hull")
     info = st.init_distributed(device)
     try:

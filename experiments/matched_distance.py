@@ -25,6 +25,7 @@ from blindspots import LSTConfig, level_set_traversal
 from blindspots import studies as st
 
 from .lst_tables import hull_deltas, hull_metric
+from blindspots.errors import InputError
 
 __all__ = ["LOG_EVERY", "matched_hull_records"]
 
@@ -38,7 +39,7 @@ def matched_hull_records(models: Sequence[tuple[str, nn.Module]], images: torch.
     """Records of the matched-distance comparison of two models (normal, AT) on the protocol's pairs (`targets`:
     (rounds, len(pool)) positions in `pool`, as `derangement_pairs` gives them)."""
     if len(models) != 2:
-        raise ValueError(f"matched distance compares two models, got {len(models)}")
+        raise InputError(f"matched distance compares two models, got {len(models)}")
     cfg = replace(config, log_every=LOG_EVERY, log_snapshots=True, stop_rms=None)
     pool = torch.as_tensor(pool).long()
     store = st.open_run_store(out, "matched_distance", st.DistInfo(), restart=restart, model=dict(models),

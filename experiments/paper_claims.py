@@ -37,6 +37,7 @@ from blindspots.store import RunStore
 
 from . import paper_verdicts as pv
 from .lst_tables import TABLE1_FIELDS, open_unit_float, run_study, table2_fields
+from blindspots.errors import InputError
 
 HELP = "the LST paper's claims on real normal and adversarially trained models (MNIST CNN/ViT, ImageNet)"
 
@@ -74,7 +75,7 @@ def _photo_images(models, limit: int | None, seed: int, size: int, min_confidenc
     pool = agreed_photo_pool(models, size=size, min_confidence=min_confidence)
     n = len(pool) if limit is None else min(limit, len(pool))
     if n < 2 or len(set(pool.classes[:n].tolist())) < 2:
-        raise ValueError(f"imagenet: {', '.join(getattr(m, 'name', '?') for m in models)} puts {len(pool)} of "
+        raise InputError(f"imagenet: {', '.join(getattr(m, 'name', '?') for m in models)} puts {len(pool)} of "
                          f"{pool.candidates} photos in a class with p > {min_confidence:g} at {size} px; the protocol "
                          "needs 2 of different classes (a larger --photo-size helps; default 128)")
     return pool.images[:n], None, list(pool.names[:n])
@@ -109,7 +110,7 @@ def _plan(name: str, group: Group, nets: Mapping[str, torch.nn.Module], sources,
         images, labels, names = group.images([n for _, n in pairs], sources, seed, photo_size, min_confidence)
         pool, _ = st.select_pool([n for _, n in pairs], images, labels, min_confidence=min_confidence)
         if pool.numel() < 2:
-            raise ValueError(f"{name}: {', '.join(models)} classify {pool.numel()} of {len(images)} images correctly "
+            raise InputError(f"{name}: {', '.join(models)} classify {pool.numel()} of {len(images)} images correctly "
                              f"with p > {min_confidence:g}; the protocol needs at least 2")
         runs.append(_Run(name if not group.per_model else f"{name}/{st.slug(models[0])}", pairs, images, labels,
                          names, pool, out / name / (st.slug(models[0]) if group.per_model else "")))
@@ -134,14 +135,14 @@ def run_claims(out: str | Path, groups: Mapping[str, Group] | Sequence[str] = ("
     config = config or LSTConfig.paper()
     groups = {g: GROUPS[g] for g in groups} if not isinstance(groups, Mapping) else dict(groups)
     if not groups:
-        raise ValueError(f"groups: give at least one of {', '.join(GROUPS)}")
+        raise InputError(f"groups: give at least one of {', '.join(GROUPS)}")
     if config.amp:
-        raise ValueError("amp: refused for this study; LST under bfloat16 and the hull probes in float32 would judge "
+        raise InputError("amp: refused for this study; LST under bfloat16 and the hull probes in float32 would judge "
                          "p >= p_src - delta by different numbers")
     if rounds < 2:
-        raise ValueError(f"rounds {rounds}: the claims need >= 2 rounds (a triangle needs two LST outputs per source)")
+        raise InputError(f"rounds {rounds}: the claims need >= 2 rounds (a triangle needs two LST outputs per source)")
     if not 0 < config.threshold < 1:
-        raise ValueError(f"threshold must lie in (0, 1), got {config.threshold}")
+        raise InputError(f"threshold must lie in (0, 1), got {config.threshold}")
     out = Path(out)
     protocol = st.ProtocolConfig(rounds=rounds, seed=seed, pairs_per_batch=batch_size)
     plans: dict[str, list[_Run]] = {}
@@ -275,9 +276,9 @@ def run(args: argparse.Namespace) -> int:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if not groups or unknown:
-        raise ValueError(f"--groups {args.groups!r}: choose one or more of {', '.join(GROUPS)}")
+        raise InputError(f"--groups {args.groups!r}: choose one or more of {', '.join(GROUPS)}")
     if args.model is not None or args.weights is not None:
-        raise ValueError("--model/--weights: this study probes its fixed model groups (see --groups)")
+        raise InputError("--model/--weights: this study probes its fixed model groups (see --groups)")
     overrides = {k: v for k, v in (("iterations", args.iterations), ("threshold", args.threshold)) if v}
     result = run_claims(args.out, groups, sources=args.sources, rounds=args.rounds,
                         config=LSTConfig.paper(**overrides, **model_call_options(args)),

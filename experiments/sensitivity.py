@@ -1,6 +1,7 @@
 """Over- and under-sensitivity side by side, per image.
 
-Over-sensitivity: the smallest budget that flips the model (`attacks.minimal_epsilon`, bisection over PGD).
+Over-sensitivity: the smallest budget that flips the model (by default `attacks.minimal_epsilon`, bisection over
+PGD; any registered attack, `attacks.registry`: a fixed-budget one tells whether eps flips the model).
 Under-sensitivity: how far Level Set Traversal gets towards images of other classes while the model keeps its
 confidence in the source class (the RMS-l2 distance left to the target, and the confidence kept).
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 import attacks
+from attacks.registry import run_attack
 from blindspots.models import Classifier, model_device, probing
 from blindspots.store import RunStore
 from blindspots.studies.tables import write_csv
@@ -81,8 +83,10 @@ def sensitivity_profile(
     norm: str = "linf",
     max_eps: float | None = None,
     search_steps: int | None = None,
-    rtol: float = 0.05,
-    steps: int = 20,
+    rtol: float | None = None,
+    steps: int | None = None,
+    attack: str = "minimal-epsilon",
+    eps: float | None = None,
     rounds: int = 1,
     config: LSTConfig | None = None,
     seed: int = 0,
@@ -98,8 +102,10 @@ def sensitivity_profile(
         model: a `Classifier` (images in [0, 1]).
         images: (N, C, H, W) in [0, 1]; labels: (N,) classes (default: the model's predictions).
         names: one name per image for the table and figure (default: the index).
-        norm, max_eps, rtol, search_steps, steps: settings of `attacks.minimal_epsilon` (log-scale bisection to a
-            relative precision `rtol`, at most `search_steps` rounds; PGD steps per budget).
+        attack: a registered attack (`attacks.registry.ATTACKS`); eps: the budget of a fixed-budget attack.
+        norm, steps: the attack's norm and iteration count (default: its own); max_eps, rtol, search_steps:
+            settings of `attacks.minimal_epsilon` (log-scale bisection to a relative precision `rtol`, at most
+            `search_steps` rounds), refused for an attack that does not take them.
         rounds: LST targets per image, drawn by `derangement_pairs` (each image's target is an image of another
             class); 0 skips the under-sensitivity side (its columns are then NaN).
         config: LST settings (default `LSTConfig.adaptive()`: far fewer model passes than paper mode, see
@@ -108,10 +114,10 @@ def sensitivity_profile(
         checkpoint: a run-store folder where each stage (the budget search, every LST round) is kept as it
             completes; a rerun with the same model weights, images and settings reuses them, any change is refused
             naming what changed (unless `restart=True`).
-        attack_options: more keyword arguments of `attacks.minimal_epsilon` (e.g. amp=True, compile=True).
+        attack_options: more keyword arguments of the attack (e.g. amp=True, compile=True).
 
     Row columns: index, name, label, class_name, min_eps (in `norm`; 0 if misclassified, inf if `max_eps` does not
-    flip it), min_eps_text ("<= x" where the search reached its floor, "> max_eps" where nothing flipped),
+    flip it; for a fixed-budget attack eps where it flips, inf where not, see `attacks.registry.run_attack`), min_eps_text ("<= x" where the search reached its floor, "> max_eps" where nothing flipped),
     min_eps_lower (the largest budget at which PGD failed), adv_rms_l2, adv_linf (the perturbation found at min_eps),
     adv_success; lst_rms_l2 (RMS-l2 left to the target after LST, mean over rounds; smaller = a larger blind spot),
     lst_rms_l2_min, lst_linf, lst_start_rms_l2 (source-target distance), lst_fraction_left (lst_rms_l2 /
@@ -129,16 +135,16 @@ def sensitivity_profile(
     pairs = derangement_pairs(labels.cpu(), rounds, seed) if rounds > 0 else None  # clear error without targets
     config = config or LSTConfig.adaptive()
     attack_options = dict(attack_options or {})
-    settings = {"norm": norm, "max_eps": max_eps, "search_steps": search_steps, "rtol": rtol, "steps": steps,
+    settings = {"attack": attack, "eps": eps, "norm": norm, "max_eps": max_eps, "search_steps": search_steps, "rtol": rtol, "steps": steps,
                 "rounds": rounds, "seed": seed, "config": config.to_dict(), "attack_options": attack_options}
     store = None
     if checkpoint is not None:
         store = RunStore(checkpoint, "sensitivity", model=model, settings=settings,
                          inputs={"images": images, "labels": labels}, restart=restart)
     try:
-        adv = _stage(store, "adversarial", attacks.AttackResult, lambda: attacks.minimal_epsilon(
-            model, images, labels, norm=norm, max_eps=max_eps, search_steps=search_steps, rtol=rtol, steps=steps,
-            seed=seed, device=device, progress=progress, **attack_options))
+        adv = _stage(store, "adversarial", attacks.AttackResult, lambda: run_attack(
+            attack, model, images, labels, norm=norm, eps=eps, steps=steps, max_eps=max_eps,
+            search_steps=search_steps, rtol=rtol, seed=seed, device=device, progress=progress, **attack_options))
         lst_results = [_stage(store, f"lst-round{r}", LSTResult, lambda r=r: level_set_traversal(
             model, images, images[pairs[r]], labels, config, target_labels=labels[pairs[r]], seed=seed + r * n,
             progress=progress, device=device), check=lambda res: res.validate(n, images.shape[1:]))
@@ -209,7 +215,8 @@ def plot_sensitivity(profile: SensitivityProfile, *, path: str | os.PathLike | N
     fig = _figure(6.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     finite = np.isfinite(x)
-    edge = float(profile.attack.params.get("max_eps", np.nanmax(x[finite]) if finite.any() else 1.0))
+    params = profile.attack.params
+    edge = float(params.get("max_eps", params.get("eps", np.nanmax(x[finite]) if finite.any() else 1.0)))
     xs = np.where(finite, x, edge)
     has_c = np.isfinite(c).any()
     kw = dict(c=c, cmap="viridis", vmin=0.0, vmax=1.0) if has_c else dict(color="tab:blue")

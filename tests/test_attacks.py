@@ -390,3 +390,89 @@ def test_model_call_options_reach_both_sides_of_the_profile_and_every_command():
         importlib.import_module(name).add_arguments(parser)
         args = parser.parse_args(["--amp", "--channels-last", "--compile"])
         assert model_call_options(args) == {"amp": True, "channels_last": True, "compile": True}, name
+
+
+# ------------------------------------------------------------------------------- issue 20: the attack registry
+
+
+def test_registered_attacks_report_their_budget_the_same_way_on_a_linear_classifier():
+    """run_attack fills the budget fields for both semantics: a minimal attack's epsilon is the norm it found (at or
+    just past the closed-form minimum); a fixed one is a one-point search: '<= eps' where eps exceeds the minimum
+    (it flips), '> eps' where eps is below it (it cannot)."""
+    from attacks.registry import ATTACKS, run_attack
+
+    model, x, margin, w = _linear_setup()
+    exact_l2, exact_linf = margin / w.norm(), margin / w.abs().sum()
+    assert {"pgd", "apgd", "apgd-t", "square", "fgsm", "minimal-epsilon", "deepfool", "fab-t"} <= set(ATTACKS)
+    df = run_attack("deepfool", model, x, norm="l2")
+    assert (df.epsilon >= exact_l2 * (1 - 1e-4)).all() and (df.epsilon <= exact_l2 * 1.05).all()
+    assert df.params["budget"] == "minimal" and df.epsilon_text() == [f"{e:.4g}" for e in df.epsilon.tolist()]
+    eps = float(exact_linf.median())
+    for name in ("pgd", "apgd"):
+        res = run_attack(name, model, x, norm="linf", eps=eps, steps=20, seed=0)
+        flips = exact_linf < eps * 0.99  # PGD finds the linear model's minimal flip within 20 steps
+        assert res.success[flips].all() and not res.success[exact_linf > eps].any(), name
+        text = res.epsilon_text()
+        assert [t for t, f in zip(text, res.success) if f] == [f"<= {eps:.4g}"] * int(res.success.sum())
+        assert [t for t, f in zip(text, res.success) if not f] == [f"> {eps:.4g}"] * int((~res.success).sum())
+        assert torch.equal(res.epsilon.isinf(), ~res.success)
+
+
+def test_the_registry_refuses_settings_an_attack_would_ignore():
+    from attacks.budget import FixedEpsilonAttack
+    from attacks.registry import ATTACKS, attack_entry, register_attack
+
+    model = Classifier(LinearBinary(), MEAN, STD)
+    with pytest.raises(ValueError, match="fixed budget: give eps"):
+        attack_entry("pgd").make(model, norm="linf")
+    with pytest.raises(ValueError, match="searches the smallest budget itself"):
+        attack_entry("deepfool").make(model, norm="l2", eps=0.1)
+    with pytest.raises(ValueError, match="supports l2, not 'linf'"):
+        attack_entry("deepfool").make(model, norm="linf")
+    with pytest.raises(ValueError, match="does not take max_eps"):
+        attack_entry("apgd").make(model, norm="l2", eps=0.5, max_eps=1.0)
+    with pytest.raises(ValueError, match="unknown attack 'cw'; registered: pgd"):
+        attack_entry("cw")
+    assert attack_entry("square").make(model, norm="linf", eps=0.1, steps=7).queries == 7
+    with pytest.raises(ValueError, match="registered twice"):
+        register_attack("pgd", "again")(attacks.PGD)
+    with pytest.raises(ValueError, match="must derive from FixedEpsilonAttack or MinimizationAttack"):
+        register_attack("plain", "no budget semantics")(attacks.Attack)
+    assert "plain" not in ATTACKS
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):  # the budget check of the base class
+        type("Bad", (FixedEpsilonAttack,), {})(model, -1.0, "linf")
+
+
+def test_a_registered_attack_is_reachable_from_the_command_line(tmp_path, capsys):
+    """One decorator is all a new attack needs: `blindspots attack --attack NAME` lists it and runs it."""
+    from attacks.budget import FixedEpsilonAttack
+    from attacks.registry import ATTACKS, register_attack
+    from blindspots.cli import main
+
+    calls = []
+
+    @register_attack("test-noise", "uniform noise of size eps (a test attack)")
+    class Noise(FixedEpsilonAttack):
+        def __init__(self, model, eps, norm="linf", *, seed=None, **options):
+            super().__init__(model, eps, norm, seed=seed, **options)
+
+        def _run(self, run, idx, init):
+            calls.append(idx.numel())
+            x = (run.x[idx] + self.eps * torch.sign(torch.randn_like(run.x[idx]))).clamp(0, 1)
+            run.commit(idx, x, run.logits(x, idx))
+
+    try:
+        with pytest.raises(SystemExit):
+            main(["attack", "--help"])
+        assert "test-noise (fixed budget, linf/l2): uniform noise of size eps" in " ".join(
+            capsys.readouterr().out.split())
+        assert main(["attack", "--attack", "test-noise", "--eps", "0.5", "--model", "mnist-cnn", "--rounds", "0",
+                     "--out", str(tmp_path), "--quiet"]) == 0
+        rows = json.loads((tmp_path / "sensitivity.json").read_text())["rows"]
+        assert calls and len(rows) == 10
+        assert {r["min_eps_text"] for r in rows} <= {"0", "<= 0.5", "> 0.5"}
+        assert main(["attack", "--attack", "test-noise", "--model", "mnist-cnn", "--out", str(tmp_path / "b")]) == 2
+        assert capsys.readouterr().err.strip() == ("blindspots attack: error: attack 'test-noise' has a fixed budget: "
+                                                   "give eps (--eps)")
+    finally:
+        ATTACKS.pop("test-noise", None)

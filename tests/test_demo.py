@@ -16,11 +16,12 @@ from blindspots.data import prepare, to_tensor
 from conftest import REPO, subprocess_env
 
 
-def test_demo_writes_results_and_resumes(tmp_path):
+def test_demo_writes_results_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--iterations", "3", "--size", "64", "--quiet",
             "--photos", "chelsea,coffee,rocket"]
-    assert main(args) == 0
+    assert main([a for a in args if a != "--quiet"]) == 0
+    printed = capsys.readouterr().out
     data = json.loads((out / "results.json").read_text())
     classes = data["meta"]["classes"]
     n_pairs = sum(1 for i in range(3) for j in range(3) if i != j and classes[i] != classes[j])
@@ -35,6 +36,11 @@ def test_demo_writes_results_and_resumes(tmp_path):
     assert saved_for_geometry["outputs"].shape[:2] == (3, 2) and saved_for_geometry["model"] == "imagenet-lite0"
     geometry = json.loads((out / "geometry" / "geometry.json").read_text())
     assert 0 <= geometry["hull"]["hull_mean"]["mean"] <= 1 and (out / "geometry" / "triangle_0_0_1.png").exists()
+    # the geometry summary prints as a table of the saved figures (mean and std over sources), not as a raw dict
+    hull = geometry["hull"]
+    assert "{'" not in printed and f"triangle hulls: 3 sources x {hull['pairs']} triangle(s)" in printed
+    for label, key in (("source confidence p_src", "p_src"), ("mean confidence in the triangles", "hull_mean")):
+        assert f"  {label:<40} {hull[key]['mean']:>7.3f} {hull[key]['std']:>7.3f}" in printed
 
     # resume: saved rows are reused, not recomputed (their files stay untouched) and give the same records
     rows = sorted((out / "stages").glob("row-*.safetensors"))

@@ -66,3 +66,27 @@ def test_check_names_a_registered_block_that_no_page_holds(monkeypatch, capsys):
     monkeypatch.setattr(gd, "update_files", lambda check=False: {})  # isolate the placement check from the results
     assert main(["--check"]) == 1
     assert "nowhere" in capsys.readouterr().out
+
+
+def test_a_block_without_results_file_is_rendered_from_code(tmp_path):
+    """A block registered with no results file (the model registry's table) is rendered from None: no file is
+    looked for."""
+    seen = []
+    blocks = {"code": (None, lambda d: seen.append(d) or "| a |\n|---|\n")}
+    text, changed = update_text("<!-- generated:code -->\nold\n<!-- /generated:code -->", blocks, tmp_path)
+    assert seen == [None] and changed == ["code"]
+    assert text == "<!-- generated:code -->\n| a |\n|---|\n<!-- /generated:code -->"
+
+
+def test_the_readme_models_block_is_the_registry():
+    """The README's model table lists every registered model, in order, and equals its renderer's output."""
+    import re
+
+    from blindspots.registry import MODELS
+    from experiments.generated_docs import REPO, render_block
+
+    body = render_block("models")
+    assert [r.split("|")[1].strip().strip("`") for r in body.splitlines()[2:]] == list(MODELS)
+    assert {"imagenet-lite0", "mnist-cnn"} <= set(MODELS)
+    page = (REPO / "docs" / "zoo.md").read_text()
+    assert re.search(r"<!-- generated:models -->\n(.*?)<!-- /generated:models -->", page, re.S)[1] == body

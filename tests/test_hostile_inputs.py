@@ -709,6 +709,13 @@ def test_input_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsy
     for bug in (TypeError("unsupported operand"), KeyError("config"), ValueError("internal invariant")):
         with pytest.raises(type(bug)):
             run_command("t", command(bug), [])
+    # a plain ValueError from inside a toolkit module (one whose ValueErrors used to count as user errors) is a bug
+    from experiments import paper_claims
+
+    inside = dict(vars(paper_claims))  # a function whose frames belong to experiments.paper_claims
+    exec("def run(args):\n    raise ValueError('internal invariant')\n", inside)
+    with pytest.raises(ValueError, match="internal invariant"):
+        run_command("t", types.SimpleNamespace(HELP="test", add_arguments=lambda p: None, run=inside["run"]), [])
     # a real bug inside a command: the traceback is shown, not blamed on the user
     from blindspots import demo
 

@@ -42,6 +42,94 @@ def test_dependencies_point_one_way(package, forbidden):
     assert not offenders, f"{package} must not import {sorted(forbidden)}: {offenders}"
 
 
+def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """module -> the project modules it imports, anywhere in its file (module level, inside functions, under
+    `if TYPE_CHECKING`): every `import` and `from ... import` statement found by `ast`, relative ones resolved, each
+    mapped to the longest known module (so `from pkg.sub import name` counts as importing pkg.sub)."""
+    files = {}
+    for package in packages:
+        for path in (root / package).rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            files[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+
+    def known(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, (path, is_package) in files.items():
+        here = module if is_package else module.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {known(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = here.split(".")[:len(here.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                deps |= {known(f"{base}.{a.name}") if f"{base}.{a.name}" in files else known(base) for a in node.names}
+        graph[module] = {d for d in deps if d is not None and d != module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each is at least one import cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycles_among_the_projects_modules():
+    graph = import_graph(REPO, ("blindspots", "attacks", "detectors", "experiments", "benchmarks"))
+    assert len(graph) > 90 and "blindspots.zoo" in graph["blindspots.models"]  # the graph sees the packages
+    assert import_cycles(graph) == [], "import cycles (each group imports itself through the others)"
+
+
+def test_the_cycle_check_finds_cycles_hidden_in_functions(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .c import C\n")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("import os\n\ndef f():\n    from .a import thing\n    return thing\n")
+    (pkg / "sub" / "c.py").write_text("C = 1\n\ndef g():\n    import pkg.sub\n")
+    (pkg / "d.py").write_text("from pkg.sub.c import C\nfrom .a import b\n")
+    graph = import_graph(tmp_path, ("pkg",))
+    assert graph["pkg.d"] == {"pkg.sub.c", "pkg.a"} and graph["pkg.b"] == {"pkg.a"}
+    assert import_cycles(graph) == [["pkg.a", "pkg.b"], ["pkg.sub", "pkg.sub.c"]]
+    (pkg / "b.py").write_text("def f():\n    return 1\n")
+    (pkg / "sub" / "c.py").write_text("C = 1\n")
+    assert import_cycles(import_graph(tmp_path, ("pkg",))) == []
+
+
 def _edits_sys_path(path: Path) -> bool:
     """Whether a module calls sys.path.insert / append / extend anywhere."""
     for node in ast.walk(ast.parse(path.read_text())):

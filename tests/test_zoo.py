@@ -111,6 +111,62 @@ def test_missing_mobilenet_package_names_the_install_line(monkeypatch):
         load_classifier("imagenet-mobilenetv2")
 
 
+@pytest.mark.parametrize("name", list(ZOO_NAMES))
+def test_every_registered_model_loads_as_registered(name):
+    """Each registered model loads offline with the normalisation, input size and classes its entry states, and
+    answers one image with finite logits of that width (or names the package it needs)."""
+    from blindspots.errors import MissingDependency
+    from blindspots.registry import model_entry
+
+    entry = model_entry(name)
+    try:
+        clf = load_classifier(name)
+    except MissingDependency as exc:
+        pytest.skip(str(exc))
+    assert clf.name == name and clf.num_classes == entry.num_classes and clf.input_size == entry.input_size
+    assert (clf.mean is None) == (entry.mean is None)
+    if entry.mean is not None:
+        assert clf.mean.flatten().tolist() == pytest.approx(entry.mean)
+        assert clf.std.flatten().tolist() == pytest.approx(entry.std)
+    x = torch.rand(1, *(entry.input_size or (3, 64, 64)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = clf(x)
+    assert logits.shape == (1, entry.num_classes) and torch.isfinite(logits).all()
+
+
+def test_a_registered_model_is_loaded_listed_in_help_and_in_the_docs_table(capsys):
+    """One `register_model` call is all a model needs: load_classifier, --model's help and the docs table read it."""
+    from blindspots.cli import main
+    from blindspots.registry import MODELS, register_model
+    from blindspots.zoo import render_model_table
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3))
+    seen = []
+    try:
+        @register_model("test-linear", weights="none (test)", description="a linear test model", num_classes=3,
+                        mean=(0.5, 0.5), std=(0.25, 0.25), input_size=(2, 4, 4), class_names=lambda: "abc")
+        def _build(weights):
+            seen.append(weights)
+            return net
+
+        with pytest.raises(ValueError, match="registered twice"):
+            register_model("test-linear", weights="", description="", num_classes=3)(_build)
+        clf = load_classifier("test-linear")
+        assert clf.model is net and seen == [None] and clf.name == "test-linear" and clf.class_names == list("abc")
+        assert clf.input_size == (2, 4, 4) and not clf.training
+        x = torch.rand(5, 2, 4, 4)
+        assert torch.allclose(clf(x), net((x - 0.5) / 0.25))  # the registered normalisation is applied
+        assert "| `test-linear` | a linear test model | 2 x 4 x 4 | 0.5, 0.5 / 0.25, 0.25 | 3 |" in render_model_table()
+        with pytest.raises(SystemExit):
+            main(["attack", "--help"])
+        assert "test-linear" in " ".join(capsys.readouterr().out.split())
+        with pytest.raises(ValueError, match="3 classes; num_classes=4 does not apply"):
+            load_classifier("test-linear", num_classes=4)
+    finally:
+        MODELS.pop("test-linear", None)
+    assert "test-linear" not in render_model_table()
+
+
 def test_unknown_names_list_the_zoo():
     with pytest.raises(ValueError, match="mnist-vit-at"):
         load_classifier("mnist-resnet")

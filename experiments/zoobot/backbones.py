@@ -14,6 +14,7 @@ from torch import nn
 from blindspots import Classifier
 from blindspots.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from blindspots.store import temporary_path
+from blindspots.errors import InputError
 
 __all__ = ["BACKBONES", "build_backbone", "fine_tune", "pretrain_encoder", "save_encoder", "encoder_features",
            "linear_probe"]
@@ -54,7 +55,7 @@ def build_backbone(kind: str, arch: str, *, imagenet_weights: str | None = None,
     if kind == "random":
         return Classifier(timm.create_model(arch, pretrained=False, num_classes=num_outputs), IMAGENET_MEAN,
                           IMAGENET_STD, name=kind)
-    raise ValueError(f"unknown backbone {kind!r}; choose from {list(BACKBONES)}")
+    raise InputError(f"unknown backbone {kind!r}; choose from {list(BACKBONES)}")
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -186,12 +187,12 @@ def pretrain_encoder(arch: str, images: torch.Tensor, morph: torch.Tensor, *, ep
     if init == "imagenet":
         start = build_backbone("imagenet", arch, imagenet_weights=imagenet_weights, num_outputs=morph.shape[1])
         if start is None:
-            raise ValueError(f"--proxy-init imagenet needs ImageNet weights for {arch} (--imagenet-weights)")
+            raise InputError(f"--proxy-init imagenet needs ImageNet weights for {arch} (--imagenet-weights)")
         net = start.model
     elif init == "random":
         net = timm.create_model(arch, pretrained=False, num_classes=morph.shape[1])
     else:
-        raise ValueError(f"proxy init must be 'imagenet' or 'random', got {init!r}")
+        raise InputError(f"proxy init must be 'imagenet' or 'random', got {init!r}")
     losses = train(net, images, morph, nn.functional.mse_loss, epochs=epochs, batch=batch, lr=lr, seed=seed,
                    device=device, progress=progress, desc="pretrain galaxy-proxy", resume=resume, on_epoch=on_epoch)
     net.reset_classifier(0)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import MAX_CLUMP_FLUX
+from blindspots.errors import InputError
 
 __all__ = ["ZoobotConfig", "LST_SETTINGS", "BACKBONE_KINDS", "MAX_CLUMP_FLUX", "MAX_SEED"]
 
@@ -88,7 +89,7 @@ class ZoobotConfig:
     def with_lst(self, name: str, **overrides: Any) -> "ZoobotConfig":
         """This config with the named LST settings (`LST_SETTINGS`: 'study' or 'paper'), then `overrides`."""
         if name not in LST_SETTINGS:
-            raise ValueError(f"LST settings {name!r}: choose from {list(LST_SETTINGS)}")
+            raise InputError(f"LST settings {name!r}: choose from {list(LST_SETTINGS)}")
         return replace(self, **{**LST_SETTINGS[name], **overrides})
 
     def lst_config(self):
@@ -129,26 +130,26 @@ def _check_config(c: ZoobotConfig) -> None:
     import timm
 
     if not isinstance(c.arch, str) or not _PLAIN_NAME.match(c.arch) or not timm.is_model(c.arch):
-        raise ValueError(f"arch {c.arch!r} is not a timm architecture name (e.g. efficientnet_lite0, convnext_nano, "
+        raise InputError(f"arch {c.arch!r} is not a timm architecture name (e.g. efficientnet_lite0, convnext_nano, "
                          "resnet18)")
     kinds = list(c.backbones)
     unknown = [k for k in kinds if k not in BACKBONE_KINDS]
     if unknown or not kinds or len(set(kinds)) != len(kinds):
-        raise ValueError(f"backbones {','.join(map(str, kinds))!r}: choose distinct names from {list(BACKBONE_KINDS)}")
+        raise InputError(f"backbones {','.join(map(str, kinds))!r}: choose distinct names from {list(BACKBONE_KINDS)}")
     if not c.seeds or len(set(c.seeds)) != len(c.seeds):
-        raise ValueError(f"seeds must be distinct integers, got {list(c.seeds)}")
+        raise InputError(f"seeds must be distinct integers, got {list(c.seeds)}")
     for name, value in [("seeds", s) for s in c.seeds] + [("seed", c.seed)]:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-            raise ValueError(f"{name} must be integers in [0, 2**32 - 1], got {value!r}")
+            raise InputError(f"{name} must be integers in [0, 2**32 - 1], got {value!r}")
     for name in ("size", "pretrain", "pretrain_epochs", "probe", "train", "test", "epochs", "scratch_epochs",
                  "batch_size", "injections", "sim_pairs", "rounds", "lst_iterations", "lst_batch"):
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     if c.size < 16:
-        raise ValueError(f"size must be at least 16 pixels (the simulator's smallest), got {c.size}")
+        raise InputError(f"size must be at least 16 pixels (the simulator's smallest), got {c.size}")
     if isinstance(c.real_limit, bool) or not isinstance(c.real_limit, int) or c.real_limit < 0:
-        raise ValueError(f"real_limit must be 0 (all) or a positive integer, got {c.real_limit!r}")
+        raise InputError(f"real_limit must be 0 (all) or a positive integer, got {c.real_limit!r}")
     _in_range("min_accuracy", c.min_accuracy, 0.0, 1.0, "[0, 1]", lo_open=False, hi_open=False)
     _in_range("crop", c.crop, 0.0, 1.0, "(0, 1]", hi_open=False)
     _in_range("min_clump_flux", c.min_clump_flux, 0.0, MAX_CLUMP_FLUX, f"(0, {MAX_CLUMP_FLUX}]", hi_open=False)
@@ -158,13 +159,13 @@ def _check_config(c: ZoobotConfig) -> None:
     _in_range("lr", c.lr, 0.0, 1.0, "(0, 1]", hi_open=False)
     _in_range("sim_fov", c.sim_fov, 0.0, math.inf, "(0, inf)")
     if c.proxy_init not in ("imagenet", "random"):
-        raise ValueError(f"proxy_init must be 'imagenet' or 'random', got {c.proxy_init!r}")
+        raise InputError(f"proxy_init must be 'imagenet' or 'random', got {c.proxy_init!r}")
     for name in ("zoobot_weights", "imagenet_weights", "proxy_encoder"):
         value = getattr(c, name)
         if value is not None and not Path(value).is_file():
-            raise ValueError(f"{name.replace('_', '-')} {value}: no such file")
+            raise InputError(f"{name.replace('_', '-')} {value}: no such file")
     if c.real is not None and not Path(c.real).is_dir():
-        raise ValueError(f"real {c.real}: no such folder")
+        raise InputError(f"real {c.real}: no such folder")
 
 
 def _in_range(name: str, value: Any, lo: float, hi: float, text: str, lo_open: bool = True,
@@ -172,4 +173,4 @@ def _in_range(name: str, value: Any, lo: float, hi: float, text: str, lo_open: b
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
-        raise ValueError(f"{name} must be a number in {text}, got {value!r}")
+        raise InputError(f"{name} must be a number in {text}, got {value!r}")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from blindspots.store import temporary_path
+from blindspots.errors import InputError
 
 __all__ = ["MAX_CLUMP_FLUX", "MORPHOLOGY", "sim_config", "simulated_set", "pretraining_set", "cached",
            "real_cutouts", "default_real", "real_targets", "sim_targets"]
@@ -41,7 +42,7 @@ def simulated_set(n: int, size: int, seed: int, *, fov: float = 42.0, min_clump_
     from detectors.simulate import simulate
 
     if not 0 < min_clump_flux <= MAX_CLUMP_FLUX:
-        raise ValueError(f"min_clump_flux must be in (0, {MAX_CLUMP_FLUX}], got {min_clump_flux}")
+        raise InputError(f"min_clump_flux must be in (0, {MAX_CLUMP_FLUX}], got {min_clump_flux}")
     cfg = sim_config(size, fov)
     half = n // 2
     parts = [simulate(half, cfg.replace(n_clumps=(0, 0)), seed=seed),
@@ -111,7 +112,7 @@ def real_targets(consensus: torch.Tensor, rounds: int, seed: int) -> torch.Tenso
     lab = torch.as_tensor(consensus).long().numpy()
     n = lab.size
     if n < 2:
-        raise ValueError("real pairs need at least 2 cutouts")
+        raise InputError("real pairs need at least 2 cutouts")
     rng = np.random.default_rng([int(seed), 7])
     out = np.empty((rounds, n), dtype=np.int64)
     for i in range(n):

@@ -24,6 +24,7 @@ from . import data as dt
 from . import proxy as px
 from . import real as rl
 from .config import ZoobotConfig
+from blindspots.errors import InputError
 
 __all__ = ["ZoobotResult", "run_zoobot", "measure", "analyse", "domains", "REFERENCE"]
 
@@ -87,7 +88,7 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
     pretraining epoch is printed regardless). Settings are checked when `config` is made."""
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        raise InputError(f"threads must be a positive integer, got {threads!r}")
     device = resolve_device(None if device is None else str(device))
     if threads:
         torch.set_num_threads(threads)
