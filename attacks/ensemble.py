@@ -11,8 +11,8 @@ Budget: AutoAttack's standard version runs APGD-CE 100 steps, APGD-T 9 target cl
 and Square 5,000 queries (`EnsembleBudget.autoattack()`). The default `EnsembleBudget()` keeps APGD-CE and the
 steps, and tries the 3 most likely target classes and 1,000 Square queries: on the 1,000 held-out MNIST digits the
 full budget costs about 4x more model evaluations on an AT model (most digits survive every attack and so pay for
-every step), and the extra target classes and queries seldom change the verdict (the README's zoo table shows
-what each attack adds).
+every step), and the extra target classes and queries seldom change the verdict (the zoo's table in docs/zoo.md
+shows what each attack adds).
 """
 
 from __future__ import annotations

