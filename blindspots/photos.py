@@ -66,8 +66,8 @@ def agreed_photo_pool(models: Sequence[torch.nn.Module], size: int = 224, min_co
 
     A photo qualifies when all models give it the same top-1 class (each with confidence > `min_confidence`,
     strict as the paper's p > 0.6); each class keeps its first qualifying photo (in `real_photos` order). One photo
-    per class is all a class can contribute, so this greedy pool is the largest. With scikit-image, matplotlib and scikit-learn installed, the
-    `imagenet-lite0` and `imagenet-mobilenetv2` pool holds 9 of 24 photos (7 of 22 without scikit-learn).
+    per class is all a class can contribute, so this greedy pool is the largest. The size of the `imagenet-lite0` and
+    `imagenet-mobilenetv2` pool is in docs/zoo.md (a test keeps it true).
     """
     if len(models) == 0:
         raise InputError("give at least one model")
