@@ -120,9 +120,9 @@ class LSTConfig:
         field can be overridden.
 
         Where the savings end: where the threshold binds along the path (scikit-image's photos with imagenet-lite0,
-        the MNIST CNN trained adversarially, the MNIST ViT) the steps it keeps stay small, so tens of steps are
-        needed whatever the step rule, and adaptive mode saves 10-14x there, against 22-28x on real galaxies, the
-        plain MNIST CNN and the adversarially trained ViT (`python -m benchmarks.lst_passes` prints each set).
+        the adversarially trained MNIST models, the MNIST ViT) the steps it keeps stay small, so tens of steps are
+        needed whatever the step rule, and adaptive mode saves less there than on real galaxies or the plain MNIST
+        CNN (`python -m benchmarks.lst_passes` prints each set; its figures are in docs/engine.md).
         """
         return replace(cls(step_size=0.5, iterations=100, threshold=0.2, adv_eps=2e-3, mode="adaptive", grow=1.5,
                            patience=1, min_progress=0.1, stop_rms=1e-3, offset_scale_max=10.0), **overrides)
