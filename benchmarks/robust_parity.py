@@ -22,6 +22,7 @@ import torch
 
 import attacks
 from blindspots.zoo import MNIST_MODELS, load_zoo_model, mnist_split
+from benchmarks import torchattacks_missing
 
 AGREE_MIN = 0.95  # share of equal verdicts required where both start from the same point
 RATE_TOL = 0.05  # largest |success-rate difference| where the random draws differ
@@ -87,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2, help="Square runs per implementation")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    try:
-        import torchattacks  # noqa: F401
-    except ImportError:
-        print("target MISSED: torchattacks is not installed (pip install torchattacks; a dev-only dependency)")
+    if torchattacks_missing():
         return 1
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import torch
 
 from blindspots.cli import Parser
+from benchmarks import torchattacks_missing
 
 __all__ = ["photo_crops", "half_flipping_batch", "natural_rows", "bench", "main"]
 
@@ -194,10 +195,7 @@ def _misses(name: str, r: dict, judged: bool, args) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns 0 if every target is met and the outputs agree, else 1."""
     args = _parse(argv)
-    try:
-        import torchattacks  # noqa: F401
-    except ImportError:
-        print("target MISSED: torchattacks is not installed (pip install torchattacks; a dev-only dependency)")
+    if torchattacks_missing():
         return 1
     from blindspots import load_classifier
 
