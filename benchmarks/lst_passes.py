@@ -170,7 +170,7 @@ STEP_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
 def step_probe(model, xs: torch.Tensor, xt: torch.Tensor, seed: int, iterations: int = 60, every: int = 10) -> None:
     """Along adaptive's path (no stop rule), the largest step of STEP_GRID whose orthogonal step alone (no offset)
     keeps the threshold, per pair: where it stays small, no step rule can reach the target in few iterations."""
-    from blindspots.traversal_probe import Probe
+    from blindspots.engine import Probe
 
     cfg = LSTConfig.adaptive(patience=10**6, stop_rms=None, iterations=iterations, log_every=every,
                              log_snapshots=True)

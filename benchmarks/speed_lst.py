@@ -38,7 +38,8 @@ from torch import nn
 
 from blindspots import Classifier, LSTConfig, level_set_traversal
 from blindspots.models import IMAGENET_MEAN, IMAGENET_STD, probing
-from blindspots.traversal import _start_noise, sample_seeds
+from blindspots.engine import sample_seeds
+from blindspots.traversal.loop import start_noise
 from blindspots.validation import check_images, check_labels, check_same_shape
 
 __all__ = ["reference_lst", "floor_passes", "build_model", "bench_one", "main"]
@@ -86,7 +87,7 @@ def reference_lst(
         else:
             y = check_labels(labels, n, clean.shape[1]).to(device)
         p0 = clean.gather(1, y[:, None]).squeeze(1).exp()
-        x = (xs + _start_noise(seeds, xs.shape[1:], config.init_noise).to(xs)).clamp_(0, 1)
+        x = (xs + start_noise(seeds, xs.shape[1:], config.init_noise).to(xs)).clamp_(0, 1)
         a = torch.zeros_like(x)
         for _ in range(config.iterations):
             with torch.enable_grad():  # evaluation 1: gradient at x
