@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 from blindspots.errors import InputError
 
 __all__ = ["BLOCKS", "REPO", "render_block", "update_text", "update_files", "unplaced_blocks", "unbacked_tables",
-           "main"]
+           "outcome_first", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,13 +37,54 @@ Renderer = Callable[[Any], str]
 def _paper_claims(data: Any) -> str:
     from .paper_verdicts import render_markdown
 
-    return render_markdown(data)
+    return outcome_first(render_markdown(data))
+
+
+def _paper_claims_verdicts(data: Any) -> str:
+    from .paper_verdicts import findings
+
+    return "".join(f"- {line.split(' Per group:')[0]}\n" for line in findings(data))
 
 
 def _zoobot_results(data: Any) -> str:
     from .zoobot.report import render_readme
 
-    return render_readme(data)
+    return outcome_first(render_readme(data))
+
+
+def _zoobot_verdicts(data: Any) -> str:
+    lines = []
+    for command, run in data["runs"].items():
+        for verdict in run["verdicts"].values():
+            lines.append(f"- `{command}`: {verdict['sentence'].split('). ')[0]})." if "). " in verdict["sentence"]
+                         else f"- `{command}`: {verdict['sentence']}")
+    return "\n".join(lines) + "\n"
+
+
+OUTCOME_COLUMNS = ("outcome", "cell")  # the verdict column of a study's table, shown first where the eye lands
+
+
+def outcome_first(text: str, names: tuple[str, ...] = OUTCOME_COLUMNS) -> str:
+    """`text` with the outcome column of each Markdown table moved to the front: a study's table is read for its
+    verdicts, and a wide table would otherwise hide them behind a horizontal scroll."""
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        if not (lines[i].startswith("|") and i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: ")):
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j].startswith("|"):
+            j += 1
+        header = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+        k = next((n for n, c in enumerate(header) if c in names), None)
+        if k:
+            for r in range(i, j):
+                cells = lines[r].strip()[1:-1].split("|")
+                cells.insert(0, cells.pop(k))
+                lines[r] = "|" + "|".join(cells) + "|"
+        i = j
+    return "\n".join(lines)
 
 
 def _zoo_training(data: Any) -> str:
@@ -94,7 +135,9 @@ def _models(data: None) -> str:
 BLOCKS: dict[str, tuple[str | None, Renderer]] = {
     "models": (None, _models),  # the model registry (blindspots.registry, filled by blindspots.zoo)
     "paper-claims": ("docs/results/claims.json", _paper_claims),  # blindspots paper --results-to <this file>
+    "paper-claims-verdicts": ("docs/results/claims.json", _paper_claims_verdicts),
     "zoobot-results": ("docs/results/zoobot.json", _zoobot_results),  # blindspots zoobot --results-to <this file>
+    "zoobot-verdicts": ("docs/results/zoobot.json", _zoobot_verdicts),
     "zoo-training": ("blindspots/zoo/weights/mnist.json", _zoo_training),
     "zoo-robustness": ("blindspots/zoo/weights/mnist_robustness.json", _zoo_robustness),  # blindspots robust --zoo
     # python -m benchmarks.NAME --results-to <this file> (one file, every benchmark's runs)

@@ -156,3 +156,19 @@ def test_the_lst_passes_table_takes_each_column_from_its_latest_run():
     row = render_lst_passes(data).splitlines()[2]
     assert row == ("| MNIST digits | m | **25.0x** | 8/8 | 0.50, 0.90 | +0.010, -0.002 | 11.0x, 8/8 | "
                    "0.1 x 10: 2.00x |")
+
+
+def test_a_study_table_shows_its_outcome_first():
+    """At 1280 px the outcome of a study's table must not hide behind a horizontal scroll: it comes first, in every
+    table that has one, and tables without one are left as they are."""
+    from experiments.generated_docs import outcome_first
+
+    text = ("intro | not a table\n\n| claim | value | outcome |\n|---|---|---|\n| a | 0.5 | holds |\n| b |  | mixed |\n"
+            "\n| x | y |\n|---|---|\n| 1 | 2 |\n")
+    assert outcome_first(text) == ("intro | not a table\n\n| outcome | claim | value |\n|---|---|---|\n"
+                                   "| holds | a | 0.5 |\n| mixed | b |  |\n\n| x | y |\n|---|---|\n| 1 | 2 |\n")
+    from experiments.generated_docs import render_block
+
+    for name in ("paper-claims", "zoobot-results"):
+        tables = [line for line in render_block(name).splitlines() if line.startswith("| ") and "---" not in line]
+        assert any(line.startswith(("| outcome |", "| cell |")) for line in tables), name
