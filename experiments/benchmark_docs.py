@@ -30,15 +30,15 @@ def _machine(m: Mapping[str, Any]) -> str:
 
 
 def render_runs(data: Mapping[str, Any]) -> str:
-    """One row per recorded run (of lst_passes, those with the default settings), the verdict first: met or missed
+    """One line per recorded run (of lst_passes, those with the default settings), the verdict first: met or missed
     and the benchmark's own one-line result, then the command, when and where it was measured."""
     runs = sorted((r for r in data["runs"] if r["benchmark"] != "lst_passes" or _default_lst(r)), key=lambda r: (ORDER.index(r["benchmark"]) if r["benchmark"] in ORDER else len(ORDER),
                                                r["measured"], r["command"]))
-    lines = ["| target | result | command | measured |", "|---|---|---|---|"]
-    for r in runs:
-        when = r["measured"] + (" (transcribed)" if r.get("transcribed") else "")
-        lines.append(f"| {'met' if r['met'] else '**missed**'} | {r['summary']} | `{r['command']}` | "
-                     f"{when}; {_machine(r.get('machine', {}))} |")
+    lines = []
+    for r in runs:  # a list, not a table: the results are sentences, which a table cell would not wrap at 1280 px
+        when = r["measured"] + (", transcribed" if r.get("transcribed") else "")
+        lines.append(f"- {'met' if r['met'] else '**missed**'}: {r['summary']} (`{r['command']}`; {when}; "
+                     f"{_machine(r.get('machine', {}))})")
     transcribed = sorted({r["transcribed"] for r in runs if r.get("transcribed")})
     if transcribed:
         lines += ["", "Transcribed: " + " ".join(transcribed)]
@@ -129,8 +129,8 @@ def render_lst_passes_other_digits(data: Mapping[str, Any]) -> str:
         return ", ".join(f"{s['model'] + ' ' if name else ''}{s['saving']:.1f}x ({s['pairs_at_quality']}/{s['pairs']}"
                          f"{quality if name and i == 0 else ''})" for i, s in enumerate(sets.values()))
 
-    text = (f"On other digits (`python -m benchmarks.lst_passes --sets mnist --mnist-start 100`) adaptive mode gives "
-            f"{each(main, True)}")
+    text = f"On other digits (`--mnist-start 100`) adaptive mode gives {each(main, True)}"
     if unscaled:
         text += f"; with the offset unscaled {each(unscaled, False)}"
-    return text + ".\n"
+    commands = sorted({x["command"] for sets in (main, unscaled) for x in sets.values()})
+    return text + " (" + "; ".join(f"`{c}`" for c in commands) + ").\n"

@@ -43,7 +43,9 @@ def _paper_claims(data: Any) -> str:
 def _paper_claims_verdicts(data: Any) -> str:
     from .paper_verdicts import findings
 
-    return "".join(f"- {line.split(' Per group:')[0]}\n" for line in findings(data))
+    # "1. ..." after the bullet would start a nested numbered list: escape the claim number's dot
+    lines = [re.sub(r"^([0-9]+'?)\.", r"\1\\.", line.split(" Per group:")[0]) for line in findings(data)]
+    return "".join(f"- {line}\n" for line in lines)
 
 
 def _zoobot_results(data: Any) -> str:

@@ -132,8 +132,8 @@ def test_benchmark_runs_are_recorded_and_rendered(tmp_path, monkeypatch):
     assert [(r["command"], r["summary"]) for r in runs] == [("python -m benchmarks.speed_geometry", "1.32x"),
                                                             ("python -m benchmarks.simulate_speed --n 5", "60 images/s")]
     table = render_runs(json.loads(path.read_text())).splitlines()
-    assert table[2].startswith("| met | 1.32x | `python -m benchmarks.speed_geometry` |")  # the benchmarks' order
-    assert table[3].startswith("| met | 60 images/s | `python -m benchmarks.simulate_speed --n 5` |")
+    assert table[0].startswith("- met: 1.32x (`python -m benchmarks.speed_geometry`; ")  # the benchmarks' order
+    assert table[1].startswith("- met: 60 images/s (`python -m benchmarks.simulate_speed --n 5`; ")
     path.write_text("{}")
     with pytest.raises(ValueError, match="runs.json is not a list of recorded runs"):
         read_runs(path)
