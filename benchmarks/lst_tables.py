@@ -4,7 +4,7 @@
     torchrun --nproc-per-node 2 -m benchmarks.lst_tables --out blindspots-out/lst
 """
 
-from experiments.lst_tables import main
+from experiments.tables import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

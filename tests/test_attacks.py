@@ -385,7 +385,7 @@ def test_model_call_options_reach_both_sides_of_the_profile_and_every_command():
                             attack_options={"amp": attack_amp})
         bf16 = [d == torch.bfloat16 for d in dtypes]
         assert any(bf16) and not all(bf16)  # one side in bfloat16, the other (and the labels' forward) not
-    for name in ("blindspots.demo", "experiments.attack_cli", "experiments.lst_tables", "experiments.paper_claims"):
+    for name in ("blindspots.demo", "experiments.sensitivity", "experiments.tables", "experiments.claims"):
         parser = argparse.ArgumentParser()
         importlib.import_module(name).add_arguments(parser)
         args = parser.parse_args(["--amp", "--channels-last", "--compile"])
