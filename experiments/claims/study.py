@@ -36,7 +36,7 @@ from blindspots.cli import add_common_options, model_call_options, positive_int,
 from blindspots.store import RunStore
 
 from . import rules as pv
-from ..tables.study import TABLE1_FIELDS, open_unit_float, run_study, table2_fields
+from ..tables import TABLE1_FIELDS, open_unit_float, run_study, table2_fields
 from blindspots.errors import InputError
 
 HELP = "the LST paper's claims on real normal and adversarially trained models (MNIST CNN/ViT, ImageNet)"
