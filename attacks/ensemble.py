@@ -29,18 +29,15 @@ from tqdm.auto import tqdm
 from blindspots.models import Classifier, model_device, probing
 from blindspots.validation import check_images, check_labels
 
-from .apgd import APGD
-from .apgdt import APGDT
+from . import apgd, apgdt, fab, square  # noqa: F401 (their classes register the members)
 from .base import NORMS, Attack, compute_dtype
 from .budget import check_budget, check_choice
-from .fab import FAB
-from .square import Square
+from .registry import attack_entry
 from blindspots.errors import InputError
 
-__all__ = ["ATTACKS", "LABELS", "EnsembleBudget", "RobustnessResult", "evaluate_robustness", "make_attack",
-           "BUDGET_RTOL"]
+__all__ = ["ATTACKS", "LABELS", "MEMBERS", "EnsembleBudget", "RobustnessResult", "evaluate_robustness",
+           "make_attack", "BUDGET_RTOL"]
 
-ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # AutoAttack's order
 LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
 GRADIENT_FREE = frozenset({"square"})
 BUDGET_RTOL = 1e-5  # a confirmed adversarial lies within eps * (1 + BUDGET_RTOL) + 1e-7
@@ -74,23 +71,29 @@ class EnsembleBudget:
                 f"queries{r}")
 
 
+# Each member of the ensemble is a registered attack (attacks.registry) with settings drawn from the budget: the
+# ensemble names its members, the registry builds them, as `blindspots attack --attack NAME` does.
+MEMBERS: dict[str, tuple[str, Callable[[EnsembleBudget, nn.Module], dict[str, Any]]]] = {
+    "apgd-ce": ("apgd", lambda b, model: {"steps": b.apgd_steps, "restarts": b.restarts, "loss": "ce"}),
+    # the targeted DLR loss needs 4 classes; with fewer, the targeted margin (Carlini-Wagner) loss
+    "apgd-t": ("apgd-t", lambda b, model: {"steps": b.apgd_steps, "target_classes": b.target_classes,
+                                           "restarts": b.restarts,
+                                           "loss": "dlr" if (_num_classes(model) or 4) >= 4 else "margin"}),
+    "fab-t": ("fab-t", lambda b, model: {"steps": b.fab_steps, "target_classes": b.target_classes,
+                                         "restarts": b.restarts}),
+    "square": ("square", lambda b, model: {"steps": b.square_queries, "restarts": b.restarts}),
+}
+ATTACKS = tuple(MEMBERS)  # AutoAttack's order
+
+
 def make_attack(name: str, model: nn.Module, eps: float, norm: str, budget: EnsembleBudget, *,
                 seed: int | Sequence[int] | None = 0, **options: Any) -> Attack:
-    """One attack of the ensemble by name, with the budget's settings (`options`: device, amp, compile, ...)."""
-    b = budget
-    if name == "apgd-ce":
-        return APGD(model, eps, norm, b.apgd_steps, restarts=b.restarts, loss="ce", seed=seed, **options)
-    if name == "apgd-t":
-        # the targeted DLR loss needs 4 classes; with fewer, the targeted margin (Carlini-Wagner) loss
-        loss = "dlr" if (_num_classes(model) or 4) >= 4 else "margin"
-        return APGDT(model, eps, norm, b.apgd_steps, target_classes=b.target_classes, restarts=b.restarts,
-                     loss=loss, seed=seed, **options)
-    if name == "fab-t":
-        return FAB(model, eps, norm, b.fab_steps, target_classes=b.target_classes, restarts=b.restarts, seed=seed,
-                   **options)
-    if name == "square":
-        return Square(model, eps, norm, b.square_queries, restarts=b.restarts, seed=seed, **options)
-    raise InputError(f"unknown attack {name!r}; the ensemble knows {', '.join(ATTACKS)}")
+    """One attack of the ensemble by name, built by the attack registry with the budget's settings (`options`:
+    device, amp, compile, ...)."""
+    if name not in MEMBERS:
+        raise InputError(f"unknown attack {name!r}; the ensemble knows {', '.join(ATTACKS)}")
+    registered, settings = MEMBERS[name]
+    return attack_entry(registered).make(model, norm=norm, eps=eps, seed=seed, **settings(budget, model), **options)
 
 
 def _num_classes(model: nn.Module) -> int | None:

@@ -44,21 +44,22 @@ class AttackEntry:
 
     def make(self, model: nn.Module, *, norm: str, eps: float | None = None, steps: int | None = None,
              **options: Any) -> Attack:
-        """The attack on `model` in `norm`; `eps` is required by (and only by) a fixed-budget attack; other options
+        """The attack on `model` in `norm`; `eps` is required by a fixed-budget attack and refused by a minimal one
+        unless it takes a bound (FAB-T within eps, as AutoAttack runs it); other options
         (None: the attack's default) must be keywords the attack takes (a setting it would ignore is refused, naming
         it), except `seed`, which a deterministic attack does not need."""
         if norm not in self.norms:
             raise InputError(f"attack {self.name!r} supports {', '.join(self.norms)}, not {norm!r}")
         if self.budget == "fixed" and eps is None:
             raise InputError(f"attack {self.name!r} has a fixed budget: give eps (--eps)")
-        if self.budget == "minimal" and eps is not None:
-            raise InputError(f"attack {self.name!r} searches the smallest budget itself: eps does not apply")
         kwargs = {k: v for k, v in options.items() if v is not None}
         if steps is not None:
             kwargs[self.steps_keyword] = steps
         if eps is not None:
             kwargs["eps"] = eps
         takes = inspect.signature(self.cls.__init__).parameters
+        if self.budget == "minimal" and eps is not None and "eps" not in takes:  # FAB-T takes eps as a bound
+            raise InputError(f"attack {self.name!r} searches the smallest budget itself: eps does not apply")
         if "norm" in takes:
             kwargs["norm"] = norm
         if "seed" not in takes:  # a deterministic attack (DeepFool, FGSM) draws nothing

@@ -28,7 +28,8 @@ import torch
 import attacks
 from blindspots import LSTConfig, level_set_traversal, load_classifier
 from blindspots.models import probing
-from blindspots.traversal_probe import Probe, auto_batch_size
+from blindspots.engine import Probe
+from blindspots.traversal.probe import auto_batch_size
 
 from .speed_lst import build_model, floor_passes, reference_lst
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,8 +30,9 @@ import torch
 
 from blindspots import LSTConfig, derangement_pairs, level_set_traversal, load_classifier
 from blindspots.models import probing
+from blindspots.studies.measured import add_results_option, record_run
 
-__all__ = ["photo_pairs", "galaxy_pairs", "mnist_pairs", "run_set", "main"]
+__all__ = ["photo_pairs", "galaxy_pairs", "mnist_pairs", "run_set", "set_figures", "summary", "main"]
 
 GALAXIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galaxies"
 
@@ -170,7 +172,7 @@ STEP_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
 def step_probe(model, xs: torch.Tensor, xt: torch.Tensor, seed: int, iterations: int = 60, every: int = 10) -> None:
     """Along adaptive's path (no stop rule), the largest step of STEP_GRID whose orthogonal step alone (no offset)
     keeps the threshold, per pair: where it stays small, no step rule can reach the target in few iterations."""
-    from blindspots.traversal_probe import Probe
+    from blindspots.engine import Probe
 
     cfg = LSTConfig.adaptive(patience=10**6, stop_rms=None, iterations=iterations, log_every=every,
                              log_snapshots=True)
@@ -199,15 +201,15 @@ def _sets(args, parser):
             if model is None:
                 model = load_classifier(args.model, weights=args.weights)
             if name == "photos":
-                yield f"photos ({args.model})", model, *photo_pairs(model, args.photo_size, args.pairs)
+                yield ("photos", args.model), model, *photo_pairs(model, args.photo_size, args.pairs)
             elif not args.galaxies.is_dir():
                 print(f"galaxies: folder {args.galaxies} not found; set skipped")
             else:
-                yield f"galaxies ({args.model})", model, *galaxy_pairs(model, args.size, args.pairs, args.galaxies)
+                yield ("galaxies", args.model), model, *galaxy_pairs(model, args.size, args.pairs, args.galaxies)
         elif name == "mnist":
             for spec in filter(None, args.mnist_models.split(",")):
                 digits = load_classifier(spec)
-                yield f"mnist ({spec})", digits, *mnist_pairs(digits, args.pairs, args.mnist_start)
+                yield ("mnist", spec), digits, *mnist_pairs(digits, args.pairs, args.mnist_start)
         else:
             parser.error(f"unknown set {name!r} (photos, galaxies, mnist)")
 
@@ -226,6 +228,33 @@ def _print_summary(summary: list) -> None:
         print(f"{name:<27}{rows['adaptive']['ratio']:>14.1f}x{f'{int(good.sum())}/{len(good)}':>10}"
               f"{float(ratio.median()):>14.2f}{float(ratio.max()):>7.2f}{float(dssim.median()):>+10.3f}"
               f"{float(dssim.min()):>+8.3f}  {vs}")
+
+
+def set_figures(kind: str, model: str, xs: torch.Tensor, out: dict) -> dict:
+    """The figures of one set for a results file: adaptive's saving and quality against paper, each fixed step's
+    (its passes over adaptive's where it meets paper's quality, else None), the oracle stop's saving."""
+    rows = out["rows"]
+    ad, pa = rows["adaptive"]["res"], rows["paper"]["res"]
+    ratio, dssim = ad.rms_l2 / pa.rms_l2, ad.ssim - pa.ssim
+    good = (ratio <= 1.05) & (dssim >= -0.01)
+    oracle = _oracle_passes(ad, pa)
+    return {"set": kind, "model": model, "px": int(xs.shape[-1]), "pairs": len(good),
+            "saving": rows["adaptive"]["ratio"], "pairs_at_quality": int(good.sum()),
+            "rms_ratio": [float(ratio.median()), float(ratio.max())],
+            "ssim_diff": [float(dssim.median()), float(dssim.min())],
+            "fixed": {k.removeprefix("fixed "): (rows[k]["passes"] / rows["adaptive"]["passes"] if rows[k]["meets"]
+                                                 else None) for k in rows if k.startswith("fixed")},
+            "oracle_saving": None if oracle is None else rows["paper"]["passes"] / oracle, "met": out["ok"]}
+
+
+def summary(figures: dict) -> str:
+    """One line from the sets' figures: each set's saving and pairs at paper's quality, and how many met."""
+    sets = figures["sets"]
+    met = sum(s["met"] for s in sets)
+    return (f"{sets[0]['pairs'] if sets else 0} pairs per set: "
+            + ", ".join(f"{s['model'] if s['set'] == 'mnist' else s['set']} {s['saving']:.1f}x "
+                        f"({s['pairs_at_quality']}/{s['pairs']})" for s in sets)
+            + f" fewer passes than paper mode (pairs at paper's quality); target met on {met} of {len(sets)} sets")
 
 
 def _parse_overrides(text: str) -> dict:
@@ -268,13 +297,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="print only the verdict lines")
     p.add_argument("--probe-steps", action="store_true", help="also print, along adaptive's path, the largest "
                    "step of a grid that keeps the threshold, per pair")
+    add_results_option(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     fixed = _parse_fixed(args.fixed)
     adaptive = _parse_overrides(args.adaptive)
-    summary = []
-    for name, model, xs, xt in _sets(args, p):
+    done, figures = [], []
+    for (kind, spec), model, xs, xt in _sets(args, p):
+        name = f"{kind} ({spec})"
         if not args.quiet:
             print(f"{name}: {len(xs)} pairs at {xs.shape[-1]} px")
         out = run_set(model, xs, xt, fixed, args.seed, log=not args.quiet, adaptive=adaptive)
@@ -283,9 +314,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ad = out["rows"]["adaptive"]
         print(f"{name}: adaptive {ad['ratio']:.1f}x fewer passes than paper (target >= 20), quality on every pair "
               f"{'met' if ad['meets'] else 'MISSED'} -> {'ok' if out['ok'] else 'MISS'}", flush=True)
-        summary.append((name, out))
-    _print_summary(summary)
-    ok = all(out["ok"] for _, out in summary)
+        done.append((name, out))
+        figures.append(set_figures(kind, spec, xs, out))
+    _print_summary(done)
+    ok = all(out["ok"] for _, out in done)
+    if args.results_to:
+        settings = {"adaptive": adaptive, "fixed": [f"{s:g} x{i}" for s, i in fixed], "mnist_start": args.mnist_start,
+                    "pairs": args.pairs, "seed": args.seed}
+        results = {"settings": settings, "sets": figures}
+        record_run(args.results_to, "lst_passes", sys.argv[1:] if argv is None else argv, met=ok,
+                   summary=summary(results), figures=results)
     return 0 if ok else 1
 
 

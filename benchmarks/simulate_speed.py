@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from typing import Sequence
 
 from blindspots.cli import Parser
+from blindspots.studies.measured import add_results_option, record_run
 
-__all__ = ["main"]
+__all__ = ["summary", "main"]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -27,6 +29,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", type=float, default=50.0, help="images/s the best repeat must reach")
     p.add_argument("--quiet", action="store_true", help="print the verdict line only")
+    add_results_option(p)
     return p.parse_args(argv)
 
 
@@ -54,7 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = best >= args.target
     print(f"simulate: best {best:.1f} images/s, median {statistics.median(rates):.1f} images/s; "
           f"target (best >= {args.target:g} images/s): {'met' if ok else 'MISSED'}")
+    if args.results_to:
+        figures = {"best": best, "median": statistics.median(rates), "rates": rates, "size": args.size, "n": args.n,
+                   "repeats": args.repeats, "target": args.target}
+        record_run(args.results_to, "simulate_speed", sys.argv[1:] if argv is None else argv, met=ok,
+                   summary=summary(figures), figures=figures)
     return 0 if ok else 1
+
+
+def summary(figures: dict) -> str:
+    """One line: the best repeat's rate against the target."""
+    return (f"{figures['best']:.0f} simulated {figures['size']}-px images/s on one core, best of "
+            f"{figures.get('repeats', len(figures['rates']))} repeats (target >= {figures['target']:g})")
 
 
 if __name__ == "__main__":

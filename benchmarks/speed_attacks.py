@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,9 +37,10 @@ from typing import Callable, Sequence
 import torch
 
 from blindspots.cli import Parser
+from blindspots.studies.measured import add_results_option, record_run
 from benchmarks import torchattacks_missing
 
-__all__ = ["photo_crops", "half_flipping_batch", "natural_rows", "bench", "main"]
+__all__ = ["photo_crops", "half_flipping_batch", "natural_rows", "bench", "summary", "main"]
 
 
 def photo_crops(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -164,6 +166,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--min-a", type=float, default=1.0, help="target: t/a on the judged rows")
     p.add_argument("--min-b", type=float, default=1.5, help="target: t/b on the judged rows")
     p.add_argument("--quiet", action="store_true", help="print the rows and the verdict only")
+    add_results_option(p)
     return p.parse_args(argv)
 
 
@@ -208,18 +211,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool = photo_crops(args.pool, args.size, args.seed)
         x, y, seeds, eps, info = half_flipping_batch(model, pool, args.batch, args.steps, args.seed)
         rows.append(("constructed half-flip", x, y, seeds, eps, False, info))
-    misses = []
+    misses, measured = [], []
     for name, x, y, seeds, eps, judged, info in rows:
         r = bench(model, x, y, eps, args.steps, args.repeats, seeds)
         r.update(info, row=name, judged=judged, model=args.model, size=args.size)
         _print_row(name, r, judged, args)
         misses += _misses(name, r, judged, args)
+        measured.append(r)
         if args.out is not None:
             with args.out.open("a") as f:
                 f.write(json.dumps(r) + "\n")
     print(f"target (judged rows: t/a >= {args.min_a}x, t/b >= {args.min_b}x; every row: max|n - t| <= {args.atol}): "
           + ("met" if not misses else "MISSED: " + "; ".join(misses)))
+    if args.results_to:
+        figures = {"rows": [{k: r[k] for k in ("row", "judged", "t_over_a", "t_over_b", "t_over_n", "images_per_s",
+                                               "bit_identical_n_t", "max_abs_diff_n_t", "success_b", "batch")}
+                            for r in measured],
+                   "targets": {"t_over_a": args.min_a, "t_over_b": args.min_b}, "eps": args.eps, "steps": args.steps,
+                   "model": args.model, "misses": misses}
+        record_run(args.results_to, "speed_attacks", sys.argv[1:] if argv is None else argv, met=not misses,
+                   summary=summary(figures), figures=figures)
     return 1 if misses else 0
+
+
+def summary(figures: dict) -> str:
+    """One line: PGD against torchattacks per row, without and with early stop, and the NCHW bit check."""
+    parts = [f"{r['row']}{'' if r['judged'] else ' (not judged)'}: {r['t_over_a']:.2f}x (no early stop) and "
+             f"{r['t_over_b']:.2f}x (early stop)" for r in figures["rows"]]
+    same = all(r["bit_identical_n_t"] for r in figures["rows"])
+    return ("; ".join(parts) + f" faster than torchattacks; NCHW {'bit-identical to' if same else 'differs from'} "
+            f"torchattacks on {'every row' if same else 'some row'}")
 
 
 if __name__ == "__main__":

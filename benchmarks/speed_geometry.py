@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from math import comb
 from typing import Sequence
@@ -36,8 +37,9 @@ import torch
 from torch import nn
 
 from blindspots.cli import Parser
+from blindspots.studies.measured import add_results_option, record_run
 
-__all__ = ["CountingModel", "build_model", "closed_form_evaluations", "main"]
+__all__ = ["CountingModel", "build_model", "closed_form_evaluations", "summary", "main"]
 
 KINDS = ("dedup", "grid-only", "reference")
 FIELDS = ("confidence", "p_src", "hull_mean", "fraction", "edge_mean", "edge_min")
@@ -100,6 +102,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--min-time-ratio", type=float, default=1.25, help="target: grid-only/dedup median time")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     p.add_argument("--quiet", action="store_true", help="print the table and the verdict only")
+    add_results_option(p)
     return p.parse_args(argv)
 
 
@@ -171,7 +174,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed.append(f"grid-only/dedup time {t_ratio:.2f}x < {args.min_time_ratio}x")
     print(f"target (grid-only/dedup: evaluations >= {args.min_evaluations_ratio}x, time >= {args.min_time_ratio}x; "
           f"counts = closed forms; equal statistics): {'met' if not failed else 'MISSED: ' + '; '.join(failed)}")
+    if args.results_to:
+        figures = {"ratios": ratios, "evaluations": {kd: evals[kd][0] for kd in kinds}, "median_seconds": med,
+                   "targets": {"evaluations": args.min_evaluations_ratio, "time": args.min_time_ratio},
+                   "threads": torch.get_num_threads(), "misses": failed}
+        record_run(args.results_to, "speed_geometry", sys.argv[1:] if argv is None else argv, met=not failed,
+                   summary=summary(figures), figures=figures)
     return 1 if failed else 0
+
+
+def summary(figures: dict) -> str:
+    """One line: dedup against the grid-only loop (and the reference loop when timed), and the targets."""
+    e, t = figures["ratios"]["grid-only"]
+    text = (f"{e:.2f}x fewer evaluations, {t:.2f}x faster than the grid-only loop (targets "
+            f"{figures['targets']['evaluations']:g}x, {figures['targets']['time']:g}x)")
+    if "reference" in figures["ratios"]:
+        re_, rt = figures["ratios"]["reference"]
+        text += f"; the reference loop: {re_:.2f}x / {rt:.2f}x"
+    return text
 
 
 if __name__ == "__main__":

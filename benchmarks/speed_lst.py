@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,10 +39,12 @@ from torch import nn
 
 from blindspots import Classifier, LSTConfig, level_set_traversal
 from blindspots.models import IMAGENET_MEAN, IMAGENET_STD, probing
-from blindspots.traversal import _start_noise, sample_seeds
+from blindspots.engine import sample_seeds
+from blindspots.studies.measured import add_results_option, record_run
+from blindspots.traversal.loop import start_noise
 from blindspots.validation import check_images, check_labels, check_same_shape
 
-__all__ = ["reference_lst", "floor_passes", "build_model", "bench_one", "main"]
+__all__ = ["reference_lst", "floor_passes", "build_model", "bench_one", "summary", "main"]
 
 
 def _source_log_prob(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -86,7 +89,7 @@ def reference_lst(
         else:
             y = check_labels(labels, n, clean.shape[1]).to(device)
         p0 = clean.gather(1, y[:, None]).squeeze(1).exp()
-        x = (xs + _start_noise(seeds, xs.shape[1:], config.init_noise).to(xs)).clamp_(0, 1)
+        x = (xs + start_noise(seeds, xs.shape[1:], config.init_noise).to(xs)).clamp_(0, 1)
         a = torch.zeros_like(x)
         for _ in range(config.iterations):
             with torch.enable_grad():  # evaluation 1: gradient at x
@@ -256,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--atol", type=float, default=1e-5, help="largest allowed |engine - reference| on final images")
     p.add_argument("--channels-last", action="store_true", help="time NCHW against channels_last inputs instead")
     p.add_argument("--atol-cl", type=float, default=1e-4, help="largest allowed |NCHW - channels_last| on images")
+    add_results_option(p)
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.iterations <= SHORT:
@@ -266,10 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main_channels_last(args)
     print(f"seconds per sample-iteration (median [min-max] over {args.repeats} interleaved repeats), batch "
           f"{args.batch}, T={args.iterations}, {torch.get_num_threads()} threads; a=engine b=reference c=floor")
-    ok = True
+    ok, rows = True, []
     for name in args.models:
         for size in args.sizes:
             r = bench_one(name, size, args.batch, args.iterations, args.repeats, args.seed)
+            rows.append({k: r[k] for k in ("model", "size", "b_over_a", "a_over_c", "steady_b_over_a",
+                                           "steady_a_over_c", "max_abs_diff_a_b", "same_accept_counts")})
             _print_row(r)
             if args.out is not None:
                 with args.out.open("a") as f:
@@ -279,19 +286,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok &= good
             if not good:
                 print(f"  -> target missed (b/a >= 1.35, a/c <= 1.10, max|a-b| <= {args.atol}, equal accepts)")
+    _record(args, ok, {"mode": "reference", "rows": rows, "targets": {"b_over_a": 1.35, "a_over_c": 1.10}})
     return 0 if ok else 1
 
 
+def summary(figures: dict) -> str:
+    """One line per mode: the engine against the published loop and the floor, or channels_last against NCHW."""
+    if figures["mode"] == "channels_last":
+        return ("engine time channels_last / NCHW: "
+                + ", ".join(f"{r['model']} {r['cl_over_nchw']:.2f}x" for r in figures["rows"])
+                + "; outputs differ by up to " + ", ".join(f"{r['max_abs_diff']:.1e}" for r in figures["rows"])
+                + f" (allowed {figures['atol_cl']:.0e})")
+    return ("published loop / engine time: "
+            + ", ".join(f"{r['model']} {r['size']} px {r['b_over_a']:.2f}x" for r in figures["rows"])
+            + "; engine / bare forward+backward: " + ", ".join(f"{r['a_over_c']:.2f}x" for r in figures["rows"])
+            + " (targets >= 1.35x, <= 1.10x)")
+
+
+def _record(args: argparse.Namespace, ok: bool, figures: dict) -> None:
+    if args.results_to:
+        record_run(args.results_to, "speed_lst", args.argv, met=ok, summary=summary(figures), figures=figures)
+
+
 def _main_channels_last(args: argparse.Namespace) -> int:
-    ok = True
+    ok, rows = True, []
     for name in args.models:
         for size in args.sizes:
             r = bench_channels_last(name, size, args.batch, args.iterations, args.repeats, args.seed)
+            rows.append({k: r[k] for k in ("model", "size", "cl_over_nchw", "cl_over_nchw_range", "max_abs_diff")})
             t = r["sec_per_sample_iter"]
             print(f"{name:>20} {size:>4}px  NCHW {t['nchw'] * 1e3:7.2f} ms  channels_last {t['cl'] * 1e3:7.2f} ms"
                   f"  cl/nchw={r['cl_over_nchw']:.3f} [{r['cl_over_nchw_range'][0]:.2f}-"
                   f"{r['cl_over_nchw_range'][1]:.2f}]  max|diff|={r['max_abs_diff']:.1e}", flush=True)
             ok &= r["max_abs_diff"] <= args.atol_cl
+    _record(args, ok, {"mode": "channels_last", "rows": rows, "atol_cl": args.atol_cl})
     return 0 if ok else 1
 
 

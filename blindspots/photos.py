@@ -18,7 +18,8 @@ import torch
 from .data import SKIMAGE_PHOTOS, bundled_photo, prepare, to_tensor
 from .errors import InputError
 
-__all__ = ["SKIMAGE_PHOTOS", "MATPLOTLIB_PHOTOS", "real_photos", "PhotoPool", "agreed_photo_pool"]
+__all__ = ["SKIMAGE_PHOTOS", "MATPLOTLIB_PHOTOS", "real_photos", "PhotoPool", "agreed_photo_pool", "pool_figures",
+           "render_pool_sentence", "main"]
 
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
 
@@ -67,7 +68,8 @@ def agreed_photo_pool(models: Sequence[torch.nn.Module], size: int = 224, min_co
     A photo qualifies when all models give it the same top-1 class (each with confidence > `min_confidence`,
     strict as the paper's p > 0.6); each class keeps its first qualifying photo (in `real_photos` order). One photo
     per class is all a class can contribute, so this greedy pool is the largest. The size of the `imagenet-lite0` and
-    `imagenet-mobilenetv2` pool is in docs/zoo.md (a test keeps it true).
+    `imagenet-mobilenetv2` pool is generated in docs/zoo.md from docs/results/photo_pool.json (`main` writes it; a test
+    recomputes it).
     """
     if len(models) == 0:
         raise InputError("give at least one model")
@@ -85,3 +87,47 @@ def agreed_photo_pool(models: Sequence[torch.nn.Module], size: int = 224, min_co
             keep.append(i)
     idx = torch.tensor(keep, dtype=torch.long)
     return PhotoPool(images[idx], [names[i] for i in keep], preds_t[0, idx], confs_t[:, idx], len(names))
+
+
+ZOO_PAIR = ("imagenet-lite0", "imagenet-mobilenetv2")  # the zoo's two ImageNet models, whose pool docs/zoo.md states
+
+
+def pool_figures(models: Sequence[str] = ZOO_PAIR, size: int = 224) -> dict:
+    """The agreed pool of the registered `models` as a results file holds it: its size, the candidates, the names."""
+    from .models import load_classifier
+
+    pool = agreed_photo_pool([load_classifier(m) for m in models], size=size)
+    return {"models": list(models), "size": size, "kept": len(pool), "candidates": pool.candidates,
+            "names": pool.names}
+
+
+def render_pool_sentence(data: dict) -> str:
+    """docs/zoo.md's sentence on the pool, from its results file."""
+    models = " and ".join(f"`{m}`" for m in data["models"])
+    return (f"{data['kept']} of {data['candidates']} photos for {models} at {data['size']} px (`{data['command']}`, "
+            f"{data['measured']}; `tests/test_zoo.py` recomputes it).\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m blindspots.photos --results-to FILE`: measure the zoo pair's agreed pool and write its results file."""
+    import argparse
+    import json
+    import time
+
+    from .store import atomic_write_text
+
+    p = argparse.ArgumentParser(prog="python -m blindspots.photos", description=main.__doc__)
+    p.add_argument("--results-to", type=Path, required=True, metavar="FILE")
+    p.add_argument("--size", type=int, default=224)
+    args = p.parse_args(argv)
+    figures = pool_figures(size=args.size)
+    command = f"python -m blindspots.photos --results-to {args.results_to}" + (
+        "" if args.size == 224 else f" --size {args.size}")
+    out = {"command": command, "measured": time.strftime("%Y-%m-%d", time.gmtime()), **figures}
+    atomic_write_text(args.results_to, json.dumps(out, indent=1) + "\n")
+    print(render_pool_sentence(out), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from .errors import InputError
 
-__all__ = ["plot_triangle", "plot_path_confidence", "plot_tube_width", "lst_grid", "lst_curves", "plain_text"]
+__all__ = ["plot_triangle", "plot_path_confidence", "plot_tube_width", "lst_grid", "lst_curves", "plain_text",
+           "new_figure", "save_figure"]
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib Figure (constrained layout) drawn by Agg, without pyplot's global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -44,7 +46,7 @@ def plain_text(fig) -> None:
             text.set_parse_math(False)
 
 
-def _save(fig, path: str | os.PathLike | None, dpi: int = 120) -> None:
+def save_figure(fig, path: str | os.PathLike | None, dpi: int = 120) -> None:
     """Make `fig`'s texts plain (see `plain_text`), then save it as a PNG when `path` is given."""
     plain_text(fig)
     if path is not None:
@@ -88,7 +90,7 @@ def plot_triangle(
     corners = np.array([[0.0, 0.0], [li, 0.0], [lj * math.cos(angle), lj * math.sin(angle)]])
     xy = w @ corners
     if ax is None:
-        fig = _figure(5.2, 4.4)
+        fig = new_figure(5.2, 4.4)
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -114,7 +116,7 @@ def plot_triangle(
     cbar.set_label("source-class confidence" + (f" (p_src = {p_src:.3f}, dashed)" if p_src is not None else ""))
     head = f"angle {math.degrees(angle):.1f} deg, |b_i - x_s| = {li:.3g}, |b_j - x_s| = {lj:.3g}"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -131,7 +133,7 @@ def plot_path_confidence(
     panels = [("straight path source -> LST output", "t", straight)]
     if trajectory is not None:
         panels.append(("LST trajectory", "LST iteration", trajectory))
-    fig = _figure(5.0 * len(panels), 3.8)
+    fig = new_figure(5.0 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, xlabel, res) in zip(axes, panels):
         t, conf = _np(res.t), _np(res.confidence)
@@ -147,7 +149,7 @@ def plot_path_confidence(
         ax.legend(fontsize=8, loc="lower left")
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -168,7 +170,7 @@ def plot_tube_width(
     n = q.shape[0]
     pos = list(positions) if positions is not None else list(range(n))
     cmap = colormaps["viridis"]
-    fig = _figure(5.4, 3.8)
+    fig = new_figure(5.4, 3.8)
     ax = fig.add_subplot()
     for p in range(n):
         color = cmap(p / max(n - 1, 1))
@@ -184,7 +186,7 @@ def plot_tube_width(
     ax.legend(title="position on path", fontsize=7, title_fontsize=8, loc="lower left")
     ax.set_title(title or f"tube width: median and 5-95% over {tube.confidence.shape[-1]} orthogonal directions",
                  fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -218,7 +220,7 @@ def lst_grid(
                          f"{tuple(outputs.shape)} and {tuple(confidence.shape)}")
     names = list(names) if names is not None else [str(i) for i in range(n)]
     labels = [f"{nm}\n{cn[:18]}" for nm, cn in zip(names, class_names)] if class_names else names
-    fig = _figure(1.7 * (n + 1), 1.8 * (n + 1))
+    fig = new_figure(1.7 * (n + 1), 1.8 * (n + 1))
     axes = fig.subplots(n + 1, n + 1, squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -242,7 +244,7 @@ def lst_grid(
                              color="tab:red")
             else:
                 ax.set_title(f"p(src) = {float(confidence[i, j]):.3f}", fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -252,7 +254,7 @@ def lst_curves(results: Sequence[Any], *, path: str | os.PathLike | None = None)
     trajectories = [r.trajectory for r in results if r.trajectory is not None]
     if not trajectories:
         raise InputError("no trajectory recorded: run level_set_traversal with LSTConfig(log_every=k)")
-    fig = _figure(12, 3.6)
+    fig = new_figure(12, 3.6)
     axes = fig.subplots(1, 3)
     panels = [("source_confidence", "source-class confidence"), ("target_confidence", "target-class confidence"),
               ("rms_to_target", "RMS-l2 distance to target")]
@@ -272,5 +274,5 @@ def lst_curves(results: Sequence[Any], *, path: str | os.PathLike | None = None)
         ax.set_xlabel("iteration")
         if field_name != "rms_to_target":
             ax.set_ylim(-0.02, 1.02)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

@@ -9,9 +9,10 @@ A block of README.md or of any Markdown page under docs/ (the documentation site
 `BLOCKS` maps NAME to (results file, renderer): the results file (relative to the repository) is written by the
 command that measures it; the renderer turns its parsed JSON into Markdown. A block without a results file (None) is
 rendered from the code (the model registry's table), its renderer called with None. `python -m experiments.generated_docs`
-rewrites every block; `--check` rewrites nothing and exits 1 naming each block that differs, and each registered
-block that no page holds (the test suite runs it), so a sentence or table in the docs cannot drift from its numbers
-nor be lost when a section moves between pages.
+rewrites every block; `--check` rewrites nothing and exits 1 naming each block that differs, each registered
+block that no page holds, and each table of a generated kind (same header row) that a page holds outside any block
+(the test suite runs it), so a sentence or table in the docs cannot drift from its numbers, be lost when a section
+moves between pages, nor be copied by hand beside its block.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any, Callable, Mapping
 
 from blindspots.errors import InputError
 
-__all__ = ["BLOCKS", "REPO", "render_block", "update_text", "update_files", "unplaced_blocks", "main"]
+__all__ = ["BLOCKS", "REPO", "render_block", "update_text", "update_files", "unplaced_blocks", "unbacked_tables",
+           "outcome_first", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,15 +35,58 @@ Renderer = Callable[[Any], str]
 
 
 def _paper_claims(data: Any) -> str:
-    from .paper_verdicts import render_markdown
+    from .claims.rules import render_markdown
 
-    return render_markdown(data)
+    return outcome_first(render_markdown(data))
+
+
+def _paper_claims_verdicts(data: Any) -> str:
+    from .claims.rules import findings
+
+    # "1. ..." after the bullet would start a nested numbered list: escape the claim number's dot
+    lines = [re.sub(r"^([0-9]+'?)\.", r"\1\\.", line.split(" Per group:")[0]) for line in findings(data)]
+    return "".join(f"- {line}\n" for line in lines)
 
 
 def _zoobot_results(data: Any) -> str:
     from .zoobot.report import render_readme
 
-    return render_readme(data)
+    return outcome_first(render_readme(data))
+
+
+def _zoobot_verdicts(data: Any) -> str:
+    lines = []
+    for command, run in data["runs"].items():
+        for verdict in run["verdicts"].values():
+            lines.append(f"- `{command}`: {verdict['sentence'].split('). ')[0]})." if "). " in verdict["sentence"]
+                         else f"- `{command}`: {verdict['sentence']}")
+    return "\n".join(lines) + "\n"
+
+
+OUTCOME_COLUMNS = ("outcome", "cell")  # the verdict column of a study's table, shown first where the eye lands
+
+
+def outcome_first(text: str, names: tuple[str, ...] = OUTCOME_COLUMNS) -> str:
+    """`text` with the outcome column of each Markdown table moved to the front: a study's table is read for its
+    verdicts, and a wide table would otherwise hide them behind a horizontal scroll."""
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        if not (lines[i].startswith("|") and i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: ")):
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j].startswith("|"):
+            j += 1
+        header = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+        k = next((n for n, c in enumerate(header) if c in names), None)
+        if k:
+            for r in range(i, j):
+                cells = lines[r].strip()[1:-1].split("|")
+                cells.insert(0, cells.pop(k))
+                lines[r] = "|" + "|".join(cells) + "|"
+        i = j
+    return "\n".join(lines)
 
 
 def _zoo_training(data: Any) -> str:
@@ -56,6 +101,30 @@ def _zoo_robustness(data: Any) -> str:
     return render_zoo_robustness(data)
 
 
+def _benchmark_runs(data: Any) -> str:
+    from .benchmark_docs import render_runs
+
+    return render_runs(data)
+
+
+def _lst_passes(data: Any) -> str:
+    from .benchmark_docs import render_lst_passes
+
+    return render_lst_passes(data)
+
+
+def _lst_passes_other_digits(data: Any) -> str:
+    from .benchmark_docs import render_lst_passes_other_digits
+
+    return render_lst_passes_other_digits(data)
+
+
+def _photo_pool(data: Any) -> str:
+    from blindspots.photos import render_pool_sentence
+
+    return render_pool_sentence(data)
+
+
 def _models(data: None) -> str:
     from blindspots.zoo import render_model_table
 
@@ -68,9 +137,16 @@ def _models(data: None) -> str:
 BLOCKS: dict[str, tuple[str | None, Renderer]] = {
     "models": (None, _models),  # the model registry (blindspots.registry, filled by blindspots.zoo)
     "paper-claims": ("docs/results/claims.json", _paper_claims),  # blindspots paper --results-to <this file>
+    "paper-claims-verdicts": ("docs/results/claims.json", _paper_claims_verdicts),
     "zoobot-results": ("docs/results/zoobot.json", _zoobot_results),  # blindspots zoobot --results-to <this file>
+    "zoobot-verdicts": ("docs/results/zoobot.json", _zoobot_verdicts),
     "zoo-training": ("blindspots/zoo/weights/mnist.json", _zoo_training),
     "zoo-robustness": ("blindspots/zoo/weights/mnist_robustness.json", _zoo_robustness),  # blindspots robust --zoo
+    # python -m benchmarks.NAME --results-to <this file> (one file, every benchmark's runs)
+    "benchmark-runs": ("docs/results/benchmarks.json", _benchmark_runs),
+    "lst-passes": ("docs/results/benchmarks.json", _lst_passes),
+    "lst-passes-other-digits": ("docs/results/benchmarks.json", _lst_passes_other_digits),
+    "photo-pool": ("docs/results/photo_pool.json", _photo_pool),  # python -m blindspots.photos --results-to <this>
 }
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[A-Za-z0-9_.-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)",
@@ -136,6 +212,34 @@ def unplaced_blocks(blocks: Mapping[str, tuple[str, Renderer]] | None = None, ro
     return sorted(set(blocks) - placed)
 
 
+_TABLE_HEADER = re.compile(r"^\|.*\|[ \t]*\n\|[-:| \t]+\|[ \t]*$", re.MULTILINE)
+
+
+def unbacked_tables(blocks: Mapping[str, tuple[str | None, Renderer]] | None = None, root: Path = REPO
+                    ) -> list[str]:
+    """Tables of the kinds the blocks generate that a page holds outside any block: a table whose header row is a
+    generated table's header is a copy of measured figures that no results file backs (it would not follow a
+    rerun). One "page: block" per such table."""
+    blocks = BLOCKS if blocks is None else blocks
+    headers = {}
+    for name in blocks:
+        try:
+            body = render_block(name, blocks, root)
+        except (InputError, OSError):
+            continue  # a missing results file is reported by the blocks themselves
+        for m in _TABLE_HEADER.finditer(body):
+            headers[m.group(0).splitlines()[0].strip()] = name
+    found = []
+    for path in doc_files(root):
+        outside = _BLOCK.sub("", path.read_text())
+        for m in _TABLE_HEADER.finditer(outside):
+            header = m.group(0).splitlines()[0].strip()
+            if header in headers:
+                found.append(f"{path.relative_to(root)}: a table like block {headers[header]!r} outside any "
+                             "generated block")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.generated_docs", description=__doc__.split("\n")[0])
     p.add_argument("--check", action="store_true", help="compare only; exit 1 when a block differs")
@@ -146,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     unplaced = unplaced_blocks()
     if unplaced:
         print(f"registered but in no doc file (README.md, docs/**/*.md): {', '.join(unplaced)}")
-    return 1 if (drift or unplaced) and args.check else 0
+    unbacked = unbacked_tables()
+    for line in unbacked:
+        print(f"{line}: its figures come from no results file (move them into the block's results file)")
+    return 1 if (drift or unplaced or unbacked) and args.check else 0
 
 
 if __name__ == "__main__":

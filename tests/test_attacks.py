@@ -385,7 +385,7 @@ def test_model_call_options_reach_both_sides_of_the_profile_and_every_command():
                             attack_options={"amp": attack_amp})
         bf16 = [d == torch.bfloat16 for d in dtypes]
         assert any(bf16) and not all(bf16)  # one side in bfloat16, the other (and the labels' forward) not
-    for name in ("blindspots.demo", "experiments.attack_cli", "experiments.lst_tables", "experiments.paper_claims"):
+    for name in ("blindspots.demo", "experiments.sensitivity", "experiments.tables", "experiments.claims"):
         parser = argparse.ArgumentParser()
         importlib.import_module(name).add_arguments(parser)
         args = parser.parse_args(["--amp", "--channels-last", "--compile"])
@@ -416,6 +416,44 @@ def test_registered_attacks_report_their_budget_the_same_way_on_a_linear_classif
         assert [t for t, f in zip(text, res.success) if f] == [f"<= {eps:.4g}"] * int(res.success.sum())
         assert [t for t, f in zip(text, res.success) if not f] == [f"> {eps:.4g}"] * int((~res.success).sum())
         assert torch.equal(res.epsilon.isinf(), ~res.success)
+
+
+def test_the_ensemble_builds_its_members_through_the_attack_registry(monkeypatch):
+    """Each AutoAttack member is a registered attack with the budget's settings, equal (same start, same seeds) to
+    the class built by hand as AutoAttack runs it; a registry entry swapped for another class is what the ensemble
+    then runs: it keeps no constructors of its own."""
+    import dataclasses
+
+    from attacks.ensemble import ATTACKS, MEMBERS, EnsembleBudget, make_attack
+    from attacks.registry import ATTACKS as REGISTERED
+
+    model, x, _, _ = _linear_setup(4)
+    y = model(x).argmax(1)
+    b = EnsembleBudget(apgd_steps=3, restarts=1, target_classes=1, fab_steps=3, square_queries=5)
+    assert ATTACKS == ("apgd-ce", "apgd-t", "fab-t", "square") and tuple(MEMBERS) == ATTACKS
+    built = {name: make_attack(name, model, 0.05, "linf", b, seed=[7, 8, 9, 10]) for name in ATTACKS}
+    assert {n: type(a) for n, a in built.items()} == {n: REGISTERED[MEMBERS[n][0]].cls for n in ATTACKS}
+    by_hand = {"apgd-ce": attacks.APGD(model, 0.05, "linf", 3, restarts=1, loss="ce", seed=[7, 8, 9, 10]),
+               "apgd-t": attacks.APGDT(model, 0.05, "linf", 3, target_classes=1, restarts=1, loss="margin",
+                                       seed=[7, 8, 9, 10]),  # 2 classes: the margin loss, DLR needs 4
+               "fab-t": attacks.FAB(model, 0.05, "linf", 3, target_classes=1, restarts=1, seed=[7, 8, 9, 10]),
+               "square": attacks.Square(model, 0.05, "linf", 5, restarts=1, seed=[7, 8, 9, 10])}
+    for name in ATTACKS:
+        assert built[name].params() == by_hand[name].params(), name
+        assert torch.equal(built[name](x, y).images, by_hand[name](x, y).images), name
+
+    class Swapped(attacks.Square):
+        calls = 0
+
+        def __call__(self, images, labels=None):
+            Swapped.calls += 1
+            return super().__call__(images, labels)
+
+    monkeypatch.setitem(REGISTERED, "square", dataclasses.replace(REGISTERED["square"], cls=Swapped))
+    result = attacks.evaluate_robustness(model, x, y, eps=0.05, attacks=["square"], budget=b)
+    assert Swapped.calls == 1 and result.attacks == ["square"]
+    with pytest.raises(ValueError, match="unknown attack 'cw'; the ensemble knows apgd-ce, apgd-t, fab-t, square"):
+        make_attack("cw", model, 0.05, "linf", b)
 
 
 def test_the_registry_refuses_settings_an_attack_would_ignore():

@@ -90,3 +90,85 @@ def test_the_readme_models_block_is_the_registry():
     assert {"imagenet-lite0", "mnist-cnn"} <= set(MODELS)
     page = (REPO / "docs" / "zoo.md").read_text()
     assert re.search(r"<!-- generated:models -->\n(.*?)<!-- /generated:models -->", page, re.S)[1] == body
+
+
+def test_a_hand_copied_table_of_a_generated_kind_is_reported(tmp_path):
+    """A page holding, outside any block, a table with a generated table's header holds figures no results file
+    backs: --check names it; inside its block the same table is fine."""
+    from experiments.generated_docs import unbacked_tables
+
+    (tmp_path / "res.json").write_text(json.dumps({"model": "m", "clean": 0.5}))
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "page.md"
+    block = "<!-- generated:acc -->\n| model | clean |\n|---|---|\n| m | 0.500 |\n<!-- /generated:acc -->\n"
+    page.write_text(block + "\nprose | not a table\n")
+    assert unbacked_tables(_blocks(), tmp_path) == []
+    page.write_text(block + "\n| model | clean |\n|---|---|\n| m | 0.612 |\n")  # a copy, typed beside its block
+    assert unbacked_tables(_blocks(), tmp_path) == ["docs/page.md: a table like block 'acc' outside any generated block"]
+
+
+def test_check_fails_on_a_hand_copied_table(monkeypatch, capsys):
+    import experiments.generated_docs as gd
+
+    monkeypatch.setattr(gd, "update_files", lambda check=False: {})
+    monkeypatch.setattr(gd, "unplaced_blocks", lambda: [])
+    monkeypatch.setattr(gd, "unbacked_tables", lambda: ["docs/engine.md: a table like block 'lst-passes' outside"])
+    assert main(["--check"]) == 1
+    assert "no results file" in capsys.readouterr().out
+
+
+def test_benchmark_runs_are_recorded_and_rendered(tmp_path, monkeypatch):
+    """A benchmark's --results-to run lands in the results file (replacing the earlier run of the same command) and
+    the docs' runs table shows its verdict and one-line result with the command that measured it."""
+    from blindspots.studies.measured import read_runs, record_run
+    from experiments.benchmark_docs import render_runs
+
+    path = tmp_path / "runs.json"
+    record_run(path, "simulate_speed", ["--n", "5", "--results-to", str(path)], met=False, summary="40 images/s",
+               figures={"best": 40.0})
+    record_run(path, "speed_geometry", [], met=True, summary="1.32x", figures={})
+    record_run(path, "simulate_speed", ["--n", "5"], met=True, summary="60 images/s", figures={"best": 60.0})
+    runs = read_runs(path)
+    assert [(r["command"], r["summary"]) for r in runs] == [("python -m benchmarks.speed_geometry", "1.32x"),
+                                                            ("python -m benchmarks.simulate_speed --n 5", "60 images/s")]
+    table = render_runs(json.loads(path.read_text())).splitlines()
+    assert table[0].startswith("- met: 1.32x (`python -m benchmarks.speed_geometry`; ")  # the benchmarks' order
+    assert table[1].startswith("- met: 60 images/s (`python -m benchmarks.simulate_speed --n 5`; ")
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="runs.json is not a list of recorded runs"):
+        read_runs(path)
+
+
+def test_the_lst_passes_table_takes_each_column_from_its_latest_run():
+    """engine.md's table: the main columns from the latest default run holding the set, the unscaled column from
+    the latest `offset_scale_max=1` run, the fixed-step column from the run that tried the most steps."""
+    from experiments.benchmark_docs import render_lst_passes
+
+    def run(measured, settings, saving, fixed=None):
+        return {"benchmark": "lst_passes", "command": f"cmd {measured}", "measured": measured,
+                "figures": {"settings": settings, "sets": [
+                    {"set": "mnist", "model": "m", "px": 28, "pairs": 8, "saving": saving, "pairs_at_quality": 8,
+                     "rms_ratio": [0.5, 0.9], "ssim_diff": [0.01, -0.002], "fixed": fixed}]}}
+
+    data = {"runs": [run("1", {}, 30.0, {"0.1 x10": 2.0, "0.2 x5": None}),
+                     run("2", {}, 25.0, {"0.2 x5": None}),
+                     run("3", {"adaptive": {"offset_scale_max": 1}}, 11.0)]}
+    row = render_lst_passes(data).splitlines()[2]
+    assert row == ("| MNIST digits | m | **25.0x** | 8/8 | 0.50, 0.90 | +0.010, -0.002 | 11.0x, 8/8 | "
+                   "0.1 x 10: 2.00x |")
+
+
+def test_a_study_table_shows_its_outcome_first():
+    """At 1280 px the outcome of a study's table must not hide behind a horizontal scroll: it comes first, in every
+    table that has one, and tables without one are left as they are."""
+    from experiments.generated_docs import outcome_first
+
+    text = ("intro | not a table\n\n| claim | value | outcome |\n|---|---|---|\n| a | 0.5 | holds |\n| b |  | mixed |\n"
+            "\n| x | y |\n|---|---|\n| 1 | 2 |\n")
+    assert outcome_first(text) == ("intro | not a table\n\n| outcome | claim | value |\n|---|---|---|\n"
+                                   "| holds | a | 0.5 |\n| mixed | b |  |\n\n| x | y |\n|---|---|\n| 1 | 2 |\n")
+    from experiments.generated_docs import render_block
+
+    for name in ("paper-claims", "zoobot-results"):
+        tables = [line for line in render_block(name).splitlines() if line.startswith("| ") and "---" not in line]
+        assert any(line.startswith(("| outcome |", "| cell |")) for line in tables), name

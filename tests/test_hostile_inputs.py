@@ -710,9 +710,9 @@ def test_input_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsy
         with pytest.raises(type(bug)):
             run_command("t", command(bug), [])
     # a plain ValueError from inside a toolkit module (one whose ValueErrors used to count as user errors) is a bug
-    from experiments import paper_claims
+    from experiments.claims import study as paper_claims
 
-    inside = dict(vars(paper_claims))  # a function whose frames belong to experiments.paper_claims
+    inside = dict(vars(paper_claims))  # a function whose frames belong to experiments.claims.study
     exec("def run(args):\n    raise ValueError('internal invariant')\n", inside)
     with pytest.raises(ValueError, match="internal invariant"):
         run_command("t", types.SimpleNamespace(HELP="test", add_arguments=lambda p: None, run=inside["run"]), [])
@@ -735,7 +735,7 @@ def test_a_binary_or_incomplete_labels_file_is_refused_naming_it(tmp_path):
     """`blindspots tables --labels FILE`: a binary file (not UTF-8) or one with no label for an image is an input
     error naming the file, never a UnicodeDecodeError traceback."""
     from blindspots.errors import InputError
-    from experiments.lst_tables import _read_labels
+    from experiments.tables.study import _read_labels
 
     binary = tmp_path / "labels.csv"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")

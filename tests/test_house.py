@@ -233,3 +233,47 @@ def test_run_store_names_what_changed(tmp_path):
     store.save("s", {"t": torch.ones(2)}, {"note": "new"})
     assert store.load("s")[1] == {"note": "new"}
     store.close()
+
+
+def private_imports_across_packages(root: Path, packages: tuple[str, ...]) -> list[str]:
+    """`from M import _name` where M lies outside the importing module's own package: a private name is the business
+    of its package (a sibling module may share it; another package may not)."""
+    graph_files = {}
+    for package in packages:
+        for path in (root / package).rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            graph_files[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    found = []
+    for module, (path, is_package) in graph_files.items():
+        here = module if is_package else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = node.module or ""
+            if node.level:
+                up = here.split(".")[:len(here.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            owner = base if base in graph_files and graph_files[base][1] else base.rpartition(".")[0]
+            private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if private and owner != here:
+                found.append(f"{module}: from {base} import {', '.join(private)}")
+    return found
+
+
+def test_no_private_name_is_imported_across_packages():
+    offenders = private_imports_across_packages(REPO, ("blindspots", "attacks", "detectors", "experiments",
+                                                      "benchmarks"))
+    assert not offenders, "make the name public where it lives, or keep it inside its package:\n" + "\n".join(offenders)
+
+
+def test_the_private_import_check_sees_one(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    for init in (pkg / "__init__.py", pkg / "sub" / "__init__.py"):
+        init.write_text("")
+    (pkg / "a.py").write_text("_x = 1\n")
+    (pkg / "b.py").write_text("from .a import _x\n")  # a sibling: fine
+    (pkg / "sub" / "c.py").write_text("def f():\n    from ..a import _x\n")  # another package: refused
+    (pkg / "sub" / "d.py").write_text("from pkg.sub import c\nfrom ..a import __doc__\n")
+    assert private_imports_across_packages(tmp_path, ("pkg",)) == ["pkg.sub.c: from pkg.a import _x"]

@@ -15,8 +15,8 @@ from torch import nn
 
 from blindspots import Classifier, LSTConfig
 from blindspots import verdicts as vd
-from experiments import paper_claims as pc
-from experiments import paper_verdicts as pv
+from experiments.claims import rules as pv
+from experiments.claims import study as pc
 
 
 def _pair(model, source, ssim, p0=0.9, p_end=0.85, round_=0, n=20):
@@ -248,7 +248,7 @@ def test_tiny_photos_fail_with_a_clear_error(tmp_path, monkeypatch):
 def test_tables_with_one_round_and_hulls_fail_before_lst(tmp_path, capsys):
     """ISSUE22: tables-rounds-1 -- Table 2 needs two LST outputs per source: refused before any model loads or LST
     runs (it used to fail in the hull statistics after LST)."""
-    from experiments import lst_tables
+    from experiments import tables as lst_tables
 
     with pytest.raises(ValueError, match="rounds 1: the hull statistics"):
         lst_tables.run_tables(tmp_path / "t", "no-such-model", rounds=1)  # fails before the unknown model loads

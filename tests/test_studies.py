@@ -55,7 +55,7 @@ def synthetic_pool(n: int = 10, size: int = 12, seed: int = 0) -> tuple[torch.Te
 
 
 def run_tiny_study(out: Path, info: st.DistInfo | None = None, slow: float = 0.0, report: bool = True):
-    from experiments.lst_tables import run_study
+    from experiments.tables import run_study
 
     x, y = synthetic_pool()
     device = info.device if info is not None else torch.device("cpu")
@@ -155,7 +155,7 @@ def test_rerun_skips_finished_work_and_rejects_other_settings(reference_run: Pat
     t = run_tiny_study(out, report=False)
     assert sum(p.stat().st_size for p in out.glob("records*.jsonl")) == before  # nothing recomputed
     assert t["table1"] == _tables(reference_run)["table1"]
-    from experiments.lst_tables import run_study
+    from experiments.tables import run_study
 
     x, y = synthetic_pool()
     with pytest.raises(RunChanged, match="settings.config.iterations 10 -> 11"):

@@ -224,18 +224,15 @@ def test_ssim_paper_matches_torchmetrics():
 
 @needs_mobilenet
 def test_the_docs_agreed_photo_pool_size_is_the_measured_one():
-    """docs/zoo.md states how many real photos both ImageNet models agree on; recompute it with the real weights."""
-    import re
+    """docs/zoo.md's sentence on how many real photos both ImageNet models agree on is generated from
+    docs/results/photo_pool.json; recompute the pool with the real weights and compare."""
+    import json
     from pathlib import Path
 
     pytest.importorskip("sklearn")
-    from blindspots.photos import agreed_photo_pool, real_photos
+    from blindspots.photos import agreed_photo_pool
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "zoo.md").read_text()
-    stated = re.search(r"class: (\d+) of (\d+) photos for `imagenet-lite0` and `imagenet-mobilenetv2` at (\d+) px",
-                       text)
-    assert stated, "docs/zoo.md no longer states the agreed pool's size in the form this test reads"
-    kept, total, size = map(int, stated.groups())
-    pool = agreed_photo_pool([load_classifier("imagenet-lite0"), load_classifier("imagenet-mobilenetv2")], size=size)
-    assert (len(pool.names), len(real_photos(32)[1])) == (kept, total)
+    stated = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "photo_pool.json").read_text())
+    pool = agreed_photo_pool([load_classifier(m) for m in stated["models"]], size=stated["size"])
+    assert (len(pool), pool.candidates, pool.names) == (stated["kept"], stated["candidates"], stated["names"])
     assert len(set(pool.classes.tolist())) == len(pool.names)  # one photo per class

@@ -206,13 +206,13 @@ def plot_sensitivity(profile: SensitivityProfile, *, path: str | os.PathLike | N
     are drawn at its edge with a '>' marker. Returns the Figure (saved as PNG when `path` is given)."""
     import numpy as np
 
-    from blindspots.plots import _figure, _save
+    from blindspots.plots import new_figure, save_figure
 
     rows = profile.rows
     x = np.array([r["min_eps"] for r in rows], dtype=float)
     y = np.array([r["lst_rms_l2"] for r in rows], dtype=float)
     c = np.array([r["lst_confidence"] for r in rows], dtype=float)
-    fig = _figure(6.0, 4.5)
+    fig = new_figure(6.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     finite = np.isfinite(x)
     params = profile.attack.params
@@ -237,5 +237,5 @@ def plot_sensitivity(profile: SensitivityProfile, *, path: str | os.PathLike | N
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.set_title(title or "Over- vs under-sensitivity per image")
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from .engine import Probe
-from .errors import InputError
-from .metrics import distances
-from .traversal_config import PAPER_STEP, START_REDRAWS, LSTConfig
+from ..engine import Probe
+from ..errors import InputError
+from ..metrics import distances
+from .config import PAPER_STEP, START_REDRAWS, LSTConfig
 
 __all__ = ["Chunk", "start_noise", "refuse_non_finite", "PAPER_STEP", "START_REDRAWS"]
 

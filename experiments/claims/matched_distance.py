@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from blindspots import LSTConfig, level_set_traversal
 from blindspots import studies as st
 
-from .lst_tables import hull_deltas, hull_metric
+from ..tables.metrics import hull_deltas, hull_metric
 from blindspots.errors import InputError
 
 __all__ = ["LOG_EVERY", "matched_hull_records"]

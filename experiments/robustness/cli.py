@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from blindspots.store import RunStore
     from blindspots.zoo import MNIST_MODELS
 
-    from .robustness import ZOO_RESULTS, evaluate_model, format_record, twin_of, zoo_robustness
+    from .study import ZOO_RESULTS, evaluate_model, format_record, twin_of, zoo_robustness
 
     if args.eps is not None and not args.eps > 0:
         raise UsageError(f"--eps must be > 0, got {args.eps}")

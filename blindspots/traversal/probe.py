@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .engine import Probe
-from .models import model_device
-from .validation import check_labels
-from .errors import InputError
+from ..engine import Probe
+from ..models import model_device
+from ..validation import check_labels
+from ..errors import InputError
 
 __all__ = ["Probe", "resolve_device", "check_batch_independence", "check_label_range", "auto_batch_size"]
 
@@ -33,7 +33,7 @@ def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch
 
     A model elsewhere is refused rather than moved: moving it would change the caller's object behind its back.
     """
-    from .validation import check_device
+    from ..validation import check_device
 
     here = model_device(model)
     if device is None:

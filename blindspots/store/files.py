@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["jsonable", "keyable", "temporary_path", "atomic_write_text", "check_stage_name", "check_record_key",
            "stage_digest", "record_digest", "run_id", "newest_mtime_ns", "fingerprint_data", "dataclass_to_saved",

@@ -33,8 +33,8 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import torch
 from torch import nn
 
-from .errors import InputError, RunRefused
-from .store_files import (atomic_write_text, check_record_key, check_stage_name, dataclass_from_saved,
+from ..errors import InputError, RunRefused
+from .files import (atomic_write_text, check_record_key, check_stage_name, dataclass_from_saved,
                           dataclass_to_saved, fingerprint_data, jsonable, keyable, newest_mtime_ns, record_digest,
                           remove, run_id, stage_digest, temporary_path)
 

@@ -27,17 +27,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .engine import Probe, sample_seeds
-from .errors import InputError
-from .models import probing
-from .pairing import derangement_pairs
-from .traversal_config import LSTConfig
-from .traversal_loop import Chunk, refuse_non_finite, start_noise
-from .traversal_result import LSTResult, Trajectory
-from .traversal_probe import auto_batch_size, check_batch_independence, check_label_range, resolve_device
-
-_start_noise = start_noise  # the name benchmarks/speed_lst.py imports
-from .validation import check_images, check_labels, check_same_shape
+from ..engine import Probe, sample_seeds
+from ..errors import InputError
+from ..models import probing
+from ..pairing import derangement_pairs
+from .config import LSTConfig
+from .loop import Chunk, refuse_non_finite
+from .result import LSTResult, Trajectory
+from .probe import auto_batch_size, check_batch_independence, check_label_range, resolve_device
+from ..validation import check_images, check_labels, check_same_shape
 
 __all__ = ["LSTConfig", "LSTResult", "Trajectory", "level_set_traversal", "derangement_pairs", "sample_seeds"]
 

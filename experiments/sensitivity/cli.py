@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from blindspots import LSTConfig, load_classifier
 
-    from .sensitivity import sensitivity_profile
+    from .profile import sensitivity_profile
 
     import torch
 

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import InputError
-from .traversal_config import LSTConfig
+from ..errors import InputError
+from .config import LSTConfig
 
 __all__ = ["LSTResult", "Trajectory"]
 
@@ -81,7 +81,7 @@ class LSTResult:
     def validate(self, n: int | None = None, image_shape: Sequence[int] | None = None) -> "LSTResult":
         """Check shapes, ranges and finiteness (a result read from disk); `n` samples of `image_shape` (C, H, W)
         when given. Raises one line naming the first problem; returns self."""
-        from .validation import check_images
+        from ..validation import check_images
 
         if not isinstance(self.images, torch.Tensor) or self.images.ndim != 4:
             raise InputError(f"LST result images must be (N, C, H, W), got {getattr(self.images, 'shape', None)}")
@@ -122,7 +122,7 @@ class LSTResult:
     def load(cls, path: str | os.PathLike) -> "LSTResult":
         """Read a result written by `save`, without executing pickled code; a missing, truncated or foreign file,
         or one whose contents do not make a result (shapes, ranges, finiteness), is refused naming it."""
-        from .weights import load_torch_file
+        from ..weights import load_torch_file
 
         state = load_torch_file(path, "LST result file")
         try:

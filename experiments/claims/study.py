@@ -35,8 +35,8 @@ from blindspots import studies as st
 from blindspots.cli import add_common_options, model_call_options, positive_int, resolve_device
 from blindspots.store import RunStore
 
-from . import paper_verdicts as pv
-from .lst_tables import TABLE1_FIELDS, open_unit_float, run_study, table2_fields
+from . import rules as pv
+from ..tables import TABLE1_FIELDS, open_unit_float, run_study, table2_fields
 from blindspots.errors import InputError
 
 HELP = "the LST paper's claims on real normal and adversarially trained models (MNIST CNN/ViT, ImageNet)"
