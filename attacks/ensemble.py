@@ -83,18 +83,29 @@ def make_attack(name: str, model: nn.Module, eps: float, norm: str, budget: Ense
     if name == "apgd-t":
         # the targeted DLR loss needs 4 classes; with fewer, the targeted margin (Carlini-Wagner) loss
         loss = "dlr" if (_num_classes(model) or 4) >= 4 else "margin"
-        return APGDT(model, eps, norm, b.apgd_steps, target_classes=b.target_classes, restarts=b.restarts,
-                     loss=loss, seed=seed, **options)
+        return _capped(APGDT(model, eps, norm, b.apgd_steps, target_classes=_target_classes(model, b),
+                             restarts=b.restarts, loss=loss, seed=seed, **options))
     if name == "fab-t":
-        return FAB(model, eps, norm, b.fab_steps, target_classes=b.target_classes, restarts=b.restarts, seed=seed,
-                   **options)
+        return _capped(FAB(model, eps, norm, b.fab_steps, target_classes=_target_classes(model, b),
+                           restarts=b.restarts, seed=seed, **options))
     if name == "square":
         return Square(model, eps, norm, b.square_queries, restarts=b.restarts, seed=seed, **options)
     raise InputError(f"unknown attack {name!r}; the ensemble knows {', '.join(ATTACKS)}")
 
 
+def _capped(attack: Attack) -> Attack:
+    """The ensemble's target classes are an upper bound (AutoAttack's 9 on a 2-class model: the one other class)."""
+    attack.cap_target_classes = True
+    return attack
+
+
 def _num_classes(model: nn.Module) -> int | None:
     return model.num_classes if isinstance(model, Classifier) else getattr(model, "num_classes", None)
+
+
+def _target_classes(model: nn.Module, budget: EnsembleBudget) -> int:
+    classes = _num_classes(model)
+    return min(budget.target_classes, classes - 1) if classes and classes >= 2 else budget.target_classes
 
 
 @dataclass
