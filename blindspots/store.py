@@ -293,6 +293,14 @@ class RunStore:
                                "match); rerun with --restart")
         return tensors, meta, run
 
+    def saved(self, name: str) -> tuple[dict[str, torch.Tensor], Any] | None:
+        """Stage `name` as (tensors, metadata) if this run saved it; None if absent or written by another run (to
+        be recomputed). An edited or damaged one is refused, naming it."""
+        if not self.has(name):
+            return None
+        tensors, meta, run = self._read_stage(name)
+        return (tensors, meta) if run == self.run else None
+
     def stage(self, name: str, compute: Callable[[], T], *, to_saved: Callable[[T], tuple[dict, Any]],
               from_saved: Callable[[dict, Any], T], check: Callable[[T], Any] | None = None) -> T:
         """Load stage `name` if this run saved it, else compute and save it. A stage of another run is recomputed;
