@@ -5,7 +5,7 @@ Each n runs in a fresh process (`--one N`), which reports its peak resident memo
 (`resource.getrusage`, the kernel's maxrss) and its wall time; the parent prints them side by side and exits 1 when
 the peak at the largest n exceeds LIMIT_MB or grows faster than linearly (more than SLACK x the n ratio).
 
-    python benchmarks/verdict_memory.py            # n = 20,000 and 200,000, 999 resamples (about a minute)
+    python -m benchmarks.verdict_memory      # n = 20,000 and 200,000, 999 resamples (about a minute)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def one(n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.verdict_memory", description=__doc__.split("\n")[0])
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     args = p.parse_args(argv)

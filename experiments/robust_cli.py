@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from blindspots.store import RunStore
     from blindspots.zoo import MNIST_MODELS
 
-    from .robustness import ZOO_RESULTS, evaluate_model, format_record, twin_of, zoo_robustness
+    from .robustness import ZOO_RESULTS, ZOO_THREATS, evaluate_model, format_record, twin_of, zoo_robustness
 
     from attacks.budget import check_budget_in_norm, check_target_classes
 
