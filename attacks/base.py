@@ -436,12 +436,15 @@ class Attack:
         plain = Probe(self.model, device=x.device)
         m = min(4, x.shape[0])
         alone_ids = range(min(2, m))
-        alone = torch.cat([plain.logits(x[i:i + 1]) for i in alone_ids])
-        check_logits(alone, where="at the clean images")
+        outputs = [plain.logits(x[i:i + 1]) for i in alone_ids]
+        for out in outputs:
+            if out.ndim != 2:
+                check_logits(out)  # one line naming the shape
+        alone = torch.cat(outputs)
         if alone.shape[1] < 2:
             raise InputError(f"{type(self).__name__} needs a model with at least 2 classes; the model returns "
                              f"{alone.shape[1]} logit(s)")
-        if m > 1:
+        if m > 1 and bool(torch.isfinite(alone).all()):  # NaN logits are refused by the attack, naming every sample
             check_batch_independence(self.model, plain.logits(x[:m])[:len(alone_ids)], alone,
                                      lambda: torch.cat([plain.logits(x[i:i + 1]) for i in alone_ids]),
                                      user=type(self).__name__)

@@ -133,10 +133,9 @@ class Classifier(nn.Module):
             raise TypeError(f"{self.name} returned {type(out).__name__}, expected a logits tensor of shape (N, C)")
         if out.ndim != 2 or out.shape[0] != n:
             raise InputError(f"{self.name} must return logits of shape ({n}, C), got {tuple(out.shape)}")
-        want = self._num_classes if self._num_classes is not None else (
-            len(self.class_names) if self.class_names is not None else None)
-        if want is not None and out.shape[1] != want:
-            raise InputError(f"{self.name} has {want} classes but its network returns {out.shape[1]} logits")
+        if self._num_classes is not None and out.shape[1] != self._num_classes:
+            raise InputError(f"{self.name} has {self._num_classes} classes but its network returns {out.shape[1]} "
+                             "logits")
         return out
 
     @torch.no_grad()  # not inference_mode: its tensors could not be used later as labels of a gradient step

@@ -32,8 +32,8 @@ def load_torch_file(path: str | os.PathLike, what: str = "file") -> Any:
     except Exception as exc:  # noqa: BLE001 - torch's messages do not name the file and span many lines
         named = _offending_global(str(exc), path)
         if named:  # a class or function beyond tensors and plain containers: name it, never quote torch's advice
-            raise InputError(f"{path} holds pickled code ({named}), which would run on loading: refused; re-save "
-                             "the weights as plain tensors or .safetensors") from exc
+            raise InputError(f"{path} holds pickled objects ({named}) whose loading would run code: refused; "
+                             "re-save the weights as plain tensors or .safetensors") from exc
         if isinstance(exc, pickle.UnpicklingError):  # garbage, or a plain pickle the safe reader cannot follow
             raise InputError(f"{path} is not a torch.save file of tensors (corrupt, or a pickle the safe reader "
                              "cannot follow); re-save the weights as plain tensors or .safetensors") from exc
