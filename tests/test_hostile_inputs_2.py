@@ -550,3 +550,17 @@ def _no_warning_check():
             yield
 
     return quiet()
+
+
+def test_the_full_zoo_run_records_the_shipped_command():
+    """ISSUE29:zoo-full-run-command - the full run records the command the shipped table names (not --out,
+    --results-to or --restart, which do not change a figure)."""
+    import argparse
+
+    from experiments import robust_cli
+    from experiments.robustness import ZOO_COMMAND
+
+    parser = argparse.ArgumentParser()
+    robust_cli.add_arguments(parser)
+    args = parser.parse_args(["--zoo", "--threads", "1", "--quiet", "--out", "o", "--results-to", "r.json", "--restart"])
+    assert robust_cli._command(args) == ZOO_COMMAND == "blindspots robust --zoo --threads 1 --quiet"
