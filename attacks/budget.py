@@ -17,7 +17,7 @@ from blindspots.errors import InputError
 from .base import LOSSES, NORMS, Attack
 
 __all__ = ["FixedEpsilonAttack", "MinimizationAttack", "check_budget", "check_positive_int", "check_choice",
-           "check_positive", "check_budget_in_norm", "check_target_classes", "BUDGETS"]
+           "check_positive", "check_budget_in_norm", "check_target_classes", "known_classes", "BUDGETS"]
 
 BUDGETS = ("fixed", "minimal")
 
@@ -50,6 +50,13 @@ def check_budget_in_norm(eps: float | torch.Tensor | None, norm: str, image_shap
             shape = " x ".join(str(int(v)) for v in image_shape)
             raise InputError(f"{name} {top:g} is beyond the l2 diameter of {shape} images in [0, 1] "
                              f"(sqrt({math.prod(int(v) for v in image_shape)}) = {diameter:.4g})")
+
+
+def known_classes(model: nn.Module) -> int | None:
+    """The model's class count when known without a forward (a `blindspots.Classifier` that states it)."""
+    from blindspots.models import Classifier
+
+    return model.num_classes if isinstance(model, Classifier) else None
 
 
 def check_target_classes(k: int, num_classes: int | None, who: str) -> int:

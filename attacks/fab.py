@@ -23,9 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .base import NORMS, _Run, _view, check_gradient
-from .apgdt import _classes
 from .budget import (MinimizationAttack, check_budget, check_budget_in_norm, check_choice, check_positive_int,
-                     check_target_classes)
+                     check_target_classes, known_classes)
 from .registry import register_attack
 from .base import per_sample_noise
 from .targeted import GuidedRun, over_targets
@@ -106,7 +105,7 @@ class FAB(MinimizationAttack):
         self.norm = check_choice(norm, NORMS, "norm")
         check_budget_in_norm(self.eps, self.norm)
         self.steps = check_positive_int(steps, "steps")
-        self.target_classes = check_target_classes(target_classes, _classes(model), type(self).__name__)
+        self.target_classes = check_target_classes(target_classes, known_classes(model), type(self).__name__)
         self.restarts = check_positive_int(restarts, "restarts")
         if restarts > 1 and eps is None:
             raise InputError("restarts > 1 need eps (the random starts lie within eps / 2)")
