@@ -138,13 +138,12 @@ def _data(args: argparse.Namespace, is_mnist: bool):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from attacks.budget import check_budget_in_norm, check_target_classes
     from blindspots import load_classifier
     from blindspots.store import RunStore
     from blindspots.zoo import MNIST_MODELS
 
     from .robustness import ZOO_RESULTS, ZOO_THREATS, evaluate_model, format_record, twin_of, zoo_robustness
-
-    from attacks.budget import check_budget_in_norm, check_target_classes
 
     if args.eps is not None and not args.eps > 0:
         raise UsageError(f"--eps must be > 0, got {args.eps}")
@@ -180,11 +179,12 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--zoo with --model, --norm or --eps measures part of the zoo's table: give --results-to "
                              "FILE (the shipped table is written only by the full run)")
         results_to = _check_results_to(args.results_to or ZOO_RESULTS)
-        if args.target_classes is not None:
-            check_target_classes(args.target_classes, 10, "--target-classes")
         from blindspots.zoo import load_zoo_model
 
         models = {name: load_zoo_model(name) for name in zoo_models}
+        if args.target_classes is not None:
+            for zoo_model in models.values():
+                check_target_classes(args.target_classes, zoo_model.num_classes, "--target-classes")
         with RunStore(out, "robust-zoo", model=models, settings=settings, restart=args.restart) as store:
             done = {r["key"]: r["record"] for r in store.records()}
 
