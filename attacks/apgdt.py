@@ -11,7 +11,7 @@ from torch import nn
 
 from .apgd import APGD
 from .base import _Run
-from .budget import check_positive_int
+from .budget import check_target_classes, known_classes
 from .registry import register_attack
 from .targeted import GuidedRun, over_targets
 
@@ -25,8 +25,8 @@ class APGDT(APGD):
     Args:
         model, eps, norm, steps, restarts, rho, early_stop, seed, device, progress, channels_last, amp, compile: as
             `attacks.APGD` (steps and restarts per target class).
-        target_classes: k, the number of target classes tried (the highest clean logits besides the label; capped at
-            the number of classes - 1). AutoAttack's standard version uses 9.
+        target_classes: k, the number of target classes tried (the highest clean logits besides the label; at most
+            the number of classes - 1, the ensemble's budget is capped there). AutoAttack's standard version uses 9.
         loss: "dlr" (the targeted DLR loss, AutoAttack's; needs 4 classes), "ce" (minus CE of the target) or
             "margin" (target logit minus the best other).
 
@@ -36,6 +36,7 @@ class APGDT(APGD):
 
     name = "apgd-t"
     supports_targeted = False
+    cap_target_classes = False  # True: target_classes is an upper bound, capped at the classes - 1 (the ensemble)
 
     def __init__(self, model: nn.Module, eps: float | Sequence[float] | torch.Tensor = 8 / 255, norm: str = "linf",
                  steps: int = 100, *, target_classes: int = 9, restarts: int = 1, rho: float = 0.75,
@@ -45,7 +46,7 @@ class APGDT(APGD):
         super().__init__(model, eps, norm, steps, restarts=restarts, rho=rho, loss=loss, early_stop=early_stop,
                          seed=seed, device=device, progress=progress, channels_last=channels_last, amp=amp,
                          compile=compile)
-        self.target_classes = check_positive_int(target_classes, "target_classes")
+        self.target_classes = check_target_classes(target_classes, known_classes(model), type(self).__name__)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "target_classes": self.target_classes}
@@ -62,4 +63,4 @@ class APGDT(APGD):
             one.eps = eps[ids]
             APGD._run(one, sub, torch.arange(ids.numel(), device=ids.device), start)
 
-        over_targets(run, idx, self.target_classes, attack)
+        over_targets(run, idx, self.target_classes, attack, at_most=self.cap_target_classes, who=type(self).__name__)

@@ -338,6 +338,9 @@ class Attack:
                  channels_last: bool = True, amp: bool = False, compile: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (ideally a blindspots.Classifier), got {type(model).__name__}")
+        classes = model.num_classes if isinstance(model, Classifier) else None
+        if classes is not None and classes < 2:
+            raise InputError(f"{type(self).__name__} needs a model with at least 2 classes, {model.name} has {classes}")
         self.model = model
         self.early_stop = bool(early_stop)
         self.seed = seed
@@ -371,6 +374,7 @@ class Attack:
                 onto the budget and [0, 1]); e.g. to reproduce another library's random start.
         """
         check_images(images, "images")
+        self._check_images(images)
         n = images.shape[0]
         num_classes = self.model.num_classes if isinstance(self.model, Classifier) else None
         if labels is not None:
@@ -387,6 +391,7 @@ class Attack:
         x = images.detach().to(device=device, dtype=compute_dtype(self.model))  # float64/16 images: model's dtype
         everyone = torch.arange(n, device=device)
         with probing(self.model):
+            self._check_model(x)
             probe = Probe(self.model, amp=self.amp, channels_last=self.channels_last, compile=self.compile,
                           device=device)
             clean_logits = None
@@ -416,6 +421,33 @@ class Attack:
             if self.amp or self.compile:
                 self._confirm(run)
         return self._result(images, run, **run.extra)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        """Hook: settings that can only be checked against the images (an l2 budget against their diameter)."""
+
+    @torch.no_grad()
+    def _check_model(self, x: torch.Tensor) -> None:
+        """Once per call, in plain float32 (not counted in `forwards`: at most 2 single-image forwards and one of 4
+        images): the model returns finite logits for at least 2 classes (with one logit nothing can be flipped, and
+        an attack would report it robust), and its output for an image does not depend on the other images of the
+        batch (the check LST makes: attacks evaluate many samples at once and report each one's result)."""
+        from blindspots.traversal.probe import check_batch_independence
+
+        plain = Probe(self.model, device=x.device)
+        m = min(4, x.shape[0])
+        alone_ids = range(min(2, m))
+        outputs = [plain.logits(x[i:i + 1]) for i in alone_ids]
+        for out in outputs:
+            if out.ndim != 2:
+                check_logits(out)  # one line naming the shape
+        alone = torch.cat(outputs)
+        if alone.shape[1] < 2:
+            raise InputError(f"{type(self).__name__} needs a model with at least 2 classes; the model returns "
+                             f"{alone.shape[1]} logit(s)")
+        if m > 1 and bool(torch.isfinite(alone).all()):  # NaN logits are refused by the attack, naming every sample
+            check_batch_independence(self.model, plain.logits(x[:m])[:len(alone_ids)], alone,
+                                     lambda: torch.cat([plain.logits(x[i:i + 1]) for i in alone_ids]),
+                                     user=type(self).__name__)
 
     def _confirm(self, run: _Run) -> None:
         """The final verdicts, confirmed by one plain forward of the returned images in the model's own precision

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from blindspots.validation import check_images, check_labels
 
 from . import apgd, apgdt, fab, square  # noqa: F401 (their classes register the members)
 from .base import NORMS, Attack, compute_dtype
-from .budget import check_budget, check_choice
+from .budget import check_budget, check_budget_in_norm, check_choice
 from .registry import attack_entry
 from blindspots.errors import InputError
 
@@ -76,10 +76,10 @@ class EnsembleBudget:
 MEMBERS: dict[str, tuple[str, Callable[[EnsembleBudget, nn.Module], dict[str, Any]]]] = {
     "apgd-ce": ("apgd", lambda b, model: {"steps": b.apgd_steps, "restarts": b.restarts, "loss": "ce"}),
     # the targeted DLR loss needs 4 classes; with fewer, the targeted margin (Carlini-Wagner) loss
-    "apgd-t": ("apgd-t", lambda b, model: {"steps": b.apgd_steps, "target_classes": b.target_classes,
+    "apgd-t": ("apgd-t", lambda b, model: {"steps": b.apgd_steps, "target_classes": _target_classes(model, b),
                                            "restarts": b.restarts,
                                            "loss": "dlr" if (_num_classes(model) or 4) >= 4 else "margin"}),
-    "fab-t": ("fab-t", lambda b, model: {"steps": b.fab_steps, "target_classes": b.target_classes,
+    "fab-t": ("fab-t", lambda b, model: {"steps": b.fab_steps, "target_classes": _target_classes(model, b),
                                          "restarts": b.restarts}),
     "square": ("square", lambda b, model: {"steps": b.square_queries, "restarts": b.restarts}),
 }
@@ -89,15 +89,27 @@ ATTACKS = tuple(MEMBERS)  # AutoAttack's order
 def make_attack(name: str, model: nn.Module, eps: float, norm: str, budget: EnsembleBudget, *,
                 seed: int | Sequence[int] | None = 0, **options: Any) -> Attack:
     """One attack of the ensemble by name, built by the attack registry with the budget's settings (`options`:
-    device, amp, compile, ...)."""
+    device, amp, compile, ...). The targeted members' class count is capped at the model's other classes."""
     if name not in MEMBERS:
         raise InputError(f"unknown attack {name!r}; the ensemble knows {', '.join(ATTACKS)}")
     registered, settings = MEMBERS[name]
-    return attack_entry(registered).make(model, norm=norm, eps=eps, seed=seed, **settings(budget, model), **options)
+    attack = attack_entry(registered).make(model, norm=norm, eps=eps, seed=seed, **settings(budget, model), **options)
+    return _capped(attack) if name in ("apgd-t", "fab-t") else attack
+
+
+def _capped(attack: Attack) -> Attack:
+    """The ensemble's target classes are an upper bound (AutoAttack's 9 on a 2-class model: the one other class)."""
+    attack.cap_target_classes = True
+    return attack
 
 
 def _num_classes(model: nn.Module) -> int | None:
     return model.num_classes if isinstance(model, Classifier) else getattr(model, "num_classes", None)
+
+
+def _target_classes(model: nn.Module, budget: EnsembleBudget) -> int:
+    classes = _num_classes(model)
+    return min(budget.target_classes, classes - 1) if classes and classes >= 2 else budget.target_classes
 
 
 @dataclass
@@ -208,7 +220,9 @@ def evaluate_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Te
                         eps: float | None = None, norm: str = "linf",
                         attacks: str | Sequence[str | Attack] = "standard", *, budget: EnsembleBudget | None = None,
                         batch_size: int = 250, seed: int = 0, device: str | torch.device | None = None,
-                        progress: bool = False, amp: bool = False, compile: bool = False) -> RobustnessResult:
+                        progress: bool = False, amp: bool = False, compile: bool = False,
+                        done: Mapping[str, dict[str, Any]] | None = None,
+                        on_attack: Callable[[str, dict[str, Any]], None] | None = None) -> RobustnessResult:
     """Clean accuracy and the per-sample worst case over an ensemble of attacks run in cascade.
 
     Args:
@@ -222,6 +236,11 @@ def evaluate_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Te
             `EnsembleBudget.autoattack()`).
         batch_size: samples per attack call. seed: sample i's attacks use seed + i.
         device, amp, compile: passed to the attacks (the confirming forwards run without autocast).
+        on_attack, done: resuming attack by attack. After each attack, `on_attack(name, step)` gets what it changed
+            (`step`: "hit", the samples it fooled first, "images", their adversarial images, "forwards" and
+            "backwards", (N,) passes it spent per sample, and "stats", its totals and settings); `done` maps names
+            to such steps saved by an earlier call on the same inputs and settings, applied instead of running
+            those attacks again (the cascade's state after an attack decides the rest, so the result is the same).
     """
     check_images(images, "images")
     n = images.shape[0]
@@ -231,6 +250,7 @@ def evaluate_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Te
         if not isinstance(eps, float):
             raise InputError("eps must be one number for the ensemble")
     norm = check_choice(norm, NORMS, "norm")
+    check_budget_in_norm(eps, norm, images.shape[1:])
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     budget = budget or EnsembleBudget()
@@ -253,7 +273,18 @@ def evaluate_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Te
               bar_format="{l_bar}{bar}| {n:.2f}/{total} attacks [{elapsed}<{remaining}]{postfix}") as bar:
         for k, (name, factory) in enumerate(plan):
             bar.set_description(LABELS.get(name, name))
+            if done is not None and name in done:  # measured by an earlier call: apply what it changed
+                step = done[name]
+                fooled_by[step["hit"]] = k
+                adv[step["hit"].to(images.device)] = step["images"].to(adv.device, adv.dtype)
+                forwards += step["forwards"]
+                backwards += step["backwards"]
+                for key in stats:
+                    stats[key].append(step["stats"][key])
+                bar.update(1)
+                continue
             t0 = time.perf_counter()
+            fw0, bw0, fooled0 = forwards.clone(), backwards.clone(), fooled_by.clone()
             standing = (correct & (fooled_by < 0)).nonzero().flatten()
             nb = max(math.ceil(standing.numel() / batch_size), 1)
             fw = bw = bad = 0
@@ -279,6 +310,11 @@ def evaluate_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Te
                 bar.update(1)
             for key, v in zip(stats, (fw, bw, time.perf_counter() - t0, bad, params)):
                 stats[key].append(v)
+            if on_attack is not None:
+                hit = (fooled_by != fooled0).nonzero().flatten()
+                on_attack(name, {"hit": hit, "images": adv[hit.to(images.device)].detach().cpu(),
+                                 "forwards": forwards - fw0, "backwards": backwards - bw0,
+                                 "stats": {key: v[-1] for key, v in stats.items()}})
     diff = (adv - images.detach()).flatten(1).to(torch.float64)
     dev_in = images.device
     return RobustnessResult(

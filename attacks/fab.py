@@ -23,7 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .base import NORMS, _Run, _view, check_gradient
-from .budget import MinimizationAttack, check_budget, check_choice, check_positive_int
+from .budget import (MinimizationAttack, check_budget, check_budget_in_norm, check_choice, check_positive_int,
+                     check_target_classes, known_classes)
 from .registry import register_attack
 from .base import per_sample_noise
 from .targeted import GuidedRun, over_targets
@@ -90,6 +91,7 @@ class FAB(MinimizationAttack):
 
     name = "fab-t"
     supports_targeted = False
+    cap_target_classes = False  # True: target_classes is an upper bound, capped at the classes - 1 (the ensemble)
 
     def __init__(self, model: nn.Module, eps: float | Sequence[float] | torch.Tensor | None = None,
                  norm: str = "linf", steps: int = 100, *, target_classes: int = 9, restarts: int = 1,
@@ -101,8 +103,9 @@ class FAB(MinimizationAttack):
                          channels_last=channels_last, amp=amp, compile=compile)
         self.eps = None if eps is None else check_budget(eps, "eps")
         self.norm = check_choice(norm, NORMS, "norm")
+        check_budget_in_norm(self.eps, self.norm)
         self.steps = check_positive_int(steps, "steps")
-        self.target_classes = check_positive_int(target_classes, "target_classes")
+        self.target_classes = check_target_classes(target_classes, known_classes(model), type(self).__name__)
         self.restarts = check_positive_int(restarts, "restarts")
         if restarts > 1 and eps is None:
             raise InputError("restarts > 1 need eps (the random starts lie within eps / 2)")
@@ -120,6 +123,9 @@ class FAB(MinimizationAttack):
     def _needs_clean_first(self) -> bool:
         return False  # the forward that picks the targets is the clean check
 
+    def _check_images(self, images: torch.Tensor) -> None:
+        check_budget_in_norm(self.eps, self.norm, images.shape[1:])
+
     def _run(self, run: _Run, idx: torch.Tensor, init: torch.Tensor | None) -> None:
         eps_all = run.eps(self.eps) if self.eps is not None else None
         with tqdm(total=self.target_classes * self.restarts * self.steps, disable=not self.progress, desc="FAB-T",
@@ -129,7 +135,8 @@ class FAB(MinimizationAttack):
                 start = init[ids] if init is not None and rank == 0 else None
                 self._attack_target(sub, eps, start, bar)
 
-            over_targets(run, idx, self.target_classes, attack, smallest=self.norm if self.eps is None else None)
+            over_targets(run, idx, self.target_classes, attack, smallest=self.norm if self.eps is None else None,
+                         at_most=self.cap_target_classes, who=type(self).__name__)
 
     def _attack_target(self, sub: GuidedRun, eps: torch.Tensor | None, start: torch.Tensor | None, bar) -> None:
         """Every restart of FAB against the sub-run's target class; commits each sample's result."""

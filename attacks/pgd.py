@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from .base import NORMS, AttackResult, _Run, _view, per_sample_noise
 from .registry import register_attack
-from .budget import FixedEpsilonAttack, MinimizationAttack, check_budget, check_choice, check_positive
+from .budget import (FixedEpsilonAttack, MinimizationAttack, check_budget, check_budget_in_norm, check_choice,
+                     check_positive)
 from blindspots.errors import InputError
 
 __all__ = ["PGD", "FGSM", "MinimalEpsilon", "minimal_epsilon", "project", "random_start"]
@@ -212,6 +213,8 @@ class MinimalEpsilon(MinimizationAttack):
                          channels_last=channels_last, amp=amp, compile=compile)
         self.norm = check_choice(norm, NORMS, "norm")
         self.max_eps = check_positive((0.1 if self.norm == "linf" else 10.0) if max_eps is None else max_eps, "max_eps")
+        self._max_eps_given = max_eps is not None  # checked against the images' l2 diameter at the call
+        check_budget_in_norm(self.max_eps, self.norm, name="max_eps")
         self.min_eps = self.max_eps * 1e-4 if min_eps is None else check_positive(min_eps, "min_eps")
         if not self.min_eps < self.max_eps:
             raise InputError(f"min_eps ({self.min_eps:g}) must be below max_eps ({self.max_eps:g})")
@@ -232,6 +235,10 @@ class MinimalEpsilon(MinimizationAttack):
 
     def _needs_clean_first(self) -> bool:
         return True  # an already-fooled sample has minimal budget 0
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if self._max_eps_given:
+            check_budget_in_norm(self.max_eps, self.norm, images.shape[1:], "max_eps")
 
     def _pgd_round(self, run: _Run, idx: torch.Tensor, eps: torch.Tensor) -> _Run:
         sub = _Run(run.probe, run.x[idx], run.y[idx], None if run.t is None else run.t[idx], run.seeds[idx.cpu()])

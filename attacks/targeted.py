@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from .base import _mix, _Run
+from .budget import check_target_classes
 
 __all__ = ["GuidedRun", "over_targets"]
 
@@ -22,7 +23,7 @@ class GuidedRun(_Run):
 
 
 def over_targets(run: _Run, idx: torch.Tensor, k: int, attack: Callable[[GuidedRun, torch.Tensor, int], None], *,
-                 smallest: str | None = None) -> None:
+                 smallest: str | None = None, at_most: bool = False, who: str = "attack") -> None:
     """Run `attack(sub_run, ids, rank)` for target ranks 0..k-1 on the samples `idx` of `run` still standing (`ids`:
     their positions in `run`; the sub-run holds them in that order).
 
@@ -30,10 +31,13 @@ def over_targets(run: _Run, idx: torch.Tensor, k: int, attack: Callable[[GuidedR
     own per-sample seeds (mixed from the sample's seed and the rank), so a sample's random starts depend on nothing
     else. Passes are added to `run`'s counters; a sample fooled at some rank keeps that image, one never fooled keeps
     the last rank's returned image. With `smallest` ("linf" or "l2": a minimal-norm attack without budget) every rank
-    runs on every sample and the smallest fooling perturbation in that norm is kept.
+    runs on every sample and the smallest fooling perturbation in that norm is kept. A k beyond the model's other
+    classes is refused, or with `at_most` (an upper bound, as the ensemble's budget is) capped at them.
     """
     logits = run.logits(run.x[idx], idx)
     run.mark_clean(idx, logits)
+    if not at_most:
+        check_target_classes(k, logits.shape[1], who)
     k = min(k, logits.shape[1] - 1)
     targets = logits.scatter(1, run.y[idx][:, None], float("-inf")).topk(k, dim=1).indices
     done = run.success[idx].clone()

@@ -290,6 +290,9 @@ def adversarial_training(
     eps = _check_arguments(eps, norm, optimizer, schedule, lr, eps_warmup, clean_weight, momentum, weight_decay,
                            steps=steps, epochs=epochs, batch_size=batch_size, eval_steps=eval_steps)
     clf = model if isinstance(model, Classifier) else Classifier(model)
+    if clf.num_classes is not None and clf.num_classes < 2:
+        raise InputError(f"adversarial_training needs a model with at least 2 classes, {clf.name} has "
+                         f"{clf.num_classes}")
     if device is not None:
         clf.to(device)
     dev = _device(clf)
@@ -387,6 +390,9 @@ def _train_epoch(clf: Classifier, opt: torch.optim.Optimizer, data: Any, tensors
             x_train = attack(x, y).images
         clf.train()
         logits = clf(x_train)
+        if logits.ndim == 2 and logits.shape[1] < 2:  # cross-entropy over one class is 0: nothing would be learnt
+            raise InputError(f"adversarial_training needs a model with at least 2 classes; the model returns "
+                             f"{logits.shape[1]} logit(s)")
         if eps_now == 0:  # PGD checks the labels against the logits itself
             check_labels(y, y.shape[0], logits.shape[1], "training labels")
         loss = F.cross_entropy(logits, y)

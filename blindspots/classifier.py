@@ -33,6 +33,8 @@ class Classifier(nn.Module):
         name: a label for tables and figures.
         input_size: the (C, H, W) the model needs, when fixed (e.g. (1, 28, 28) for the zoo's MNIST models); the
             command line loads images in this shape.
+        num_classes: the number of logits the model must return (a registered model's); a network that returns
+            another number is refused at its first forward instead of answering for classes it does not have.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class Classifier(nn.Module):
         class_names: Sequence[str] | None = None,
         name: str | None = None,
         input_size: Sequence[int] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model, Classifier):
@@ -58,6 +61,10 @@ class Classifier(nn.Module):
         self.class_names = list(class_names) if class_names is not None else None
         self.name = name or type(model).__name__
         self.input_size = tuple(int(v) for v in input_size) if input_size is not None else None
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise InputError(f"num_classes must be a positive int, got {num_classes!r}")
+        self._num_classes = num_classes
         if mean is not None:
             mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
             std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
@@ -81,6 +88,8 @@ class Classifier(nn.Module):
     @property
     def num_classes(self) -> int | None:
         """Number of classes, when it can be read off the model without a forward pass."""
+        if self._num_classes is not None:
+            return self._num_classes
         if self.class_names is not None:
             return len(self.class_names)
         n = getattr(self.model, "num_classes", None)
@@ -124,6 +133,9 @@ class Classifier(nn.Module):
             raise TypeError(f"{self.name} returned {type(out).__name__}, expected a logits tensor of shape (N, C)")
         if out.ndim != 2 or out.shape[0] != n:
             raise InputError(f"{self.name} must return logits of shape ({n}, C), got {tuple(out.shape)}")
+        if self._num_classes is not None and out.shape[1] != self._num_classes:
+            raise InputError(f"{self.name} has {self._num_classes} classes but its network returns {out.shape[1]} "
+                             "logits")
         return out
 
     @torch.no_grad()  # not inference_mode: its tensors could not be used later as labels of a gradient step

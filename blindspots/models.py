@@ -182,7 +182,7 @@ def load_classifier(
                           "its answers say nothing about a trained model", stacklevel=2)
     if isinstance(spec, str) and (mean is not None or std is not None):
         clf = Classifier(clf.model, mean, std, output=output, class_names=clf.class_names, name=clf.name,
-                         input_size=clf.input_size)
+                         input_size=clf.input_size, num_classes=clf._num_classes)
     elif output is not None and clf.output is None:
         clf.output = output
     clf.eval()

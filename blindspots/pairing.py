@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .validation import check_seed
 
 __all__ = ["derangement_pairs", "REJECTION_TRIES", "mcmc_steps"]
 
@@ -82,6 +83,7 @@ def derangement_pairs(labels: torch.Tensor | Sequence[int], rounds: int = 5, see
                       rejection_tries: int = REJECTION_TRIES) -> torch.Tensor:
     """Target indices for the paper's protocol: a (rounds, N) int64 tensor; row r, column i is the target of source
     i in round r. Every target has another class than its source and no source meets a target twice. Seeded."""
+    seed = check_seed(seed)
     labels_t = torch.as_tensor(labels)
     if labels_t.ndim != 1:
         raise InputError(f"labels must be a 1-D sequence of class indices, got shape {tuple(labels_t.shape)}")

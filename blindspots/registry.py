@@ -47,7 +47,7 @@ class ModelEntry:
         if class_names is None and self.class_names is not None:
             class_names = list(self.class_names())
         return Classifier(net, self.mean, self.std, class_names=class_names, name=self.name,
-                          input_size=self.input_size)
+                          input_size=self.input_size, num_classes=self.num_classes)
 
     def load(self, weights: str | os.PathLike | None = None, num_classes: int | None = None) -> Classifier:
         """The model with its registered (or the given) weights, in eval mode. `num_classes` other than the model's

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import InputError
 
 __all__ = ["check_images", "check_labels", "check_logits", "check_same_shape", "check_device", "check_count",
-           "timm_download_blocked"]
+           "check_seed", "timm_download_blocked"]
 
 
 def check_images(images: object, name: str = "images", *, channels: int | None = None) -> torch.Tensor:
@@ -115,6 +116,13 @@ def check_count(value: object, name: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """A seed for numpy's generator: an int >= 0 (numpy refuses negative ones with a traceback of its own)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"{name} must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 def timm_download_blocked(name: str, timeout: float = 3.0) -> str | None:

@@ -37,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import InputError
+from .validation import check_seed
 
 __all__ = ["LEVEL", "MIN_UNITS", "RESAMPLES", "MAX_EMPTY", "HOLDS", "DOES_NOT_HOLD", "INCONCLUSIVE", "EQUIVALENT",
            "UNDERPOWERED", "NOT_EVALUATED", "MIXED", "OUTCOMES", "Estimate", "unit_interval", "unit_intervals",
@@ -49,6 +50,7 @@ MIN_UNITS = 10  # default fewest independent units for a verdict (coverage is sh
 RESAMPLES = 4999  # bootstrap replicates per interval
 CLIP = 1e-12  # Wilson bounds this close to 0 or 1 are float noise of 0 or 1
 MAX_EMPTY = 0.01  # at most this share of replicates may weigh no observation (each then counts as the estimate)
+BATCH_CELLS = 2**22  # values per bootstrap statistic call (memory linear in n: replicates are drawn in batches)
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, EQUIVALENT = "holds", "does not hold", "inconclusive", "equivalent"
 UNDERPOWERED, NOT_EVALUATED, MIXED = "underpowered", "not evaluated", "mixed"
@@ -96,6 +98,18 @@ class Estimate:
 # ------------------------------------------------------------------------------------- intervals over units
 
 
+def _numbers(values: Any, name: str) -> np.ndarray:
+    """`values` as float64, or one line saying they are not numbers (instead of numpy's traceback)."""
+    try:
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(arr.dtype)
+        return arr.astype(np.float64)
+    except (TypeError, ValueError):
+        shown = repr(values)[:60]
+        raise InputError(f"{name} must be numbers, got {shown}") from None
+
+
 def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """A statistic in the form `unit_interval` takes: `values` (R, n) for R datasets, `weights` (R, M, n) for M
     replicates of each -> (R, M) weighted means; NaN where a replicate weighs nothing. (The default, None, computes
@@ -132,7 +146,7 @@ def unit_interval(values, units: Mapping[str, Sequence[Any]] | None = None, *,
     A replicate that weighs no observation (few units, sparse designs) counts as the estimate, noted; more than
     `MAX_EMPTY` of them: no interval. NaN or inf values are refused.
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = _numbers(values, "values")
     if v.ndim != 1:
         raise InputError(f"values must be 1-D, one per observation; got shape {v.shape}")
     return unit_intervals(v[None], units, pools=pools, statistic=statistic, level=level, resamples=resamples,
@@ -145,7 +159,11 @@ def unit_intervals(values, units: Mapping[str, Sequence[Any]] | None = None, *,
                    expand: bool = True, batch: int | None = None) -> list[Estimate]:
     """`unit_interval` for R datasets of one design at once (`values` (R, n); rows resampled with the same draws):
     for coverage simulations. `batch`: replicates per statistic call (memory: R x batch x n floats)."""
-    v = np.asarray(values, dtype=np.float64)
+    v = _numbers(values, "values")
+    for name, count in (("resamples", resamples), ("batch", 1 if batch is None else batch)):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {count!r}")
+    check_seed(seed)
     if v.ndim != 2:
         raise InputError(f"values must be (datasets, observations), got shape {v.shape}")
     if not np.all(np.isfinite(v)):
@@ -226,12 +244,25 @@ def unit_intervals(values, units: Mapping[str, Sequence[Any]] | None = None, *,
 
     data = tuple(np.broadcast_to(np.arange(sizes[p]), (r_count, sizes[p])) for p in pool_names)
     asked = expanded_level(level, g) if expand else level
+    if batch is None:  # memory linear in n: at most about BATCH_CELLS values per statistic call
+        batch = max(1, min(resamples, BATCH_CELLS // (r_count * max(n_obs, *sizes.values()))))
+    # the mean's delete-one-unit jackknife in closed form (scipy's evaluates it n times over n - 1 units: n^2)
+    closed_form = method == "BCa" and statistic is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (stats.DegenerateDataWarning, RuntimeWarning))
         res = stats.bootstrap(data, stat, n_resamples=resamples, confidence_level=asked, vectorized=True,
-                              paired=False, axis=-1, method=method, rng=np.random.default_rng(seed), batch=batch)
-    lows = np.atleast_1d(res.confidence_interval.low)
-    highs = np.atleast_1d(res.confidence_interval.high)
+                              paired=False, axis=-1, method="percentile" if closed_form else method,
+                              rng=np.random.default_rng(seed), batch=batch)
+    if closed_form:
+        jackknife = _mean_jackknife(v, codes, pools, pool_names, sizes)
+        for part in jackknife:  # a deletion that leaves no observation counts as the estimate, as in `stat`
+            undefined = np.isnan(part)
+            empty[:] += undefined.sum(1)
+            part[undefined] = np.broadcast_to(value[:, None], part.shape)[undefined]
+        lows, highs = _bca(res.bootstrap_distribution.reshape(r_count, -1), stat(*data), jackknife, asked)
+    else:
+        lows = np.atleast_1d(res.confidence_interval.low)
+        highs = np.atleast_1d(res.confidence_interval.high)
     out = []
     for i in range(r_count):
         lo, hi = float(lows[i]), float(highs[i])
@@ -246,6 +277,49 @@ def unit_intervals(values, units: Mapping[str, Sequence[Any]] | None = None, *,
             out.append(make(i, lo, hi, f"{empty[i]} replicate(s) drew no observation and count as the estimate"
                             if empty[i] else ""))
     return out
+
+
+def _mean_jackknife(v: np.ndarray, codes: Mapping[str, np.ndarray], pools: Mapping[str, str],
+                    pool_names: Sequence[str], sizes: Mapping[str, int]) -> list[np.ndarray]:
+    """The mean with each unit of each pool left out (every observation tied to it dropped): per pool (R, units),
+    NaN where nothing is left. Sums per unit, so memory and time are linear in n (one or two roles)."""
+    out = []
+    for p in pool_names:
+        drop_sum, drop_count = np.zeros((v.shape[0], sizes[p])), np.zeros(sizes[p])
+        tied = [codes[r] for r in codes if pools[r] == p]
+        for c in tied:
+            drop_count += np.bincount(c, minlength=sizes[p])
+            drop_sum += np.stack([np.bincount(c, weights=row, minlength=sizes[p]) for row in v])
+        if len(tied) == 2:  # one pool for both roles: an observation whose two units are the same was counted twice
+            same = tied[0] == tied[1]
+            drop_count -= np.bincount(tied[0][same], minlength=sizes[p])
+            drop_sum -= np.stack([np.bincount(tied[0][same], weights=row[same], minlength=sizes[p]) for row in v])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            left = v.shape[1] - drop_count
+            out.append(np.where(left > 0, (v.sum(1)[:, None] - drop_sum) / np.where(left > 0, left, 1), np.nan))
+    return out
+
+
+def _bca(theta_b: np.ndarray, theta_hat: np.ndarray, jackknife: Sequence[np.ndarray], level: float
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """scipy.stats.bootstrap's BCa interval (Efron & Tibshirani 14.3, 15.4, as scipy computes it) from the
+    bootstrap distribution (R, B), the estimate (R,) and the delete-one-unit jackknife per pool (R, units)."""
+    from scipy.special import ndtr, ndtri
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        below = (theta_b < theta_hat[:, None]).sum(1) + (theta_b <= theta_hat[:, None]).sum(1)
+        z0 = ndtri(below / (2 * theta_b.shape[1]))
+        nums = dens = 0.0
+        for jk in jackknife:
+            n = float(jk.shape[1])
+            u = (n - 1) * (jk.mean(1, keepdims=True) - jk)
+            nums = nums + (u ** 3).sum(1) / n ** 3
+            dens = dens + (u ** 2).sum(1) / n ** 2
+        a = 1 / 6 * nums / dens ** 1.5
+        z_alpha = float(ndtri((1 - level) / 2))
+        ends = [ndtr(z0 + (z0 + z) / (1 - a * (z0 + z))) for z in (z_alpha, -z_alpha)]
+        ci = stats.quantile(theta_b, np.stack(ends, axis=-1), axis=-1)
+    return ci[..., 0], ci[..., 1]
 
 
 def paired_interval(a, b, units: Mapping[str, Sequence[Any]] | None = None, **kwargs: Any) -> Estimate:
@@ -310,13 +384,24 @@ class McNemar:
 
 def mcnemar_exact(a, b) -> McNemar:
     """Two-sided exact McNemar test (binomial test of the discordant pairs at 1/2) for paired booleans a, b."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    a, b = _booleans(a, "a"), _booleans(b, "b")
     if a.shape != b.shape or a.ndim != 1:
         raise InputError(f"paired outcomes need two 1-D arrays of one length, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        raise InputError("paired outcomes are empty: a test needs at least one pair")
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     p = 1.0 if only_a + only_b == 0 else float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
     n = int(a.size)
     return McNemar(n, float(a.mean()) if n else math.nan, float(b.mean()) if n else math.nan, only_a, only_b, p)
+
+
+def _booleans(values: Any, name: str) -> np.ndarray:
+    """Outcomes as bool: True/False or 0/1 only (a 2, a 5 or a NaN is not an outcome, and would count as true)."""
+    arr = _numbers(values, name)
+    bad = ~np.isin(arr, (0.0, 1.0))  # NaN is in neither
+    if bad.any():
+        raise InputError(f"{name} must hold booleans (True/False or 0/1), found {arr[bad][:4].tolist()}")
+    return arr.astype(bool)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -351,6 +436,15 @@ class Rule:
     level: float = LEVEL
 
     def __post_init__(self) -> None:
+        for name in ("bound", "margin", "level"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+                                      or not math.isfinite(value)):
+                raise InputError(f"Rule {name} must be a finite number, got {value!r}")
+        if not 0 < self.level < 1:
+            raise InputError(f"Rule level must lie in (0, 1), got {self.level!r}")
+        if isinstance(self.min_units, bool) or not isinstance(self.min_units, (int, np.integer)) or self.min_units < 0:
+            raise InputError(f"Rule min_units must be an integer >= 0, got {self.min_units!r}")
         if self.direction not in ("above", "below"):
             raise InputError(f"direction must be 'above' or 'below', got {self.direction!r}")
         if self.interval not in ("mean", "proportion"):

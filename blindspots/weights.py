@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,14 +30,62 @@ def load_torch_file(path: str | os.PathLike, what: str = "file") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch's messages do not name the file and span many lines
-        detail = _first_line(exc)
-        if "Unsupported global" in str(exc):  # a class or function beyond tensors and plain containers
-            raise InputError(f"{path} holds pickled objects that weights_only=True refuses to run ({detail}); "
-                             "re-save it as plain tensors or .safetensors") from exc
+        named = _offending_global(str(exc), path)
+        if named:  # a class or function beyond tensors and plain containers: name it, never quote torch's advice
+            raise InputError(f"{path} holds pickled objects ({named}) whose loading would run code: refused; "
+                             "re-save the weights as plain tensors or .safetensors") from exc
         if isinstance(exc, pickle.UnpicklingError):  # garbage, or a plain pickle the safe reader cannot follow
-            raise InputError(f"{path} cannot be read with weights_only=True (corrupt, or not a torch.save file of "
-                             f"tensors?): {detail}; re-save it as plain tensors or .safetensors") from exc
-        raise InputError(f"{path} is not a readable torch file (truncated or corrupt?): {detail}") from exc
+            raise InputError(f"{path} is not a torch.save file of tensors (corrupt, or a pickle the safe reader "
+                             "cannot follow); re-save the weights as plain tensors or .safetensors") from exc
+        raise InputError(f"{path} is not a readable torch file (truncated or corrupt?): {_first_line(exc)}") from exc
+
+
+_SAFE_GLOBALS = ("torch._utils._rebuild", "torch.storage", "collections.OrderedDict", "torch._tensor._rebuild",
+                 "torch.serialization._get_layout", "builtins.set", "builtins.frozenset", "_codecs.encode")
+
+
+def _offending_global(message: str, path: Path) -> str | None:
+    """The class or function a pickle would import, from torch's refusal ("Unsupported global: GLOBAL x.Y") or,
+    when torch does not say, from the pickle's own opcodes (read with `pickletools`, never executed)."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return found.group(1)
+    for name in _pickle_globals(path):
+        if not name.startswith(_SAFE_GLOBALS) and not re.fullmatch(r"torch\.\w*(Storage|dtype|device|Size)", name):
+            return name
+    return None
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """Every 'module.name' a pickle (a plain one, or a torch zip's data.pkl) would import, in order."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(member) if member else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    names, strings, memo = [], [], {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                strings.append(arg)
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                strings.append(memo[arg])
+    except Exception:  # noqa: BLE001 - a damaged pickle: whatever was read before the damage
+        pass
+    return names
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -80,7 +129,7 @@ def _first_line(exc: BaseException) -> str:
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].strip()
         if detail:
             return detail.splitlines()[0][:200]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
     return lines[0][:200] if lines else type(exc).__name__
 
 

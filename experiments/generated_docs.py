@@ -18,7 +18,6 @@ moves between pages, nor be copied by hand beside its block.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -162,12 +161,13 @@ def render_block(name: str, blocks: Mapping[str, tuple[str | None, Renderer]] | 
         raise KeyError(f"generated block {name!r} is not registered in experiments.generated_docs.BLOCKS")
     rel, render = blocks[name]
     data = None
-    if rel is not None:
-        path = root / rel
+    if rel is not None:  # one validated loader: schema checked, texts escaped for Markdown and HTML
+        from .results_files import SCHEMAS, load_results
+
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"generated block {name!r}: cannot read its results file {path}: {exc}") from None
+            data = load_results(root / rel, SCHEMAS.get(name))
+        except InputError as exc:
+            raise InputError(f"generated block {name!r}: {exc}") from None
     text = render(data)
     return text if text.endswith("\n") else text + "\n"
 
@@ -177,8 +177,11 @@ def update_text(text: str, blocks: Mapping[str, tuple[str | None, Renderer]] | N
     """`text` with every generated block re-rendered, and the names of the blocks whose content changed."""
     changed: list[str] = []
 
+    from .results_files import check_rows_kept
+
     def sub(m: re.Match) -> str:
         body = render_block(m["name"], blocks, root)
+        check_rows_kept(m["name"], m["body"], body, (blocks or BLOCKS).get(m["name"], (None,))[0])
         if body != m["body"]:
             changed.append(m["name"])
         return m.group(1) + body + m.group(4)
@@ -195,13 +198,15 @@ def update_files(check: bool = False, blocks: Mapping[str, tuple[str | None, Ren
                  root: Path = REPO) -> dict[str, list[str]]:
     """Re-render the blocks of every doc file (or, with `check`, only compare); {file: changed blocks}."""
     drift: dict[str, list[str]] = {}
+    rewritten = []
     for path in doc_files(root):
         old = path.read_text()
         new, changed = update_text(old, blocks, root)
         if changed:
             drift[str(path.relative_to(root))] = changed
-            if not check:
-                path.write_text(new)
+            rewritten.append((path, new))
+    for path, new in rewritten if not check else ():  # only once every block rendered: a refusal writes nothing
+        path.write_text(new)
     return drift
 
 
@@ -244,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.generated_docs", description=__doc__.split("\n")[0])
     p.add_argument("--check", action="store_true", help="compare only; exit 1 when a block differs")
     args = p.parse_args(argv)
-    drift = update_files(check=args.check)
+    try:
+        drift = update_files(check=args.check)
+    except InputError as exc:  # a results file that cannot be read or does not fit: one line, nothing written
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
     for path, names in drift.items():
         print(f"{path}: {'differs' if args.check else 'updated'}: {', '.join(names)}")
     unplaced = unplaced_blocks()

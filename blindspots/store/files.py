@@ -67,8 +67,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write text through a uniquely named temporary file and rename it into place."""
     path = Path(path)
     tmp = temporary_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a folder at `path`, a full disk: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -12,7 +12,8 @@ same key resumes; with any part of the key changed it refuses with one line nami
 - stage and record names are plain names: nothing is written outside the folder;
 - the store lists what the run wrote into its folder (`.outputs.json`: its own files, and every file or folder the
   job created or rewrote while it held the folder). A new run starts only in a folder that holds nothing else, and
-  `restart` deletes only what the run wrote: a folder holding anything else is refused, naming it.
+  `restart` deletes only what the run wrote: a folder holding anything else (also among the stages) is refused,
+  naming it.
 
 Stages are safetensors files (tensors plus JSON metadata, never pickled code), records are JSON lines (one per
 finished unit, flushed and fsynced). Every file is written through a uniquely named temporary file and renamed, so a
@@ -90,6 +91,25 @@ def _is_store_file(name: str) -> bool:
     """The store's own entries: key, lock, output list, stages, records, and leftover temporary files."""
     return (name in (KEY_FILE, LOCK_FILE, OUTPUTS_FILE, STAGES) or fnmatch.fnmatch(name, "records*.jsonl")
             or (name.startswith(".") and name.endswith(".tmp")))
+
+
+def _is_stage_file(path: Path) -> bool:
+    """A file the store wrote under stages/: a leftover temporary file, or a safetensors file whose header carries
+    a run and a content hash (read from its first bytes, without loading it)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.name.startswith(".") and path.name.endswith(".tmp"):
+        return True
+    if not path.name.endswith(".safetensors"):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size)) if 0 < size <= 10_000_000 else {}
+    except (OSError, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and "run" in meta and "sha256" in meta
 
 
 def _describe_change(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -184,9 +204,17 @@ class RunStore:
             return set()
 
     def _foreign(self) -> list[str]:
-        """Entries of the folder that neither the store nor a run of it wrote."""
+        """Entries of the folder that neither the store nor a run of it wrote (inside `stages/` too: a stage is a
+        safetensors file carrying its run and content hash; anything else there is someone else's)."""
         mine = self._outputs()
-        return sorted(p.name for p in self.folder.iterdir() if not _is_store_file(p.name) and p.name not in mine)
+        foreign = [p.name for p in self.folder.iterdir() if not _is_store_file(p.name) and p.name not in mine]
+        stages = self.folder / STAGES
+        if stages.is_dir() and not stages.is_symlink():
+            foreign += [p.relative_to(self.folder).as_posix() for p in stages.rglob("*")
+                        if not (p.is_dir() and not p.is_symlink()) and not _is_stage_file(p)]
+        elif stages.exists() or stages.is_symlink():
+            foreign.append(STAGES)
+        return sorted(foreign)
 
     def _claim(self, rewritten: bool = False) -> None:
         """Add to the output list every entry the job created while this store held the folder, and with
@@ -292,6 +320,14 @@ class RunStore:
             raise StageRefused(f"saved stage {path} was modified since it was written (its content hash does not "
                                "match); rerun with --restart")
         return tensors, meta, run
+
+    def saved(self, name: str) -> tuple[dict[str, torch.Tensor], Any] | None:
+        """Stage `name` as (tensors, metadata) if this run saved it; None if absent or written by another run (to
+        be recomputed). An edited or damaged one is refused, naming it."""
+        if not self.has(name):
+            return None
+        tensors, meta, run = self._read_stage(name)
+        return (tensors, meta) if run == self.run else None
 
     def stage(self, name: str, compute: Callable[[], T], *, to_saved: Callable[[T], tuple[dict, Any]],
               from_saved: Callable[[dict, Any], T], check: Callable[[T], Any] | None = None) -> T:

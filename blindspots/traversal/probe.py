@@ -58,7 +58,7 @@ def _batchnorm_without_stats(model: nn.Module) -> list[str]:
 
 
 def check_batch_independence(model: nn.Module, batch_logits: torch.Tensor, alone_logits: torch.Tensor,
-                             again: Any) -> None:
+                             again: Any, user: str = "LST") -> None:
     """Refuse a model whose eval output for a sample depends on its batch-mates (the one-pass trick assumes not).
 
     `batch_logits` are the first k samples' logits computed in the full batch, `alone_logits` the same samples each
@@ -70,13 +70,13 @@ def check_batch_independence(model: nn.Module, batch_logits: torch.Tensor, alone
     if float((batch_logits - alone_logits).abs().max()) <= 1e-3 * scale:
         return
     if float((again() - alone_logits).abs().max()) > 1e-3 * scale:
-        raise InputError("the model's eval-mode output is random (the same image gave different logits twice): "
-                         "dropout or another random layer is active in eval mode; LST needs a deterministic model")
+        raise InputError(f"the model's eval-mode output is random (the same image gave different logits twice): "
+                         f"dropout or another random layer is active in eval mode; {user} needs a deterministic model")
     bn = _batchnorm_without_stats(model)
     cause = (f"BatchNorm without running statistics ({', '.join(bn[:3])}) normalises with batch statistics" if bn
              else "some layer mixes samples of a batch")
     raise InputError(f"the model's eval-mode output for a sample depends on the other samples in its batch: {cause}; "
-                     "LST evaluates many samples at once and needs per-sample outputs")
+                     f"{user} evaluates many samples at once and needs per-sample outputs")
 
 
 def auto_batch_size(probe: Probe, example: torch.Tensor, label: torch.Tensor, n: int,

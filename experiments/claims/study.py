@@ -4,17 +4,17 @@
     blindspots paper --groups mnist --sources 100 --iterations 400
     blindspots paper --results-to docs/results/claims.json     # the file docs/studies.md's claims block is made from
 
-Per group, the paper's protocol (`experiments.lst_tables.run_study`): sources with confidence > `min_confidence`
+Per group, the paper's protocol (`experiments.tables.run_study`): sources with confidence > `min_confidence`
 (0.6, strict, as the paper's pool), `rounds` derangements (each source to a target of another class, no pair twice),
 LST with the paper's settings unless told otherwise; Table 1 and Table 2 in `OUT/<group>/`. MNIST: one pool of
 held-out digits every model of the group classifies correctly (the paired comparisons need the same sources).
 ImageNet: there is no adversarially trained ImageNet model offline, so each model gets its own pool, one real photo
 per class it predicts with p > 0.6 (`OUT/imagenet/<model>/`); with at most 24 photos its rules are underpowered,
 which the run says before it starts. For each (normal, AT) pair, claim 3 is also decided with both models' outputs
-taken at the same RMS-l2 to their targets (`experiments.matched_distance`, `OUT/<group>/matched-<arch>/`), the
+taken at the same RMS-l2 to their targets (`experiments.claims.matched_distance`, `OUT/<group>/matched-<arch>/`), the
 triangles' sides shown beside it.
 
-The claims and their rules are in `experiments.paper_verdicts` (fixed before the numbers; decided with
+The claims and their rules are in `experiments.claims.rules` (fixed before the numbers; decided with
 `blindspots.verdicts`): a verdict per model, per group, and an overall line naming the groups that decided it.
 Writes `claims.json`, `claims.csv`, `triangles.png` and `report.html`.
 """
@@ -184,7 +184,7 @@ def run_claims(out: str | Path, groups: Mapping[str, Group] | Sequence[str] = ("
 
 
 def _matched_runs(plans, groups, tables, common, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Per (normal, AT) pair, claim 3's records at matched distance (`experiments.matched_distance`), on the
+    """Per (normal, AT) pair, claim 3's records at matched distance (`experiments.claims.matched_distance`), on the
     group's pool and pairs, into `out/<group>/matched-<arch>/`."""
     from .matched_distance import matched_hull_records
 

@@ -1,5 +1,5 @@
 """Robust accuracy with its gradient-masking checks, as one record per (model, threat model), and the MNIST zoo's
-robustness table built from such records (`blindspots robust`, `experiments.robust_cli`).
+robustness table built from such records (`blindspots robust`, `experiments.robustness.cli`).
 
 `evaluate_model` runs `attacks.evaluate_robustness` (the AutoAttack ensemble) and `attacks.masking_checks`, timing
 both; `zoo_robustness` does so for every MNIST zoo model on the zoo's 1,000 held-out digits at l-inf eps 0.3 and l2
@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 import attacks
+from attacks.ensemble import ATTACKS as ENSEMBLE_ATTACKS
 from attacks.ensemble import LABELS
-from blindspots.store import atomic_write_text, jsonable
+from blindspots.store import RunStore, StageRefused, atomic_write_text, jsonable
 from blindspots.zoo import MNIST_MODELS, WEIGHTS_DIR
 
 __all__ = ["ZOO_THREATS", "ZOO_RESULTS", "evaluate_model", "format_record", "zoo_robustness",
@@ -50,14 +51,18 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
                    budget: attacks.EnsembleBudget, attack_names: list[str] | None = None, checks: bool = True,
                    twin: nn.Module | None = None, twin_name: str = "", check_samples: int = attacks.masking.CHECK_SAMPLES,
                    seed: int = 0, batch_size: int = 250, device: Any = None, progress: bool = False,
-                   amp: bool = False, compile: bool = False) -> tuple[dict[str, Any], attacks.RobustnessResult]:
-    """The ensemble (and the masking checks) on one threat model: a JSON-ready record and the full result."""
+                   amp: bool = False, compile: bool = False, store: RunStore | None = None, stage: str = ""
+                   ) -> tuple[dict[str, Any], attacks.RobustnessResult]:
+    """The ensemble (and the masking checks) on one threat model: a JSON-ready record and the full result. With a
+    run `store`, each attack of the ensemble is its own stage `ensemble/<stage>/<attack>`: a killed run resumes
+    after the last attack that finished."""
     from scipy.stats import binomtest
 
     load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     opts = dict(seed=seed, batch_size=batch_size, device=device, progress=progress, amp=amp, compile=compile)
+    done, on_attack = _attack_stages(store, stage, images)
     result = attacks.evaluate_robustness(model, images, labels, eps, norm, attack_names or "standard", budget=budget,
-                                         **opts)
+                                         done=done, on_attack=on_attack, **opts)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     found = []
     if checks:
@@ -71,6 +76,35 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
               "cpu_seconds_ensemble": round(cpu, 1), "cpu_seconds_checks": round(time.process_time() - c0 - cpu, 1),
               "threads": torch.get_num_threads(), "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     return jsonable(record), result
+
+
+def _attack_stages(store: RunStore | None, stage: str, images: torch.Tensor):
+    """(done, on_attack) for `attacks.evaluate_robustness`: the attacks this run already measured, read from the
+    store's stages (checked against the images), and the callback that saves each attack as it finishes."""
+    if store is None:
+        return None, None
+    name = f"ensemble/{stage}/{{}}".format
+    done: dict[str, dict[str, Any]] = {}
+    for attack in ENSEMBLE_ATTACKS:
+        saved = store.saved(name(attack))
+        if saved is None:
+            continue
+        step, stats = saved
+        n, hit = images.shape[0], step.get("hit")
+        fits = (hit is not None and hit.ndim == 1 and (hit.numel() == 0 or int(hit.max()) < n)
+                and step.get("images") is not None
+                and tuple(step["images"].shape) == (hit.numel(), *images.shape[1:])
+                and all(k in step and tuple(step[k].shape) == (n,) for k in ("forwards", "backwards"))
+                and isinstance(stats, dict))
+        if not fits:
+            raise StageRefused(f"saved stage {store.stage_path(name(attack))} does not fit this run's {n} images; "
+                               "rerun with --restart")
+        done[attack] = {**step, "stats": stats}
+
+    def on_attack(attack: str, step: dict[str, Any]) -> None:
+        store.save(name(attack), {k: step[k] for k in ("hit", "images", "forwards", "backwards")}, step["stats"])
+
+    return done, on_attack
 
 
 def format_record(title: str, rec: dict[str, Any]) -> str:
@@ -103,18 +137,19 @@ def format_record(title: str, rec: dict[str, Any]) -> str:
 def zoo_robustness(results_to: Path | None = ZOO_RESULTS, *, budget: attacks.EnsembleBudget,
                    models: tuple[str, ...] = MNIST_MODELS, threats=ZOO_THREATS, limit: int | None = None,
                    done: dict[str, dict[str, Any]] | None = None,
-                   on_record: Callable[[str, str, dict[str, Any]], None] | None = None, **options: Any
-                   ) -> dict[str, Any]:
+                   on_record: Callable[[str, str, dict[str, Any]], None] | None = None, command: str = ZOO_COMMAND,
+                   store: RunStore | None = None, **options: Any) -> dict[str, Any]:
     """Each MNIST zoo model on the zoo's held-out digits for each threat model, with checks (the normal twin for the
     transfer check of an AT model); `done` holds records already measured ("model:norm" -> record), reused as they
-    are. Writes `results_to` (None: nothing) and returns its content."""
+    are; with a run `store` each attack of each ensemble is a stage (`evaluate_model`). `command` is recorded as the
+    command that measured the file. Writes `results_to` (None: nothing) and returns its content."""
     from blindspots.zoo import load_zoo_model, mnist_split
 
     x, y = mnist_split("test")
     if limit is not None:
         x, y = x[:limit], y[:limit]
     done = dict(done or {})
-    out: dict[str, Any] = {"command": ZOO_COMMAND, "data": f"the zoo's {len(y):,} held-out digits "
+    out: dict[str, Any] = {"command": command, "data": f"the zoo's {len(y):,} held-out digits "
                            "(blindspots.zoo.mnist_split('test')), true labels", "budget": jsonable(vars(budget)),
                            "budget_text": budget.describe(), "tolerances": attacks.masking.TOLERANCES,
                            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
@@ -127,7 +162,8 @@ def zoo_robustness(results_to: Path | None = ZOO_RESULTS, *, budget: attacks.Ens
             key = f"{name}:{norm}"
             if key not in done:
                 rec, _ = evaluate_model(model, x, y, eps, norm, budget=budget, twin=load_zoo_model(twin) if twin
-                                        else None, twin_name=twin or "", **options)
+                                        else None, twin_name=twin or "", store=store, stage=f"{name}.{norm}",
+                                        **options)
                 done[key] = rec
                 if on_record is not None:
                     on_record(name, norm, rec)
