@@ -23,6 +23,8 @@ import numpy as np
 
 from blindspots.errors import InputError
 
+from .render import asinh_rgb
+
 __all__ = ["FITS_SUFFIXES", "StretchPreset", "PRESETS", "FitsCutout", "read_fits", "read_fits_bands",
            "band_of_file", "is_fits", "asinh_rgb", "NANOMAGGY_ZERO_POINT"]
 
@@ -56,24 +58,6 @@ PRESETS: dict[str, StretchPreset] = {
     # the Legacy Surveys' z, r, g composite with legacypipe's band weights (z 2.2, r 3.4, g 6.0) relative to r
     "legacy": StretchPreset("legacy", ("z", "r", "g"), (2.2 / 3.4, 1.0, 6.0 / 3.4), 10.0, 0.5, 0.262, "legacy"),
 }
-
-
-def asinh_rgb(planes: np.ndarray, q: float, stretch: float) -> np.ndarray:
-    """The Lupton asinh stretch of (3, H, W) already-scaled R, G, B planes to RGB in [0, 1] (float64).
-
-    Every channel is multiplied by asinh(q I / stretch) / (q I), I the mean of the three (colours kept); a pixel
-    with I <= 0 is black; negative channels are clipped to 0; pixels whose largest channel exceeds 1 are scaled
-    down, again keeping colours. Equal to astropy's `make_lupton_rgb` with the stretch f(I) = asinh(q I /
-    stretch) / q (tests/test_fits.py checks 1e-6 parity); this is the faster of the two (benchmarks/astro_swaps.py).
-    """
-    planes = np.asarray(planes, dtype=np.float64)
-    intensity = planes.mean(axis=0)
-    positive = intensity > 0
-    x = q * np.where(positive, intensity, 1.0) / stretch
-    factor = np.where(positive, np.arcsinh(x) / (x * stretch), 0.0)  # asinh(q I / s) / (q I)
-    out = np.clip(planes * factor, 0.0, None)
-    peak = out.max(axis=0)
-    return out / np.maximum(peak, 1.0)
 
 
 @dataclass
