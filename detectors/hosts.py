@@ -109,7 +109,7 @@ def check_host_sources(sources: str | os.PathLike | Iterable[str | os.PathLike])
             if path and not Path(path).is_file():
                 raise InputError(f"host source {s}: field image {path} not found")
         elif not Path(s).exists():
-            raise InputError(f"host source {s}: no such file or folder")
+            raise InputError(f"host source {s}: no such folder or file")
     return out
 
 
@@ -171,13 +171,14 @@ def _digest(unit: Sequence[Path]) -> str:
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def load_hosts(sources: str | os.PathLike | Iterable[str | os.PathLike], size: int, crop: float = 1.0,
+def load_hosts(sources: str | os.PathLike | Iterable[str | os.PathLike], size: int | None, crop: float = 1.0,
                limit: int | None = None, preset: str | None = None, *, min_hosts: int = 1,
                field_options: dict[str, Any] | None = None) -> HostList:
     """Every host of `sources` (folders, read recursively; image or FITS files; `field` / `field:FILE`, the
     galaxies of a survey field, `detectors.field.field_hosts`) as a `HostList` of `size`-px images.
 
-    Cutouts are centre-cropped to `crop` of their shorter side and resized to `size` (antialiased); field hosts are
+    Cutouts are centre-cropped to `crop` of their shorter side and resized to `size` (antialiased; None keeps the
+    cropped size, which must then agree); field hosts are
     cut at `size` px around each galaxy, unresized. A cutout that would be enlarged more than `MAX_UPSCALE` times is
     left out, as is a file met twice (the same path or the same bytes: a folder given twice counts once); each with
     its reason in `skipped` (and a warning). `limit` keeps the first hosts of the folders and files (sorted).
@@ -186,8 +187,8 @@ def load_hosts(sources: str | os.PathLike | Iterable[str | os.PathLike], size: i
     from blindspots.data import prepare
 
     sources = check_host_sources(sources)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise InputError(f"size must be an integer >= 8, got {size!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
+        raise InputError(f"size must be an integer >= 8 or None, got {size!r}")
     if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0.0 < crop <= 1.0:
         raise InputError(f"crop must be in (0, 1], got {crop!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -226,20 +227,24 @@ def load_hosts(sources: str | os.PathLike | Iterable[str | os.PathLike], size: i
         image, info = _read_unit(unit, preset)
         side = min(image.shape[-2:])
         kept = max(1, int(round(side * crop)))
-        if size / kept > MAX_UPSCALE:
+        out = kept if size is None else size
+        if out / kept > MAX_UPSCALE:
             skipped[label] = (f"too small: {image.shape[-1]}x{image.shape[-2]} px (crop {crop:g}: {kept} px) would "
-                              f"be enlarged {size / kept:.1f}x to {size} px (at most {MAX_UPSCALE:g}x)")
+                              f"be enlarged {out / kept:.1f}x to {out} px (at most {MAX_UPSCALE:g}x)")
             continue
-        x = image if (kept == size and side == size) else prepare(image, size, crop)
+        square = image.shape[-1] == image.shape[-2]
+        x = image if (kept == out and side == out and square) else prepare(image, out, crop)
         name = str(unit[0].relative_to(folder)) if folder is not None else unit[0].name
         if len(unit) > 1:
             name = re.sub(r"\.fits?(\.gz)?$", "", name) + f" ({len(unit)} bands)"
         while name in names:
             name += "'"
         names.add(name)
-        scale = None if info.pixel_scale is None else info.pixel_scale * kept / size
+        scale = None if info.pixel_scale is None else info.pixel_scale * kept / out
         infos.append(HostInfo(name, info.survey, info.source, info.ra, info.dec, scale, info.preset, kept))
         images.append(x.clamp(0, 1))
+    if fields and size is None:
+        raise InputError("field hosts need a cutout size (size=None keeps each file's own size)")
     for spec in fields:
         from .field import field_hosts
 
@@ -258,7 +263,10 @@ def load_hosts(sources: str | os.PathLike | Iterable[str | os.PathLike], size: i
         reasons = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:4])
         raise InputError(f"{len(infos)} usable host(s) in {', '.join(sources)} (need {min_hosts})"
                          + (f"; left out: {reasons}" if reasons else ""))
-    return HostList(torch.stack(images) if images else torch.zeros(0, 3, size, size), infos, skipped)
+    shapes = sorted({tuple(x.shape) for x in images})
+    if len(shapes) > 1:
+        raise InputError(f"cutouts in {', '.join(sources)} have different sizes {shapes[:4]}; give a size to resize them")
+    return HostList(torch.stack(images) if images else torch.zeros(0, 3, size or 8, size or 8), infos, skipped)
 
 
 # --------------------------------------------------------------------------------------------------- command line
