@@ -201,7 +201,7 @@ def _survey(headers: Sequence[Any], preset: StretchPreset) -> str:
             value = str(header.get(key, "")).strip()
             if value:
                 return value.lower()
-    return preset.survey
+    return "unknown"
 
 
 def _choose_preset(preset: str | StretchPreset | None, bands: Sequence[str]) -> StretchPreset:
