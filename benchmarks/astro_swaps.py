@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import detectors.simulate as simulate_module
     from detectors.field import contact_sheet, field_hosts
     from detectors.hosts import load_hosts
-    from detectors.inject import inject_batch, measure_host
+    from detectors.inject import inject_batch, measurable_hosts, measure_host
     from detectors.simulate import SimConfig, sample_params
 
     torch.set_num_threads(1)
@@ -127,8 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # host measurement and injection into the real cutouts
     folder = Path(args.hosts) if args.hosts else Path(__file__).resolve().parents[2] / "shared" / "data" / "galaxies"
     if folder.is_dir():
-        hosts = load_hosts([folder], 128, 0.5)
+        hosts = measurable_hosts(load_hosts([folder], 128, 0.5), cfg)
         imgs = hosts.images
+        for name, why in hosts.skipped.items():
+            print(f"  left out: {name}: {why}")
         new = _best(lambda: [measure_host(x, cfg) for x in imgs], args.repeats)
         old = _best(lambda: [_legacy_measure_host(x, cfg) for x in imgs], args.repeats)
         shifts = [math.dist(measure_host(x, cfg).center, _legacy_measure_host(x, cfg)[1]) for x in imgs]

@@ -76,7 +76,13 @@ def run_detection(cfg: DetectRun) -> dict[str, Any]:
     if cfg.hosts and (isinstance(cfg.injections, bool) or not isinstance(cfg.injections, int) or cfg.injections < 1):
         raise InputError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
     # the hosts are read and checked before any training (a bad file stops the run now, not after an hour)
-    hosts = load_hosts(cfg.hosts, cfg.image_size, cfg.host_crop, preset=cfg.fits_preset) if cfg.hosts else None
+    hosts = None
+    if cfg.hosts:
+        from .inject import measurable_hosts
+        from .simulate import SimConfig
+
+        hosts = measurable_hosts(load_hosts(cfg.hosts, cfg.image_size, cfg.host_crop, preset=cfg.fits_preset),
+                                 SimConfig(image_size=cfg.image_size, star_rate=0.0))
     out = Path(cfg.out)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "device", "restart", "minutes")}
     inputs = {"hosts": hosts.images} if hosts is not None else None
@@ -148,8 +154,7 @@ def _run_detection(cfg: DetectRun, out: Path, hosts: Any = None) -> dict[str, An
                   "n_true": [int(v) for v in curve["n_true"]]},
         "ap50": ap50(preds, test.targets, score_floor=0.0),
         "eval_seconds_per_image": eval_seconds / cfg.n_test,
-        "units": {"pixel_scale_arcsec": sim.pixel_scale, "psf_fwhm_arcsec": list(sim.psf_fwhm),
-                  "zero_point_ab": 22.5, "flux": "nanomaggies; clump fluxes as fractions of the host's r-band flux"},
+        "units": sim.units(),
         "real_hosts": _real_host_completeness(det, cfg, sim, rule, threshold, hosts) if hosts is not None else None,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
@@ -235,16 +240,33 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  clumps injected into {real['n_hosts']} real hosts ({real['n_images']} images): completeness "
                      f"(flux >= {100 * s['settings']['min_flux']:g}%) {_fmt(real['completeness_bright'])} of "
                      f"{real['n_bright']}")
-    lines.append("  completeness vs clump/host flux (at the threshold above)"
-                 + (": simulated | injected into real hosts" if real is not None else ":"))
+        surveys: dict[str, int] = {}
+        for h in real.get("hosts", []):
+            surveys[h["survey"]] = surveys.get(h["survey"], 0) + 1
+        if surveys:
+            lines.append("    hosts by survey: " + ", ".join(f"{k} {v}" for k, v in sorted(surveys.items()))
+                         + (f"; {len(real['skipped'])} left out while loading" if real.get("skipped") else ""))
+    units = s.get("units")
+    if units:
+        lines.append(f"  images: {units['pixel_scale_arcsec_per_px']:g} arcsec/px ({units['field_arcsec']:.1f} arcsec "
+                     f"across), PSF FWHM {units['psf_fwhm_arcsec'][0]:g}-{units['psf_fwhm_arcsec'][1]:g} arcsec, "
+                     f"fluxes in nanomaggies (AB zero point {units['zero_point_ab']:g})")
+    lines.append("  completeness vs clump/host flux, as a fraction and as magnitudes fainter than the host (at the "
+                 "threshold above)" + (": simulated | injected into real hosts" if real is not None else ":"))
     c = s["curve"]
     for i, comp in enumerate(c["completeness"]):
-        line = (f"    {100 * c['bin_edges'][i]:5.2f}-{100 * c['bin_edges'][i + 1]:5.2f}%: {_fmt(comp)} "
+        lo, hi = c["bin_edges"][i], c["bin_edges"][i + 1]
+        line = (f"    {100 * lo:5.2f}-{100 * hi:5.2f}% ({_delta_mag(hi):.2f}-{_delta_mag(lo):.2f} mag): {_fmt(comp)} "
                 f"(n={c['n_true'][i]})")
         if real is not None and real["curve"]["bin_edges"] == c["bin_edges"]:
             line += f" | {_fmt(real['curve']['completeness'][i])} (n={real['curve']['n_true'][i]})"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _delta_mag(fraction: float) -> float:
+    """How many magnitudes fainter than its host a source of this flux fraction is."""
+    return -2.5 * math.log10(fraction) if fraction > 0 else math.inf
 
 
 def _fmt(v: Any) -> str:

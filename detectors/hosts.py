@@ -69,6 +69,11 @@ class HostList:
         """One JSON-ready dict per host (name, survey, source, ra, dec, pixel_scale, preset, native_px)."""
         return [h.record() for h in self.hosts]
 
+    def select(self, keep: Sequence[int], left_out: dict[str, str] | None = None) -> "HostList":
+        """The hosts at positions `keep`, with `left_out` {name: reason} added to `skipped`."""
+        keep = list(keep)
+        return HostList(self.images[keep], [self.hosts[i] for i in keep], {**self.skipped, **(left_out or {})})
+
     def summary(self) -> dict[str, Any]:
         """Counts per survey and the skipped sources, for reports."""
         surveys: dict[str, int] = {}

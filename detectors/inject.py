@@ -16,7 +16,7 @@ from .render import (inverse_lupton, lupton_rgb, render_flux)
 from .simulate import SimulatedBatch, make_target
 from blindspots.errors import InputError
 
-__all__ = ["HostMeasurement", "measure_host", "inject_clumps", "inject_batch"]
+__all__ = ["HostMeasurement", "measure_host", "measurable_hosts", "inject_clumps", "inject_batch"]
 
 _MIN_SEGMENT_PIXELS = 5  # connected pixels above the threshold that make a source
 _DEBLEND_CONTRAST = 0.01  # flux share a component needs to be split off (neighbours, not the host's own clumps)
@@ -89,6 +89,23 @@ def measure_host(image: torch.Tensor | np.ndarray, config: SimConfig = SimConfig
     # photutils' centroids are in pixel-centre coordinates ((0, 0) the centre of the first pixel): + 0.5 for boxes
     center = (float(cat.x_centroid) + 0.5, float(cat.y_centroid) + 0.5)
     return HostMeasurement(flux, center, max(re, 1.0), q, pa, noise, segm.data == label)
+
+
+def measurable_hosts(hosts, config: SimConfig = SimConfig(), threshold: float = 3.0):
+    """The hosts of a `detectors.hosts.HostList` whose galaxy `measure_host` finds; each other one is left out
+    with its reason in `skipped` (e.g. a frame filled by a star's glare has no background to find it against).
+    Run before any training, so a study's real hosts are settled up front."""
+    keep, left_out = [], {}
+    for i, (image, info) in enumerate(zip(hosts.images, hosts.hosts)):
+        try:
+            measure_host(image, config, threshold)
+            keep.append(i)
+        except InputError as exc:
+            left_out[info.name] = f"not measurable: {exc}"
+    if not keep:
+        raise InputError(f"no measurable host among {len(hosts)}: " + "; ".join(
+            f"{k}: {v}" for k, v in list(left_out.items())[:3]))
+    return hosts.select(keep, left_out)
 
 
 def inject_clumps(image: torch.Tensor, config: SimConfig = SimConfig(), seed: int = 0, *, index: int = 0,

@@ -43,7 +43,8 @@ class RealHosts:
     """Real cutouts and their injected versions: `plain` (H, 3, S, S), `injected` (H, K, 3, S, S) (zeros where the
     injection failed), `clumps` (H, K) clumps placed, `failed` {host: reason}, `info` one record per host (survey,
     source, RA/Dec, pixel scale, stretch preset: `detectors.hosts.HostInfo`), `skipped` {source: reason} for what
-    the loader left out (too small, duplicates)."""
+    the loader left out (too small, duplicates), `units` the injected clumps' physical units (the simulator's pixel
+    scale and PSF FWHM in arcsec; clump fluxes as fractions of the host's measured flux)."""
 
     names: list[str]
     plain: torch.Tensor
@@ -52,6 +53,7 @@ class RealHosts:
     failed: dict[int, str] = field(default_factory=dict)
     info: list[dict] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
 
 
 def inject_config(size: int, fov: float, min_clump_flux: float):
@@ -86,7 +88,7 @@ def load_hosts(folder: str | Path | Sequence[str | Path], size: int, crop: float
             injected[h, k], clumps[h, k] = x.clamp(0, 1), int((params.label == 1).sum())
         if h not in failed and int(clumps[h].min()) < MIN_INJECTED_CLUMPS:
             failed[h] = f"injection placed {int(clumps[h].min())} clump(s) in a version (needs {MIN_INJECTED_CLUMPS})"
-    return RealHosts(names, plain, injected, clumps, failed, got.records(), dict(got.skipped))
+    return RealHosts(names, plain, injected, clumps, failed, got.records(), dict(got.skipped), cfg.units())
 
 
 @torch.no_grad()

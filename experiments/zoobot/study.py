@@ -257,7 +257,7 @@ def _describe_real(hosts: rl.RealHosts, design: dict[str, Any], config: ZoobotCo
     return {"hosts": list(hosts.names), "excluded": {hosts.names[h]: why for h, why in arm.excluded.items()},
             "clumps": hosts.clumps.tolist(), "injections": config.injections, "backbones": design["backbones"],
             "per_seed": per_seed, "rule": rl.SCREEN_RULE, "folder": ", ".join(config.real_sources()),
-            "host_info": hosts.info, "loader_skipped": hosts.skipped,
+            "host_info": hosts.info, "loader_skipped": hosts.skipped, "units": hosts.units,
             "units": arm.units}
 
 
