@@ -69,14 +69,19 @@ def measure_host(image: torch.Tensor | np.ndarray, config: SimConfig = SimConfig
     segm = detect_sources(smooth, level, n_pixels=_MIN_SEGMENT_PIXELS)
     if segm is None:
         raise InputError("no galaxy found in the cutout (nothing above the background); is it a galaxy image?")
-    segm = deblend_sources(smooth, segm, n_pixels=_MIN_SEGMENT_PIXELS, n_levels=32, contrast=_DEBLEND_CONTRAST,
-                           progress_bar=False)
     cy, cx = h // 2, w // 2
-    label = int(segm.data[cy, cx])
-    if label == 0:  # nearest segment pixel to the centre
-        yy, xx = np.nonzero(segm.data)
+
+    def central(data: np.ndarray) -> int:  # the segment at the centre, else the nearest one
+        if data[cy, cx]:
+            return int(data[cy, cx])
+        yy, xx = np.nonzero(data)
         k = np.argmin((yy - cy) ** 2 + (xx - cx) ** 2)
-        label = int(segm.data[yy[k], xx[k]])
+        return int(data[yy[k], xx[k]])
+
+    # deblend the central segment only (the others are not measured): neighbours blended with the host split off
+    segm = deblend_sources(smooth, segm, n_pixels=_MIN_SEGMENT_PIXELS, n_levels=32, contrast=_DEBLEND_CONTRAST,
+                           labels=[central(segm.data)], progress_bar=False)
+    label = central(segm.data)
     cat = SourceCatalog(signal, segm, convolved_data=smooth).select_label(label)
     flux = float(cat.segment_flux)
     if not flux > 0:
@@ -91,6 +96,23 @@ def measure_host(image: torch.Tensor | np.ndarray, config: SimConfig = SimConfig
     return HostMeasurement(flux, center, max(re, 1.0), q, pa, noise, segm.data == label)
 
 
+_MEASURED: dict[tuple, HostMeasurement] = {}
+
+
+def _measure_once(image: torch.Tensor, config: SimConfig, threshold: float) -> HostMeasurement:
+    """`measure_host`, remembered per image content and stretch: injecting K versions of a host measures it once."""
+    import hashlib
+
+    rgb = image.detach().cpu().numpy()
+    key = (hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest(), rgb.shape, config.asinh_q,
+           config.asinh_stretch, tuple(config.rgb_scales), float(threshold))
+    if key not in _MEASURED:
+        if len(_MEASURED) > 256:
+            _MEASURED.clear()
+        _MEASURED[key] = measure_host(rgb, config, threshold)
+    return _MEASURED[key]
+
+
 def measurable_hosts(hosts, config: SimConfig = SimConfig(), threshold: float = 3.0):
     """The hosts of a `detectors.hosts.HostList` whose galaxy `measure_host` finds; each other one is left out
     with its reason in `skipped` (e.g. a frame filled by a star's glare has no background to find it against).
@@ -98,7 +120,7 @@ def measurable_hosts(hosts, config: SimConfig = SimConfig(), threshold: float = 
     keep, left_out = [], {}
     for i, (image, info) in enumerate(zip(hosts.images, hosts.hosts)):
         try:
-            measure_host(image, config, threshold)
+            _measure_once(image, config, threshold)
             keep.append(i)
         except InputError as exc:
             left_out[info.name] = f"not measurable: {exc}"
@@ -134,7 +156,7 @@ def inject_clumps(image: torch.Tensor, config: SimConfig = SimConfig(), seed: in
                                  or not 0 <= n_clumps <= 50):
         raise InputError(f"n_clumps must be an integer in [0, 50] or None, got {n_clumps!r}")
     rng = _rng(_check_seed(seed), _check_seed(index, "index"), _STREAM_INJECT)
-    host = measure_host(image, config, threshold)
+    host = _measure_once(image, config, threshold)
     h, w = image.shape[-2:]
     fwhm = float(psf_fwhm_px) if psf_fwhm_px is not None else _uniform(rng, config.psf_fwhm) / config.pixel_scale
     beta = _uniform(rng, config.psf_beta)
