@@ -15,7 +15,7 @@ import torch
 
 from blindspots.errors import InputError
 
-from .hosts import HostInfo, HostList
+from .hostlist import HostInfo, HostList
 
 __all__ = ["MIN_HALF_LIGHT_FRACTION", "STAR_SIZE_FACTOR", "FieldSource", "detect_field_sources", "field_hosts",
            "contact_sheet", "DEFAULT_FIELD"]
