@@ -22,6 +22,8 @@ from blindspots.cli import OUT_ROOT, add_common_options, non_negative_int, posit
 from blindspots.store import RunStore
 from blindspots.errors import InputError
 
+from .hosts import add_host_options
+
 __all__ = ["DetectRun", "run_detection", "add_arguments", "run", "HELP"]
 
 HELP = "simulate clumpy galaxies, train a clump detector (resumable), evaluate and draw"
@@ -40,7 +42,8 @@ class DetectRun:
     n_train: int = 400
     n_test: int = 100
     n_val: int = 0  # > 0: choose the score threshold on this many validation images (best F1)
-    hosts: tuple[str, ...] = ()  # folders of real cutouts: completeness of clumps injected into them
+    hosts: tuple[str, ...] = ()  # real hosts (folders, FITS/image files, 'field'): completeness of injected clumps
+    fits_preset: str | None = None  # stretch of FITS hosts (detectors.fits.PRESETS; None: by their bands)
     injections: int = 10  # injected copies of each real host (different clumps)
     host_crop: float = 0.5  # centre crop of the real cutouts before resizing (the paper: 0.5 of 400 px)
     epochs: int = 3
@@ -67,16 +70,24 @@ def run_detection(cfg: DetectRun) -> dict[str, Any]:
     best clump F1 on the validation images (from the preset's up to 0.95 in steps of 0.05), and the test figures at
     the preset's threshold are reported beside it. Returns (and writes to ``out/metrics.json``) the summary."""
 
+    from .hosts import load_hosts
+
     _check_run(cfg)
     if cfg.hosts and (isinstance(cfg.injections, bool) or not isinstance(cfg.injections, int) or cfg.injections < 1):
         raise InputError(f"injections must be a positive int (copies of each real host), got {cfg.injections!r}")
-    for folder in cfg.hosts:
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"hosts folder {folder} does not exist")
+    # the hosts are read and checked before any training (a bad file stops the run now, not after an hour)
+    hosts = None
+    if cfg.hosts:
+        from .inject import measurable_hosts
+        from .simulate import SimConfig
+
+        hosts = measurable_hosts(load_hosts(cfg.hosts, cfg.image_size, cfg.host_crop, preset=cfg.fits_preset),
+                                 SimConfig(image_size=cfg.image_size, star_rate=0.0))
     out = Path(cfg.out)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "device", "restart", "minutes")}
-    with RunStore(out, "detect", settings=settings, restart=cfg.restart):
-        return _run_detection(cfg, out)
+    inputs = {"hosts": hosts.images} if hosts is not None else None
+    with RunStore(out, "detect", settings=settings, inputs=inputs, restart=cfg.restart):
+        return _run_detection(cfg, out, hosts)
 
 
 def _check_run(cfg: DetectRun) -> None:
@@ -99,7 +110,7 @@ def _check_run(cfg: DetectRun) -> None:
         check_count(getattr(cfg, name), name, 1)
 
 
-def _run_detection(cfg: DetectRun, out: Path) -> dict[str, Any]:
+def _run_detection(cfg: DetectRun, out: Path, hosts: Any = None) -> dict[str, Any]:
     from .evaluate import MatchRule, ap50, completeness_vs_flux, draw_detections, select_threshold
     from .frcnn import build_detector, detect
     from .simulate import SimConfig, SimulatedClumps, simulate
@@ -143,7 +154,8 @@ def _run_detection(cfg: DetectRun, out: Path) -> dict[str, Any]:
                   "n_true": [int(v) for v in curve["n_true"]]},
         "ap50": ap50(preds, test.targets, score_floor=0.0),
         "eval_seconds_per_image": eval_seconds / cfg.n_test,
-        "real_hosts": _real_host_completeness(det, cfg, sim, rule, threshold) if cfg.hosts else None,
+        "units": sim.units(),
+        "real_hosts": _real_host_completeness(det, cfg, sim, rule, threshold, hosts) if hosts is not None else None,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     for i in range(min(cfg.n_draw, cfg.n_test)):
@@ -152,18 +164,19 @@ def _run_detection(cfg: DetectRun, out: Path) -> dict[str, Any]:
     return summary
 
 
-def _real_host_completeness(det: Any, cfg: DetectRun, sim: Any, rule: Any, threshold: float) -> dict[str, Any]:
-    """Completeness of simulated clumps injected (`cfg.injections` times, no stars) into the real cutouts of
-    `cfg.hosts`, centre-cropped to `cfg.host_crop` and resized to the training size. Purity is not measured on real
-    hosts: their own clumps carry no labels, so a detection of one would count as false."""
+def _real_host_completeness(det: Any, cfg: DetectRun, sim: Any, rule: Any, threshold: float,
+                            hosts: Any) -> dict[str, Any]:
+    """Completeness of simulated clumps injected (`cfg.injections` times, no stars) into the real hosts of
+    `cfg.hosts` (a `detectors.hosts.HostList`: cutouts centre-cropped to `cfg.host_crop` and resized to the training
+    size, field galaxies cut at it). Purity is not measured on real hosts: their own clumps carry no labels, so a
+    detection of one would count as false."""
     import dataclasses
 
-    from .data import load_cutouts
     from .evaluate import completeness_vs_flux
     from .frcnn import detect
     from .inject import inject_batch
 
-    cutouts = torch.cat([load_cutouts(folder, cfg.image_size, cfg.host_crop)[0] for folder in cfg.hosts])
+    cutouts = hosts.images
     inject_sim = dataclasses.replace(sim, star_rate=0.0)
     batches = [inject_batch(cutouts, inject_sim, seed=cfg.seed + 30_000 + k) for k in range(cfg.injections)]
     images = torch.cat([b.images for b in batches])
@@ -171,7 +184,8 @@ def _real_host_completeness(det: Any, cfg: DetectRun, sim: Any, rule: Any, thres
     preds = detect(det, images, batch_size=16, device=cfg.device)
     bright = completeness_vs_flux(preds, targets, [cfg.min_flux, 1.0], rule, score_threshold=threshold, label=1)
     curve = completeness_vs_flux(preds, targets, None, rule, score_threshold=threshold, label=1)
-    return {"n_hosts": int(cutouts.shape[0]), "n_images": int(images.shape[0]),
+    return {"n_hosts": int(cutouts.shape[0]), "n_images": int(images.shape[0]), "hosts": hosts.records(),
+            "skipped": dict(hosts.skipped),
             "completeness_bright": _num(bright["completeness"][0]), "n_bright": int(bright["n_true"][0]),
             "curve": {**{k: [_num(v) for v in curve[k]] for k in ("bin_edges", "completeness")},
                       "n_true": [int(v) for v in curve["n_true"]]}}
@@ -226,16 +240,33 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  clumps injected into {real['n_hosts']} real hosts ({real['n_images']} images): completeness "
                      f"(flux >= {100 * s['settings']['min_flux']:g}%) {_fmt(real['completeness_bright'])} of "
                      f"{real['n_bright']}")
-    lines.append("  completeness vs clump/host flux (at the threshold above)"
-                 + (": simulated | injected into real hosts" if real is not None else ":"))
+        surveys: dict[str, int] = {}
+        for h in real.get("hosts", []):
+            surveys[h["survey"]] = surveys.get(h["survey"], 0) + 1
+        if surveys:
+            lines.append("    hosts by survey: " + ", ".join(f"{k} {v}" for k, v in sorted(surveys.items()))
+                         + (f"; {len(real['skipped'])} left out while loading" if real.get("skipped") else ""))
+    units = s.get("units")
+    if units:
+        lines.append(f"  images: {units['pixel_scale_arcsec_per_px']:g} arcsec/px ({units['field_arcsec']:.1f} arcsec "
+                     f"across), PSF FWHM {units['psf_fwhm_arcsec'][0]:g}-{units['psf_fwhm_arcsec'][1]:g} arcsec, "
+                     f"fluxes in nanomaggies (AB zero point {units['zero_point_ab']:g})")
+    lines.append("  completeness vs clump/host flux, as a fraction and as magnitudes fainter than the host (at the "
+                 "threshold above)" + (": simulated | injected into real hosts" if real is not None else ":"))
     c = s["curve"]
     for i, comp in enumerate(c["completeness"]):
-        line = (f"    {100 * c['bin_edges'][i]:5.2f}-{100 * c['bin_edges'][i + 1]:5.2f}%: {_fmt(comp)} "
+        lo, hi = c["bin_edges"][i], c["bin_edges"][i + 1]
+        line = (f"    {100 * lo:5.2f}-{100 * hi:5.2f}% ({_delta_mag(hi):.2f}-{_delta_mag(lo):.2f} mag): {_fmt(comp)} "
                 f"(n={c['n_true'][i]})")
         if real is not None and real["curve"]["bin_edges"] == c["bin_edges"]:
             line += f" | {_fmt(real['curve']['completeness'][i])} (n={real['curve']['n_true'][i]})"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _delta_mag(fraction: float) -> float:
+    """How many magnitudes fainter than its host a source of this flux fraction is."""
+    return -2.5 * math.log10(fraction) if fraction > 0 else math.inf
 
 
 def _fmt(v: Any) -> str:
@@ -256,8 +287,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iou", type=float, default=d.iou, help="IoU for a match")
     parser.add_argument("--min-flux", type=float, default=d.min_flux, help="flux fraction of 'bright' clumps")
     parser.add_argument("--n-draw", type=non_negative_int, default=d.n_draw, help="test images drawn with their detections")
-    parser.add_argument("--hosts", nargs="*", default=list(d.hosts), metavar="DIR",
-                        help="folders of real galaxy cutouts: also measure completeness of clumps injected into them")
+    add_host_options(parser, "--hosts", help="real host galaxies (folders of PNG/JPEG/FITS cutouts, FITS or image "
+                     "files, 'field' for the Hubble eXtreme Deep Field's galaxies, 'field:FILE'): also measure the "
+                     "completeness of clumps injected into them")
     parser.add_argument("--injections", type=positive_int, default=d.injections,
                         help="injected copies of each real host")
     add_common_options(parser, "detect", batch_size=d.batch_size)
@@ -266,14 +298,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .backbones import backbone_spec
 
-    for folder in args.hosts:
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"--hosts {folder}: not a folder")
     arch, weights, weights_file = backbone_spec(args.model, args.weights)
     device = resolve_device(args.device)
     cfg = DetectRun(out=args.out, backbone=arch, weights=weights, weights_file=weights_file,
                     preset=args.preset, image_size=args.size, n_train=args.n_train, n_test=args.n_test,
-                    n_val=args.n_val, hosts=tuple(args.hosts), injections=args.injections, epochs=args.epochs,
+                    n_val=args.n_val, hosts=tuple(args.hosts or ()), fits_preset=args.fits_preset, injections=args.injections, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                     minutes=args.minutes, iou=args.iou, min_flux=args.min_flux, n_draw=args.n_draw,
                     progress=not args.quiet, device=str(device), restart=args.restart)

@@ -22,7 +22,6 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 
-from blindspots.data import load_image_folder
 from blindspots.errors import InputError
 from blindspots.studies.tables import spreadsheet_safe, undo_spreadsheet_safe
 
@@ -266,8 +265,17 @@ def read_coco(path: str | os.PathLike) -> BoxTable:
 
 
 def load_cutouts(folder: str | os.PathLike, size: int | None = None, crop_fraction: float = 1.0,
-                 limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Galaxy cutouts (PNG/JPG...) of a folder, sorted by name, as a float (N, 3, size, size) batch in [0, 1] and
-    their file names. Each image is centre-cropped to `crop_fraction` of its shorter side (the paper used the central
-    200 px of 400-px cutouts: 0.5) and resized to `size` (None: keep the cropped size; all must then agree)."""
-    return load_image_folder(folder, size, limit, crop_fraction)
+                 limit: int | None = None, preset: str | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Galaxy cutouts of a folder (PNG/JPEG/TIFF, and FITS: one band, one file per band, a cube or a
+    multi-extension file, stretched with `preset`; read recursively, sorted by name) as a float (N, 3, size, size)
+    batch in [0, 1] and their names. Each image is centre-cropped to `crop_fraction` of its shorter side (the paper
+    used the central 200 px of 400-px cutouts: 0.5) and resized to `size` (None: keep the cropped size; all must
+    then agree). The reader is `detectors.hosts.load_hosts`; use it directly for each host's survey, RA/Dec and
+    pixel scale."""
+    from .hosts import load_hosts
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    hosts = load_hosts([folder], size, crop_fraction, limit, preset)
+    return hosts.images, hosts.names

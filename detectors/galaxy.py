@@ -90,6 +90,7 @@ class SimConfig:
     Boxes: `box_size` (side of the square box, in r-band PSF FWHM).
     Colour: `rgb_scales` (multipliers of i, r, g before the stretch), `asinh_q` and `asinh_stretch` (Lupton's Q
         and linear-range stretch, nanomaggies).
+    Units: fluxes are nanomaggies, `zero_point` the AB magnitude of one (22.5); `units()` lists them for records.
     """
 
     image_size: int = 128
@@ -124,6 +125,7 @@ class SimConfig:
     rgb_scales: tuple[float, float, float] = (0.8, 1.0, 1.6)
     asinh_q: float = 6.0
     asinh_stretch: float = 0.4
+    zero_point: float = 22.5
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)) \
@@ -173,11 +175,19 @@ class SimConfig:
         _check_range("box_size", self.box_size, 0.0, strict_lo=True)
         _check_positive("asinh_q", self.asinh_q)
         _check_positive("asinh_stretch", self.asinh_stretch)
+        _check_positive("zero_point", self.zero_point)
 
     @property
     def psf_fwhm_px(self) -> float:
         """Median r-band PSF FWHM in pixels (the centre of `psf_fwhm`), e.g. for the loose matching rule."""
         return 0.5 * (self.psf_fwhm[0] + self.psf_fwhm[1]) / self.pixel_scale
+
+    def units(self) -> dict[str, Any]:
+        """The physical units of the images, for records and reports."""
+        return {"pixel_scale_arcsec_per_px": self.pixel_scale, "field_arcsec": self.pixel_scale * self.image_size,
+                "psf_fwhm_arcsec": list(self.psf_fwhm), "psf_fwhm_px": round(self.psf_fwhm_px, 3),
+                "flux_unit": "nanomaggy", "zero_point_ab": self.zero_point,
+                "clump_flux": "fraction of the host's r-band flux; magnitude = host's - 2.5 log10(fraction)"}
 
     def replace(self, **changes: Any) -> "SimConfig":
         """A copy with some fields changed (validated again)."""
@@ -226,6 +236,15 @@ class GalaxyParams:
 
 
 _SOURCE_FIELDS = ("x", "y", "sigma", "flux_fraction", "g_r", "label", "box")
+
+
+def magnitudes(params: GalaxyParams, zero_point: float = 22.5) -> dict[str, Any]:
+    """r-band AB magnitudes of the host and of each source (clumps, stars), and each source's magnitude
+    difference to its host (-2.5 log10 of its flux fraction), for a flux scale with AB `zero_point` (22.5 for
+    nanomaggies; NaN where the host's flux is not calibrated, e.g. measured on a colour cutout)."""
+    host = zero_point - 2.5 * math.log10(params.flux_r) if params.flux_r > 0 else float("nan")
+    delta = -2.5 * np.log10(np.asarray(params.flux_fraction, dtype=np.float64))
+    return {"host_mag": host, "source_mag": (host + delta).tolist(), "delta_mag": delta.tolist()}
 
 
 

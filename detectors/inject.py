@@ -16,7 +16,10 @@ from .render import (inverse_lupton, lupton_rgb, render_flux)
 from .simulate import SimulatedBatch, make_target
 from blindspots.errors import InputError
 
-__all__ = ["HostMeasurement", "measure_host", "inject_clumps", "inject_batch"]
+__all__ = ["HostMeasurement", "measure_host", "measurable_hosts", "inject_clumps", "inject_batch"]
+
+_MIN_SEGMENT_PIXELS = 5  # connected pixels above the threshold that make a source
+_DEBLEND_CONTRAST = 0.01  # flux share a component needs to be split off (neighbours, not the host's own clumps)
 
 # --------------------------------------------------------------------------------------------------- injection
 
@@ -38,53 +41,93 @@ class HostMeasurement:
 
 def measure_host(image: torch.Tensor | np.ndarray, config: SimConfig = SimConfig(), threshold: float = 3.0
                  ) -> HostMeasurement:
-    """Segment and measure the central galaxy of a (3, H, W) RGB cutout in [0, 1] (see `HostMeasurement`).
+    """Segment and measure the central galaxy of a (3, H, W) RGB cutout in [0, 1] (see `HostMeasurement`) with
+    photutils, as survey pipelines do.
 
     The cutout is linearised with `inverse_lupton` (assuming the simulator's stretch); the background and its noise
-    are the median and MAD of a border frame; the segment is the connected region above `threshold` sigma that
-    contains (or is nearest to) the centre."""
-    from scipy import ndimage
+    are the sigma-clipped median and standard deviation of a border frame (astropy `sigma_clipped_stats`); sources
+    are the regions above `threshold` times the smoothed image's noise (`detect_sources` on a 2-px FWHM Gaussian
+    smoothing), split by `deblend_sources`; the host is the segment containing (or nearest to) the centre, measured
+    by `SourceCatalog`: centroid, segment flux, axis ratio and orientation from the second moments, and the
+    half-light radius (`flux_radius(0.5)`, circular) turned into the major axis's as r50 / sqrt(q)."""
+    from astropy.convolution import convolve
+    from astropy.stats import sigma_clipped_stats
+    from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources, make_2dgaussian_kernel
 
     rgb = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     lin = inverse_lupton(rgb, config)
     r = lin[1] / config.rgb_scales[1]
     h, w = r.shape
     b = max(2, min(h, w) // 10)
-    frame = np.concatenate([r[:b].ravel(), r[-b:].ravel(), r[:, :b].ravel(), r[:, -b:].ravel()])
-    bkg = float(np.median(frame))
-    noise = float(1.4826 * np.median(np.abs(frame - bkg)))
+    frame = np.zeros((h, w), dtype=bool)
+    frame[:b], frame[-b:], frame[:, :b], frame[:, -b:] = True, True, True, True
+    _, bkg, noise = (float(v) for v in sigma_clipped_stats(r[frame], sigma=3.0))
     signal = r - bkg
-    smooth = ndimage.gaussian_filter(signal, 1.0)
-    segments, n = ndimage.label(smooth > threshold * max(noise, 1e-12) / 2.0)  # smoothing lowers the noise ~2x
-    if n == 0:
+    smooth = convolve(signal, make_2dgaussian_kernel(2.0, size=5), boundary="extend")
+    smooth_noise = float(sigma_clipped_stats(smooth[frame], sigma=3.0)[2])
+    level = threshold * max(smooth_noise, 1e-12)
+    segm = detect_sources(smooth, level, n_pixels=_MIN_SEGMENT_PIXELS)
+    if segm is None:
         raise InputError("no galaxy found in the cutout (nothing above the background); is it a galaxy image?")
     cy, cx = h // 2, w // 2
-    label = segments[cy, cx]
-    if label == 0:  # nearest segment pixel to the centre
-        yy, xx = np.nonzero(segments)
+
+    def central(data: np.ndarray) -> int:  # the segment at the centre, else the nearest one
+        if data[cy, cx]:
+            return int(data[cy, cx])
+        yy, xx = np.nonzero(data)
         k = np.argmin((yy - cy) ** 2 + (xx - cx) ** 2)
-        label = segments[yy[k], xx[k]]
-    mask = segments == label
-    weights = np.where(mask, np.maximum(signal, 0.0), 0.0)
-    flux = float(weights.sum())
-    if flux <= 0:
+        return int(data[yy[k], xx[k]])
+
+    # deblend the central segment only (the others are not measured): neighbours blended with the host split off
+    segm = deblend_sources(smooth, segm, n_pixels=_MIN_SEGMENT_PIXELS, n_levels=32, contrast=_DEBLEND_CONTRAST,
+                           labels=[central(segm.data)], progress_bar=False)
+    label = central(segm.data)
+    cat = SourceCatalog(signal, segm, convolved_data=smooth).select_label(label)
+    flux = float(cat.segment_flux)
+    if not flux > 0:
         raise InputError("the central galaxy has no flux above the background")
-    ys, xs = np.mgrid[0:h, 0:w] + 0.5
-    mx, my = float((weights * xs).sum() / flux), float((weights * ys).sum() / flux)
-    dx, dy = xs - mx, ys - my
-    cxx, cyy, cxy = ((weights * dx * dx).sum() / flux, (weights * dy * dy).sum() / flux,
-                     (weights * dx * dy).sum() / flux)
-    evals, evecs = np.linalg.eigh(np.array([[cxx, cxy], [cxy, cyy]]))
-    q = float(np.sqrt(max(evals[0], 1e-12) / max(evals[1], 1e-12)))
-    q = min(max(q, 0.1), 1.0)
-    pa = float(np.arctan2(evecs[1, 1], evecs[0, 1]) % np.pi)
-    u = dx * math.cos(pa) + dy * math.sin(pa)
-    v = -dx * math.sin(pa) + dy * math.cos(pa)
-    r_ell = np.sqrt(u * u + (v / q) ** 2)[mask]
-    order = np.argsort(r_ell)
-    cum = np.cumsum(weights[mask][order])
-    re = float(r_ell[order][np.searchsorted(cum, 0.5 * cum[-1])])
-    return HostMeasurement(flux, (mx, my), max(re, 1.0), q, pa, noise, mask)
+    a, b_ = float(cat.semimajor_axis.value), float(cat.semiminor_axis.value)
+    q = min(max(b_ / a if a > 0 else 1.0, 0.1), 1.0)
+    pa = float(np.deg2rad(cat.orientation.value) % np.pi)
+    r50 = float(cat.flux_radius(0.5).value)
+    re = r50 / math.sqrt(q) if math.isfinite(r50) else 1.0
+    # photutils' centroids are in pixel-centre coordinates ((0, 0) the centre of the first pixel): + 0.5 for boxes
+    center = (float(cat.x_centroid) + 0.5, float(cat.y_centroid) + 0.5)
+    return HostMeasurement(flux, center, max(re, 1.0), q, pa, noise, segm.data == label)
+
+
+_MEASURED: dict[tuple, HostMeasurement] = {}
+
+
+def _measure_once(image: torch.Tensor, config: SimConfig, threshold: float) -> HostMeasurement:
+    """`measure_host`, remembered per image content and stretch: injecting K versions of a host measures it once."""
+    import hashlib
+
+    rgb = image.detach().cpu().numpy()
+    key = (hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest(), rgb.shape, config.asinh_q,
+           config.asinh_stretch, tuple(config.rgb_scales), float(threshold))
+    if key not in _MEASURED:
+        if len(_MEASURED) > 256:
+            _MEASURED.clear()
+        _MEASURED[key] = measure_host(rgb, config, threshold)
+    return _MEASURED[key]
+
+
+def measurable_hosts(hosts, config: SimConfig = SimConfig(), threshold: float = 3.0):
+    """The hosts of a `detectors.hosts.HostList` whose galaxy `measure_host` finds; each other one is left out
+    with its reason in `skipped` (e.g. a frame filled by a star's glare has no background to find it against).
+    Run before any training, so a study's real hosts are settled up front."""
+    keep, left_out = [], {}
+    for i, (image, info) in enumerate(zip(hosts.images, hosts.hosts)):
+        try:
+            _measure_once(image, config, threshold)
+            keep.append(i)
+        except InputError as exc:
+            left_out[info.name] = f"not measurable: {exc}"
+    if not keep:
+        raise InputError(f"no measurable host among {len(hosts)}: " + "; ".join(
+            f"{k}: {v}" for k, v in list(left_out.items())[:3]))
+    return hosts.select(keep, left_out)
 
 
 def inject_clumps(image: torch.Tensor, config: SimConfig = SimConfig(), seed: int = 0, *, index: int = 0,
@@ -113,7 +156,7 @@ def inject_clumps(image: torch.Tensor, config: SimConfig = SimConfig(), seed: in
                                  or not 0 <= n_clumps <= 50):
         raise InputError(f"n_clumps must be an integer in [0, 50] or None, got {n_clumps!r}")
     rng = _rng(_check_seed(seed), _check_seed(index, "index"), _STREAM_INJECT)
-    host = measure_host(image, config, threshold)
+    host = _measure_once(image, config, threshold)
     h, w = image.shape[-2:]
     fwhm = float(psf_fwhm_px) if psf_fwhm_px is not None else _uniform(rng, config.psf_fwhm) / config.pixel_scale
     beta = _uniform(rng, config.psf_beta)

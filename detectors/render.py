@@ -1,5 +1,6 @@
 """Rendering of the simulated galaxies: host and point-source profiles convolved with a Moffat PSF (in Fourier
-space), sky and source noise, and the Lupton asinh stretch of (i, r, g) to RGB (with its inverse)."""
+space), sky and source noise, and the Lupton asinh stretch of (i, r, g) to RGB (with its inverse; the stretch equals
+astropy's `make_lupton_rgb`, tests/test_fits.py)."""
 
 from __future__ import annotations
 
@@ -134,22 +135,29 @@ def _add_noise(flux: np.ndarray, config: SimConfig, rng: np.random.Generator) ->
     return flux + config.noise_scale * np.sqrt(var) * rng.standard_normal(flux.shape, dtype=np.float32)
 
 
-def lupton_rgb(gri: np.ndarray, config: SimConfig = SimConfig()) -> np.ndarray:
-    """Lupton et al. (2004) asinh stretch of a (3, H, W) g, r, i flux image to (3, H, W) RGB in [0, 1].
+def asinh_rgb(planes: np.ndarray, q: float, stretch: float) -> np.ndarray:
+    """The Lupton asinh stretch of (3, H, W) already-scaled R, G, B planes to RGB in [0, 1] (float64).
 
-    (R, G, B) = scales * (i, r, g); every channel is multiplied by asinh(Q I / stretch) / (Q I) with I their mean,
-    which keeps colours; pixels whose largest channel exceeds 1 are scaled down, again keeping colours.
+    Every channel is multiplied by asinh(q I / stretch) / (q I), I the mean of the three (colours kept); a pixel
+    with I <= 0 is black; negative channels are clipped to 0; pixels whose largest channel exceeds 1 are scaled
+    down, again keeping colours. Equal to astropy's `make_lupton_rgb` with the stretch f(I) = asinh(q I /
+    stretch) / q (tests/test_fits.py checks 1e-6 parity); this is the faster of the two (benchmarks/astro_swaps.py).
     """
-    rgb = np.stack([gri[2], gri[1], gri[0]]) * np.asarray(config.rgb_scales, dtype=np.float64)[:, None, None]
-    intensity = rgb.mean(axis=0)
-    q, stretch = config.asinh_q, config.asinh_stretch
-    x = q * intensity / stretch
-    small = np.abs(x) < 1e-6
-    factor = np.where(small, 1.0, np.arcsinh(x) / np.where(small, 1.0, x)) / stretch  # asinh(x) / (Q I)
-    out = rgb * factor
+    planes = np.asarray(planes, dtype=np.float64)
+    intensity = planes.mean(axis=0)
+    positive = intensity > 0
+    x = q * np.where(positive, intensity, 1.0) / stretch
+    factor = np.where(positive, np.arcsinh(x) / (x * stretch), 0.0)  # asinh(q I / s) / (q I)
+    out = np.clip(planes * factor, 0.0, None)
     peak = out.max(axis=0)
-    out = out / np.maximum(peak, 1.0)
-    return np.clip(out, 0.0, 1.0)
+    return out / np.maximum(peak, 1.0)
+
+
+def lupton_rgb(gri: np.ndarray, config: SimConfig = SimConfig()) -> np.ndarray:
+    """Lupton et al. (2004) asinh stretch of a (3, H, W) g, r, i flux image to (3, H, W) RGB in [0, 1]:
+    (R, G, B) = `config.rgb_scales` * (i, r, g) through `asinh_rgb` with `config.asinh_q` and `asinh_stretch`."""
+    rgb = np.stack([gri[2], gri[1], gri[0]]) * np.asarray(config.rgb_scales, dtype=np.float64)[:, None, None]
+    return asinh_rgb(rgb, config.asinh_q, config.asinh_stretch)
 
 
 def inverse_lupton(rgb: np.ndarray, config: SimConfig = SimConfig()) -> np.ndarray:
@@ -164,3 +172,47 @@ def inverse_lupton(rgb: np.ndarray, config: SimConfig = SimConfig()) -> np.ndarr
     return rgb * factor
 
 
+
+
+def render_flux_galsim(params: GalaxyParams, config: SimConfig = SimConfig(), *, host: bool = True,
+                       sources: bool = True, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """`render_flux` drawn by GalSim instead (the reference the field trusts; tests/test_render_galsim.py holds the
+    two to 1% in flux, 2% in clump flux fractions and half-light radius): an exponential disk and a Sersic bulge
+    sheared to their axis ratios, Gaussian clumps and stars, each convolved with a Moffat PSF per band and sampled
+    at pixel centres (`method='no_pixel'`, as `render_flux` samples). Needs GalSim (the `dev` extra)."""
+    try:
+        import galsim
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        from blindspots.errors import MissingDependency
+
+        raise MissingDependency("render_flux_galsim needs GalSim: pip install galsim") from exc
+    h, w = (config.image_size, config.image_size) if shape is None else shape
+    s = config.pixel_scale
+    cx, cy = params.center
+    beta = params.position_angle * galsim.radians
+    out = np.zeros((3, h, w))
+    disk_flux = _band_fluxes(params.flux_r * (1 - params.bulge_fraction), params.disk_g_r)
+    bulge_flux = _band_fluxes(params.flux_r * params.bulge_fraction, params.bulge_g_r)
+    amps = _band_fluxes(params.flux_r * params.flux_fraction, params.g_r) if params.num_sources else None
+    for band in range(3):
+        parts = []
+        if host:
+            q = params.axis_ratio  # GalSim's shear keeps the area: the major axis is hlr / sqrt(q)
+            parts.append(galsim.Exponential(half_light_radius=params.disk_re * math.sqrt(q) * s,
+                                            flux=disk_flux[band]).shear(q=q, beta=beta))
+            if params.bulge_fraction > 0:
+                qb = params.bulge_axis_ratio
+                parts.append(galsim.Sersic(params.bulge_n, half_light_radius=params.bulge_re * math.sqrt(qb) * s,
+                                           flux=bulge_flux[band]).shear(q=qb, beta=beta))
+        if sources and params.num_sources:
+            for k in range(params.num_sources):
+                sig = max(float(params.sigma[k]), _POINT_SIGMA_PX) * s
+                parts.append(galsim.Gaussian(sigma=sig, flux=float(amps[band, k]))
+                             .shift((params.x[k] - cx) * s, (params.y[k] - cy) * s))
+        if not parts:
+            continue
+        psf = galsim.Moffat(beta=params.psf_beta, fwhm=params.psf_fwhm * _BAND_FWHM_RATIO[band] * s)
+        image = galsim.Convolve(galsim.Add(parts), psf).drawImage(
+            nx=w, ny=h, scale=s, method="no_pixel", offset=(cx - w / 2, cy - h / 2))
+        out[band] = image.array
+    return out

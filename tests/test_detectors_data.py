@@ -189,11 +189,13 @@ def test_inject_clumps_into_real_sdss_cutout():
     scale_r = cfg.rgb_scales[1]
     added_r = (inverse_lupton(out.double().numpy(), cfg)[1] - inverse_lupton(image.double().numpy(), cfg)[1])
     assert added_r.sum() / scale_r / host.flux == pytest.approx(3 * 0.05, rel=0.1)
-    # pixels beyond the PSF kernel (4 FWHM) of every clump are untouched; each box became bluer
+    # pixels beyond the reach of every clump (the PSF kernel's radius, ceil(4 g-band FWHM) + 1, plus 3 sigma of the
+    # clump itself) are untouched; each box became bluer
     ys, xs = np.mgrid[0:128, 0:128] + 0.5
     near = np.zeros((128, 128), bool)
+    reach = np.ceil(4 * 2.5 * 1.06) + 1 + 3 * params.sigma.max() + 1
     for x, y in zip(params.x, params.y):
-        near |= (xs - x) ** 2 + (ys - y) ** 2 < (4 * 2.5 + 3) ** 2
+        near |= (xs - x) ** 2 + (ys - y) ** 2 < reach ** 2
     assert near.mean() < 0.5
     for x1, y1, x2, y2 in target["boxes"].tolist():
         box = (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)

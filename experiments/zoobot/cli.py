@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from blindspots.cli import UsageError, add_common_options, positive_int
+from detectors.hosts import add_host_options
 
 from .backbones import BACKBONES
 from .config import LST_SETTINGS, ZoobotConfig
@@ -60,8 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-accuracy", type=float, default=default("min_accuracy"),
                    help="accuracy floor in [0, 1] (simulated test set and injected real hosts, every seed): a "
                         "backbone below it is reported and kept out of the verdict")
-    p.add_argument("--real", default=None, metavar="DIR",
-                   help="folder of real cutouts (default: ../shared/data/galaxies beside the repository)")
+    add_host_options(p, "--real", help="real host galaxies: folders of PNG/JPEG/FITS cutouts, FITS or image files, "
+                     "'field' (the Hubble eXtreme Deep Field's galaxies), 'field:FILE'; several pool (default: "
+                     "../shared/data/galaxies beside the repository)")
     p.add_argument("--real-limit", type=int, default=default("real_limit"), help="real cutouts used (0: all)")
     p.add_argument("--injections", type=positive_int, default=default("injections"),
                    help="clumpy versions of each real host (simulated clumps injected into it)")
@@ -120,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> ZoobotConfig:
             min_clump_flux=args.min_clump_flux, crop=args.crop, proxy_init=args.proxy_init, pretrain=args.pretrain,
             pretrain_epochs=args.pretrain_epochs, probe=args.probe, train=args.train, test=args.test,
             epochs=args.epochs, scratch_epochs=args.scratch_epochs, lr=args.lr, batch_size=args.batch_size,
-            min_accuracy=args.min_accuracy, real=args.real, real_limit=args.real_limit, injections=args.injections,
+            min_accuracy=args.min_accuracy, real=tuple(args.real) if args.real else None,
+            fits_preset=args.fits_preset, real_limit=args.real_limit, injections=args.injections,
             sim_pairs=args.sim_pairs, rounds=args.rounds, lst_batch=args.lst_batch, **lst)
     except ValueError as exc:  # name the option, not the field
         raise UsageError(re.sub(r"^([a-z_]+)\b", lambda m: _option(m.group(1)), str(exc), count=1)) from None
@@ -143,6 +146,7 @@ def command_line(args: argparse.Namespace) -> str:
     for k, v in vars(args).items():
         if k in ("quiet", "results_to", "restart") or v == defaults.get(k):
             continue
+        v = " ".join(map(str, v)) if isinstance(v, list) else v
         parts.append(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}"))
     return " ".join(parts)
 

@@ -70,7 +70,8 @@ class ZoobotConfig:
     lr: float = 1e-3
     batch_size: int = 32
     min_accuracy: float = 0.6
-    real: str | None = None
+    real: str | tuple[str, ...] | None = None  # host sources (detectors.hosts): folders, FITS/image files, 'field'
+    fits_preset: str | None = None  # stretch of FITS hosts (detectors.fits.PRESETS; None: by their bands)
     real_limit: int = 0
     injections: int = 2
     sim_pairs: int = 24
@@ -107,7 +108,13 @@ class ZoobotConfig:
     def real_folder(self) -> Path:
         from .data import default_real
 
-        return Path(self.real) if self.real else default_real()
+        return Path(self.real_sources()[0]) if self.real else default_real()
+
+    def real_sources(self) -> tuple[str, ...]:
+        """The real hosts' sources (`detectors.hosts.load_hosts`): `real`, or the default folder."""
+        from .data import default_real
+
+        return (self.real,) if isinstance(self.real, str) else tuple(self.real or (str(default_real()),))
 
     def settings(self) -> dict[str, Any]:
         """What decides the results, for the run store's key: every field, weights files by content."""
@@ -116,7 +123,7 @@ class ZoobotConfig:
             if s.get(name):
                 s[name] = file_digest(s[name])
         if s["real"]:
-            s["real"] = str(Path(s["real"]).resolve())
+            s["real"] = [s if s.startswith("field") else str(Path(s).resolve()) for s in self.real_sources()]
         return {"study": "zoobot_vs_imagenet", **s}
 
 
@@ -164,8 +171,12 @@ def _check_config(c: ZoobotConfig) -> None:
         value = getattr(c, name)
         if value is not None and not Path(value).is_file():
             raise InputError(f"{name.replace('_', '-')} {value}: no such file")
-    if c.real is not None and not Path(c.real).is_dir():
-        raise InputError(f"real {c.real}: no such folder")
+    if c.real is not None:
+        from detectors.hosts import check_host_sources
+
+        check_host_sources(c.real)
+    if c.fits_preset not in (None, "sdss", "legacy"):
+        raise InputError(f"fits_preset must be 'sdss', 'legacy' or None, got {c.fits_preset!r}")
 
 
 def _in_range(name: str, value: Any, lo: float, hi: float, text: str, lo_open: bool = True,

@@ -41,13 +41,19 @@ SCREEN_RULE = (f"A real host is left out, before any LST, when its clumps cannot
 @dataclass
 class RealHosts:
     """Real cutouts and their injected versions: `plain` (H, 3, S, S), `injected` (H, K, 3, S, S) (zeros where the
-    injection failed), `clumps` (H, K) clumps placed, `failed` {host: reason}."""
+    injection failed), `clumps` (H, K) clumps placed, `failed` {host: reason}, `info` one record per host (survey,
+    source, RA/Dec, pixel scale, stretch preset: `detectors.hosts.HostInfo`), `skipped` {source: reason} for what
+    the loader left out (too small, duplicates), `units` the injected clumps' physical units (the simulator's pixel
+    scale and PSF FWHM in arcsec; clump fluxes as fractions of the host's measured flux)."""
 
     names: list[str]
     plain: torch.Tensor
     injected: torch.Tensor
     clumps: torch.Tensor
     failed: dict[int, str] = field(default_factory=dict)
+    info: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
 
 
 def inject_config(size: int, fov: float, min_clump_flux: float):
@@ -56,12 +62,17 @@ def inject_config(size: int, fov: float, min_clump_flux: float):
                                             star_rate=0.0)
 
 
-def load_hosts(folder: str | Path, size: int, crop: float, limit: int | None, injections: int, seed: int, *,
-               fov: float = 42.0, min_clump_flux: float = 0.03) -> RealHosts:
-    """The cutouts under `folder` (central `crop`, `size` px) and `injections` clumpy versions of each."""
+def load_hosts(folder: str | Path | Sequence[str | Path], size: int, crop: float, limit: int | None,
+               injections: int, seed: int, *, fov: float = 42.0, min_clump_flux: float = 0.03,
+               preset: str | None = None) -> RealHosts:
+    """The hosts of `folder` (one source or several, pooled: folders of PNG/JPEG/FITS cutouts, files, 'field';
+    `detectors.hosts.load_hosts`; cutouts centre-cropped to `crop` and resized to `size` px) and `injections`
+    clumpy versions of each."""
+    from detectors.hosts import load_hosts as read_hosts
     from detectors.inject import inject_clumps
 
-    plain, names = dt.real_cutouts(folder, size, crop, limit)
+    got = read_hosts([folder] if isinstance(folder, (str, Path)) else folder, size, crop, limit, preset, min_hosts=2)
+    plain, names = got.images, got.names
     cfg = inject_config(size, fov, min_clump_flux)
     injected = torch.zeros(plain.shape[0], injections, *plain.shape[1:])
     clumps = torch.zeros(plain.shape[0], injections, dtype=torch.long)
@@ -77,7 +88,7 @@ def load_hosts(folder: str | Path, size: int, crop: float, limit: int | None, in
             injected[h, k], clumps[h, k] = x.clamp(0, 1), int((params.label == 1).sum())
         if h not in failed and int(clumps[h].min()) < MIN_INJECTED_CLUMPS:
             failed[h] = f"injection placed {int(clumps[h].min())} clump(s) in a version (needs {MIN_INJECTED_CLUMPS})"
-    return RealHosts(names, plain, injected, clumps, failed)
+    return RealHosts(names, plain, injected, clumps, failed, got.records(), dict(got.skipped), cfg.units())
 
 
 @torch.no_grad()

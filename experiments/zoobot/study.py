@@ -136,11 +136,12 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
 
 def _hosts(config: ZoobotConfig) -> rl.RealHosts | None:
     folder = config.real_folder()
-    if not folder.is_dir():
+    if config.real is None and not folder.is_dir():
         print(f"skipped: real hosts ({folder} not found; --real DIR)", flush=True)
         return None
-    return rl.load_hosts(folder, config.size, config.crop, config.real_limit or None, config.injections,
-                         config.seed, fov=config.sim_fov, min_clump_flux=config.min_clump_flux)
+    return rl.load_hosts(config.real_sources(), config.size, config.crop, config.real_limit or None, config.injections,
+                         config.seed, fov=config.sim_fov, min_clump_flux=config.min_clump_flux,
+                         preset=config.fits_preset)
 
 
 def _task(config: ZoobotConfig, out: Path, info: st.DistInfo) -> dict[str, torch.Tensor]:
@@ -255,7 +256,8 @@ def _describe_real(hosts: rl.RealHosts, design: dict[str, Any], config: ZoobotCo
                             "injected_sources": int((arm.labels[pool] == 1).sum()), "unpaired": unpaired}
     return {"hosts": list(hosts.names), "excluded": {hosts.names[h]: why for h, why in arm.excluded.items()},
             "clumps": hosts.clumps.tolist(), "injections": config.injections, "backbones": design["backbones"],
-            "per_seed": per_seed, "rule": rl.SCREEN_RULE, "folder": str(config.real_folder()),
+            "per_seed": per_seed, "rule": rl.SCREEN_RULE, "folder": ", ".join(config.real_sources()),
+            "host_info": hosts.info, "loader_skipped": hosts.skipped, "units": hosts.units,
             "units": arm.units}
 
 
