@@ -62,6 +62,7 @@ def _zoobot_verdicts(data: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+_CELL_BAR = re.compile(r"(?<!\\)\|")  # a cell boundary: a bar that the results loader did not escape
 OUTCOME_COLUMNS = ("outcome", "cell")  # the verdict column of a study's table, shown first where the eye lands
 
 
@@ -77,11 +78,11 @@ def outcome_first(text: str, names: tuple[str, ...] = OUTCOME_COLUMNS) -> str:
         j = i
         while j < len(lines) and lines[j].startswith("|"):
             j += 1
-        header = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+        header = [c.strip() for c in _CELL_BAR.split(lines[i].strip()[1:-1])]
         k = next((n for n, c in enumerate(header) if c in names), None)
         if k:
             for r in range(i, j):
-                cells = lines[r].strip()[1:-1].split("|")
+                cells = _CELL_BAR.split(lines[r].strip()[1:-1])
                 cells.insert(0, cells.pop(k))
                 lines[r] = "|" + "|".join(cells) + "|"
         i = j
