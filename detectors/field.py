@@ -6,6 +6,7 @@ scikit-image's colour image of the Hubble eXtreme Deep Field (872 x 1000 px, no 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def detect_field_sources(field: np.ndarray, size: int) -> tuple[list[FieldSource
     from astropy.convolution import convolve
     from astropy.stats import sigma_clipped_stats
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources, make_2dgaussian_kernel
+    from photutils.utils.exceptions import NoDetectionsWarning
 
     data = _detection_image(field)
     h, w = data.shape
@@ -74,7 +76,9 @@ def detect_field_sources(field: np.ndarray, size: int) -> tuple[list[FieldSource
         raise InputError("the field image is flat (no background noise, no source)")
     data = data - median
     smooth = convolve(data, make_2dgaussian_kernel(2.0, size=5))
-    segm = detect_sources(smooth, DETECT_SIGMA * std, n_pixels=DETECT_PIXELS)
+    with warnings.catch_warnings():  # photutils warns when nothing is found; the error below says so
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        segm = detect_sources(smooth, DETECT_SIGMA * std, n_pixels=DETECT_PIXELS)
     if segm is None:
         raise InputError(f"no source above {DETECT_SIGMA:g} sigma in the field image")
     segm = deblend_sources(smooth, segm, n_pixels=DETECT_PIXELS, n_levels=32, contrast=DEBLEND_CONTRAST,

@@ -5,6 +5,7 @@ and added in flux space before the stretch is reapplied."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,7 @@ def measure_host(image: torch.Tensor | np.ndarray, config: SimConfig = SimConfig
     from astropy.convolution import convolve
     from astropy.stats import sigma_clipped_stats
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources, make_2dgaussian_kernel
+    from photutils.utils.exceptions import NoDetectionsWarning
 
     rgb = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     lin = inverse_lupton(rgb, config)
@@ -66,7 +68,9 @@ def measure_host(image: torch.Tensor | np.ndarray, config: SimConfig = SimConfig
     smooth = convolve(signal, make_2dgaussian_kernel(2.0, size=5), boundary="extend")
     smooth_noise = float(sigma_clipped_stats(smooth[frame], sigma=3.0)[2])
     level = threshold * max(smooth_noise, 1e-12)
-    segm = detect_sources(smooth, level, n_pixels=_MIN_SEGMENT_PIXELS)
+    with warnings.catch_warnings():  # photutils warns when nothing is found; the error below says so
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        segm = detect_sources(smooth, level, n_pixels=_MIN_SEGMENT_PIXELS)
     if segm is None:
         raise InputError("no galaxy found in the cutout (nothing above the background); is it a galaxy image?")
     cy, cx = h // 2, w // 2
