@@ -10,7 +10,7 @@ rerunning LST. A rerun into the same folder skips finished work; a batch with an
 killed-and-resumed run ends with exactly the records of an uninterrupted one.
 
 Rooms: `protocol` (pool, pairs, seeds, batches), `distributed` (torchrun), `tables` (summaries, CSV, JSON),
-`html_report` (the report page).
+`html_report` (the report page), `measured` (a benchmark run's results file, `--results-to`).
 """
 
 from .distributed import (DistInfo, barrier, broadcast_object, dedup_sorted, finish_distributed, gather_records,
