@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -47,7 +47,8 @@ __all__ = ["LEVEL", "MIN_UNITS", "RESAMPLES", "MAX_EMPTY", "HOLDS", "DOES_NOT_HO
            "paired_interval",
            "weighted_mean", "expanded_level", "proportion_interval", "wilson_interval", "McNemar", "mcnemar_exact",
            "holm", "Rule", "Verdict", "decide", "combine", "SeedPooledEstimate", "seed_pooled_interval",
-           "seed_pooled_rows", "seed_pooled_power", "seed_pooled_needs", "POWER"]
+           "seed_pooled_rows", "seed_pooled_power", "seed_pooled_needs", "POWER", "TAIL_REPLICATES", "resamples_for",
+           "wilson_side_needs", "unreachable", "decide_reachable"]
 
 LEVEL = 0.95  # the level of every interval a verdict rests on
 MIN_UNITS = 10  # default fewest independent units for a verdict (coverage is shown from 10 units up)
@@ -706,3 +707,64 @@ def combine(parts: Mapping[str, Verdict | str]) -> Verdict:
     rest = ", ".join(f"{k} ({o})" for k, o in undecided.items())
     reason = (f"decided by {by}" if decided else "no part decided") + (f"; not deciding: {rest}" if rest else "")
     return Verdict(outcome, reason, None, outcomes)
+
+
+# ------------------------------------------------------------------ reachable outcomes and replicates per tail
+
+TAIL_REPLICATES = 50  # bootstrap replicates each tail of an interval should keep (percentile / BCa ends)
+
+
+def resamples_for(level: float = LEVEL, units: int | None = None, *, tail: int = TAIL_REPLICATES,
+                  least: int = RESAMPLES, most: int = 50_000) -> int:
+    """Bootstrap replicates so that each tail beyond the interval keeps at least `tail` of them at `level` (a
+    family level such as 1 - 0.05 / m; with `units`, the level `expanded_level` asks of the bootstrap): at least
+    `least`, at most `most` (reached only below ~6 units, where the level asked is extreme and the rules' fewest
+    units make the verdict underpowered anyway)."""
+    if not 0 < level < 1:
+        raise InputError(f"level must lie in (0, 1), got {level!r}")
+    asked = expanded_level(level, units) if units is not None and units >= 2 else level
+    return int(min(most, max(least, math.ceil(tail / ((1 - asked) / 2)) - 1)))
+
+
+@functools.lru_cache(maxsize=None)
+def wilson_side_needs(bound: float, level: float, side: str) -> int:
+    """The smallest n at which a Wilson interval of k / n can lie wholly `side` ('above' or 'below') of `bound`:
+    n / n's lower bound above it, or 0 / n's upper bound below it."""
+    if not 0 < bound < 1:
+        raise InputError(f"a proportion rule needs a bound in (0, 1), got {bound}")
+    if side not in ("above", "below"):
+        raise InputError(f"side must be 'above' or 'below', got {side!r}")
+    n = 1
+    while not (wilson_interval(n, n, level)[0] > bound if side == "above" else wilson_interval(0, n, level)[1] < bound):
+        n += 1
+    return n
+
+
+def unreachable(rule: Rule, n_units: int) -> dict[str, int]:
+    """The outcomes a Wilson rule cannot reach at `n_units` (holds / does not hold -> the n each needs: Wilson's
+    own reach, the Wilson interval needing no coverage floor); empty for a mean rule (its `min_units` is where
+    coverage is shown, a floor for every outcome)."""
+    if rule.interval != "proportion":
+        return {}
+    claimed = rule.direction
+    other = "below" if claimed == "above" else "above"
+    needs = {HOLDS: wilson_side_needs(rule.bound, rule.level, claimed),
+             DOES_NOT_HOLD: wilson_side_needs(rule.bound, rule.level, other)}
+    return {o: k for o, k in needs.items() if n_units < k}
+
+
+def decide_reachable(estimate: Estimate | None, rule: Rule) -> Verdict:
+    """`decide`, with a Wilson rule's minimum-n gate blocking only the outcomes the data cannot reach: an interval
+    wholly on one side stands (e.g. 2 / 10 [0.057, 0.51] against a 0.9 floor: does not hold), and an interval that
+    straddles the bound at an n where one side is out of reach is 'underpowered for holds: needs n >= 35 sources
+    (has 10)' instead of inconclusive. Mean rules keep their `min_units` floor (coverage is shown from there)."""
+    if estimate is None or rule.interval != "proportion" or not estimate.has_interval:
+        return decide(estimate, rule)
+    full = decide(estimate, replace(rule, interval="mean", min_units=0))  # the interval alone, no n gate
+    missing = unreachable(rule, estimate.min_units)
+    if full.outcome == INCONCLUSIVE and missing:
+        unit = " / ".join(f"{p}s" for p in estimate.pools) or "units"
+        gaps = "; ".join(f"{UNDERPOWERED} for {o}: needs n >= {k} {unit} (has {estimate.min_units})"
+                         for o, k in missing.items())
+        return Verdict(UNDERPOWERED, f"{full.reason}; {gaps}", estimate)
+    return full
