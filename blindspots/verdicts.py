@@ -451,25 +451,27 @@ def seed_pooled_rows(values, seeds: Sequence[Any], units: Mapping[str, Sequence[
                                 units=counts, seeds_label=seeds_label, scale=scale, batch=batch)
 
 
-def _projected(est: SeedPooledEstimate, n_units: float, seeds: int) -> tuple[float, float]:
-    """(V, df) the estimate's design would have at `n_units` units and `seeds` seeds: the units' (co)variances scale
-    as G0 / G; the between-seed variance tau^2 = s^2 - (mean diagonal - mean off-diagonal of C), floored at 0,
-    stays (method of moments under exchangeable seeds)."""
+def _projected(est: SeedPooledEstimate, n_units: float, seeds: int) -> tuple[float, float, float]:
+    """(E[V], Var(D), df) the estimate's design would have at `n_units` units and `seeds` seeds: the units'
+    (co)variances scale as G0 / G; the between-seed variance tau^2 = s^2 - (mean diagonal - mean off-diagonal of
+    C), floored at 0, stays (method of moments under exchangeable seeds). Var(D) = 1'C1/S^2 + tau^2/S; V also holds
+    the units' noise that differs between seeds a second time, through s^2 (the conservative part)."""
     g0 = min(est.pools.values())
     k = g0 / n_units
     cd, co = est.cov_diag * k, est.cov_off * k
     tau2 = max(0.0, est.between * est.seeds - (est.cov_diag - est.cov_off))
     within = cd / seeds + co * (seeds - 1) / seeds
     between = (tau2 + max(0.0, cd - co)) / seeds
-    return within + between, _satterthwaite(within, between, n_units, seeds)
+    return within + between, within + tau2 / seeds, _satterthwaite(within, between, n_units, seeds)
 
 
 def seed_pooled_power(est: SeedPooledEstimate, effect: float | None = None, *, bound: float = 0.0,
                       n_units: int | None = None, seeds: int | None = None, level: float | None = None) -> float:
     """Chance that the interval lies wholly on `effect`'s side of `bound` (the rule decides), for a true pooled
     effect `effect` (default: the observed D) at `n_units` units and `seeds` seeds (default: the estimate's), with
-    the estimate's variance components (`_projected`): the noncentral t, P(T'_{df}(|effect - bound| / sqrt V) >
-    t_{df, (1 + level) / 2})."""
+    the estimate's variance components (`_projected`): (bound - D) / sqrt(V) is a noncentral t with Satterthwaite
+    df, scaled by sqrt(Var(D) / E[V]): P(T'_{df}(|effect - bound| / sqrt Var(D)) > t_{df, (1 + level) / 2} sqrt(E[V]
+    / Var(D)))."""
     if not isinstance(est, SeedPooledEstimate) or not math.isfinite(est.cov_diag):
         raise InputError("seed_pooled_power needs a SeedPooledEstimate with an interval")
     effect = est.value if effect is None else float(effect)
@@ -478,11 +480,11 @@ def seed_pooled_power(est: SeedPooledEstimate, effect: float | None = None, *, b
     s = est.seeds if seeds is None else seeds
     if g < 2 or s < 2:
         raise InputError(f"power needs at least 2 units and 2 seeds, got {g} and {s}")
-    var, df = _projected(est, g, s)
-    if not var > 0:
+    var, var_d, df = _projected(est, g, s)
+    if not var_d > 0:
         return 1.0 if effect != bound else 0.0
     t = stats.t.ppf((1 + level) / 2, df)
-    return float(stats.nct.sf(t, df, abs(effect - bound) / math.sqrt(var)))
+    return float(stats.nct.sf(t * math.sqrt(var / var_d), df, abs(effect - bound) / math.sqrt(var_d)))
 
 
 def seed_pooled_needs(est: SeedPooledEstimate, effect: float | None = None, *, bound: float = 0.0,

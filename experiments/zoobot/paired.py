@@ -151,11 +151,14 @@ class Comparison:
 
 def unit_estimate(d: np.ndarray, source_units: Sequence[Any], target_units: Sequence[Any], unit: str,
                   level: float) -> vd.Estimate:
-    """`verdicts.unit_interval` of the mean d over units, sources and targets drawn from one pool of units. A
-    replicate that draws no pair with both its units (possible with ~12 hosts) counts as the estimate and is noted;
-    above `verdicts.MAX_EMPTY` of them (a design with two or three targets) there is no interval."""
+    """`verdicts.unit_interval` of the mean d over units, sources and targets drawn from one pool of units, with
+    enough replicates that each tail keeps `verdicts.TAIL_REPLICATES` at the family level expanded for the units.
+    A replicate that draws no pair with both its units (possible with ~12 hosts) counts as the estimate and is
+    noted; above `verdicts.MAX_EMPTY` of them (a design with two or three targets) there is no interval."""
+    units = len(set(source_units) | set(target_units))
     return vd.unit_interval(d, {"source": list(source_units), "target": list(target_units)},
-                            pools={"source": unit, "target": unit}, level=level)
+                            pools={"source": unit, "target": unit}, level=level,
+                            resamples=vd.resamples_for(level, units))
 
 
 def compare(index: Mapping[tuple[str, int, str], Mapping[tuple, Mapping]], a: str, b: str, seed: int,
