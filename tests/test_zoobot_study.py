@@ -501,8 +501,10 @@ def test_study_end_to_end_two_seeds(study, monkeypatch, capsys):
 
     monkeypatch.setattr(backbones, "train", forbidden)
     monkeypatch.setattr(protocol, "level_set_traversal", forbidden)
+    assert result.trained_here == 6 and tables["summary"]["fine_tuned_here"] == 6
     assert run_command("zoobot", zs, argv) == 0
-    assert json.loads((out / "tables.json").read_text())["comparisons"] == comps
+    resumed = json.loads((out / "tables.json").read_text())
+    assert resumed["comparisons"] == comps and resumed["summary"]["fine_tuned_here"] == 0
     # other settings into the same folder: one line, exit 2
     capsys.readouterr()
     assert run_command("zoobot", zs, argv + ["--iterations", "3"]) == 2

@@ -255,6 +255,8 @@ def summary(result, analysis: Mapping[str, Any]) -> dict[str, Any]:
             "seeds": list(result.config.seeds), "seed": result.config.seed, "lst": result.config.lst_name(),
             "level": analysis["level"], "min_units": vd.MIN_UNITS, "min_accuracy": result.config.min_accuracy,
             "seconds": round(result.seconds, 1), "rule": pd.RULE, "screen_rule": result.real.get("rule"),
+            "fine_tuned_here": getattr(result, "trained_here", None),
+            "models": sum(1 for _ in result.accuracy),
             "constants": constants(analysis["level"], analysis["family"], result.config.min_accuracy)}
 
 
@@ -319,5 +321,8 @@ def _run_text(command: str, run: Mapping[str, Any]) -> str:
         {s: list(surveys.values()).count(s) for s in set(surveys.values())}.items()))
     hosts = f"{len(run['real'].get('hosts') or [])} real hosts" + (f" ({counted})" if counted else "")
     verdicts = " ".join(v["sentence"] for v in run["verdicts"].values())
-    return (f"- `{command}`: {run['seconds'] / 60:.1f} min wall ({run.get('threads')} thread(s)). Accuracy, "
+    here = run.get("fine_tuned_here")
+    reuse = f"; {here} of {run.get('models')} models fine-tuned in this invocation, the rest and finished LST " \
+            "reused from its folder" if here is not None and here < (run.get("models") or 0) else ""
+    return (f"- `{command}`: {run['seconds'] / 60:.1f} min wall ({run.get('threads')} thread(s){reuse}). Accuracy, "
             f"simulated test set / injected real hosts: {acc}. {hosts}; left out: {left}. Verdict: {verdicts}")

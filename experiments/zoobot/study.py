@@ -54,6 +54,7 @@ class ZoobotResult:
     report: Path | None = None
     seconds: float = 0.0
     tables: dict[str, Any] = field(default_factory=dict)
+    trained_here: int | None = None  # models fine-tuned by this invocation (the rest reused from `out`)
 
     def comparison_rows(self) -> list[dict[str, Any]]:
         return [c.row() for c in self.comparisons]
@@ -109,6 +110,8 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
         store = st.open_run_store(out, "zoobot", info, restart=restart, settings=config.settings(), inputs=inputs)
         with store:
             data = _task(config, out, info)
+            before = set(json.loads((out / "training.json").read_text())) if (out / "training.json").is_file() \
+                else set()
             models, training = _train_all(kinds, config, data, proxy_file, out, info, progress)
             measured, gates = _gate(models, training, config.min_accuracy)
             doms, real = domains(measured, data, config, hosts, training, gates)
@@ -125,6 +128,7 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
             result = ZoobotResult(config, out, analysis["verdicts"], analysis["comparisons"], analysis["stalls"],
                                   _accuracy(training), real, records, proxy_log, training)
             result.seconds = time.perf_counter() - started
+            result.trained_here = sum(f"{k}/s{s}" not in before for k, s, _ in models)
             if report and info.is_main:
                 from .report import write_report
 
