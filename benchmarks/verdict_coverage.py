@@ -122,7 +122,8 @@ def seed_study(n: int, seeds: int, seed_sd: float, mu: float, src, tgt, rng) -> 
 
 def seed_pooled_table(n_list, reps: int, resamples: int, seed: int) -> float:
     """Print the coverage and power tables of the seed-pooled interval; return its worst coverage."""
-    print("| images | seeds | seed SD | seed-pooled t (chosen) | fixed effects (z, images only) | t of the seed means |")
+    print("| images | seeds | seed SD | seed-pooled t (chosen) | fixed effects (z, images only) | "
+          "t of the seed means |")
     print("|---|---|---|---|---|---|")
     worst = 1.0
     for n in n_list:

@@ -29,7 +29,8 @@ from blindspots import verdicts as vd
 from blindspots.errors import InputError
 
 __all__ = ["SSIM_FLOOR", "STAR_FLOOR", "HULL_MARGIN", "THRESHOLD_TOL", "EDGE_TOL", "CLAIM3_DELTAS", "RULES",
-           "TITLES", "UNITS", "CONSTANTS", "RunInvalid", "rule_text", "saturated", "hull_units", "check_threshold", "power_lines", "evaluate_claims", "claims_table",
+           "TITLES", "UNITS", "CONSTANTS", "RunInvalid", "rule_text", "saturated", "hull_units",
+           "check_threshold", "power_lines", "evaluate_claims", "claims_table",
            "triangle_table", "findings", "render_markdown"]
 
 SSIM_FLOOR = 0.9  # claim 1: "looks like the target"

@@ -233,7 +233,8 @@ def test_seed_pooled_interval_without_unit_noise_is_the_t_interval_of_the_seed_m
     vals = np.array([0.3, -0.1, 0.45, 0.2])
     est = vd.seed_pooled_interval(lambda w: np.tile(vals, (w.shape[0], 1)), 20, resamples=200)
     ref = stats.t.interval(0.95, vals.size - 1, loc=vals.mean(), scale=stats.sem(vals))
-    assert (est.low, est.high) == pytest.approx(ref) and est.df == pytest.approx(3) and est.within == pytest.approx(0, abs=1e-15)
+    assert (est.low, est.high) == pytest.approx(ref) and est.df == pytest.approx(3)
+    assert est.within == pytest.approx(0, abs=1e-15)
     assert est.value == pytest.approx(vals.mean()) and est.seed_values == pytest.approx(tuple(vals))
 
 
@@ -268,7 +269,8 @@ def test_seed_pooled_rows_weights_a_row_by_the_product_of_its_units_multipliciti
                               resamples=300, seed=3)
     ref = vd.seed_pooled_interval(by_hand, {"image": n_img}, resamples=300, seed=3)
     assert (one.value, one.low, one.high) == pytest.approx((ref.value, ref.low, ref.high))
-    assert one.n == x.size and one.units == {"source": n_img, "target": n_img, "seeds": seeds} and one.pools == {"image": n_img}
+    assert one.n == x.size and one.units == {"source": n_img, "target": n_img, "seeds": seeds}
+    assert one.pools == {"image": n_img}
     two = vd.seed_pooled_rows(x, sd, {"source": src, "target": tgt}, resamples=300, seed=3)
     ref2 = vd.seed_pooled_interval(lambda w: by_hand(w, n_img), {"source": n_img, "target": n_img}, resamples=300,
                                    seed=3)

@@ -473,8 +473,8 @@ def test_study_end_to_end_two_seeds(study, monkeypatch, capsys):
     comps = tables["comparisons"]
     assert {c["seed"] for c in comps} == {0, 1} and all(c["units"] <= c["n"] + 1 for c in comps)
     report = (out / "report.html").read_text()
-    assert report.index("Verdict rule") < report.index("arms: seeds pooled as a random effect") < report.index("Each seed alone") < \
-        report.index("Settings")
+    assert report.index("Verdict rule") < report.index("arms: seeds pooled as a random effect") < \
+        report.index("Each seed alone") < report.index("Settings")
     assert set(tables["arms"]) == {"zoobot", "galaxy-proxy"} and all(
         [r["pairs"] for r in rows] == ["sim", "real injected"] for rows in tables["arms"].values())
     assert tables["summary"]["arms"] == tables["arms"] and "geometric mean" in tables["rule"]

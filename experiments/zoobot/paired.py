@@ -24,7 +24,8 @@ import numpy as np
 
 from blindspots import verdicts as vd
 
-__all__ = ["RULE", "MIN_SEEDS", "Arm", "arms", "verdict_of", "power_text", "seed_cell", "MIN_PROGRESS", "EQUIVALENCE_MARGIN", "FAMILY_LEVEL", "VERDICT_ARMS", "UNITS", "stalled",
+__all__ = ["RULE", "MIN_SEEDS", "Arm", "arms", "verdict_of", "power_text",
+           "MIN_PROGRESS", "EQUIVALENCE_MARGIN", "FAMILY_LEVEL", "VERDICT_ARMS", "UNITS", "stalled",
            "pair_category", "Comparison", "compare", "verdict", "interval_level", "stall_tests", "index_records",
            "OUTCOME_WORDS", "CELL_WORDS", "CLAIM", "unit_estimate"]
 
@@ -340,13 +341,6 @@ def verdict_of(found: Sequence[Arm]) -> vd.Verdict:
         head = f"{a} vs {b}: {OUTCOME_WORDS[outcome]}"
     detail = "; ".join(arm.text() for arm in found)
     return vd.Verdict(outcome, f"{head}. RMS-l2 left, {a} / {b}, seeds pooled: {detail}.", None, outcomes)
-
-
-def seed_cell(c: Comparison) -> str:
-    """One seed's own interval, as description: 'seed 0: 0.739x [0.415, 0.948] (48 pairs, 24 images)'."""
-    e = c.estimate
-    ci = f"[{math.exp(e.low):.3g}, {math.exp(e.high):.3g}]" if e.has_interval else "[no interval]"
-    return f"seed {c.seed}: {math.exp(e.value):.3g}x {ci} ({c.n} pairs, {c.units()} {c.unit}s)"
 
 
 def stall_tests(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:

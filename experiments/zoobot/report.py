@@ -19,7 +19,8 @@ from . import paired as pd
 from .backbones import BACKBONES
 from .data import MORPHOLOGY
 
-__all__ = ["write_report", "sig", "arm_rows", "comparison_rows", "paired_figure", "summary", "record_summary", "render_readme"]
+__all__ = ["write_report", "sig", "arm_rows", "comparison_rows", "paired_figure", "summary", "record_summary",
+           "render_readme"]
 
 TITLE = "Zoobot vs ImageNet: paired under-sensitivity of galaxy classifiers"
 WRAP = "td,th,p,figcaption{overflow-wrap:break-word}"
@@ -196,7 +197,8 @@ def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.
     st.write_json(tables, out / "tables.json")
     result.tables = tables
     fig = paired_figure(comps, out / "paired.png")
-    per_seed = "; ".join(f"seed {s} ({', '.join(d.get('backbones', []))}): {d['pairs']} pairs from {d['sources']} sources ({d['plain_sources']} plain, "
+    per_seed = "; ".join(f"seed {s} ({', '.join(d.get('backbones', []))}): {d['pairs']} pairs from "
+                         f"{d['sources']} sources ({d['plain_sources']} plain, "
                          f"{d['injected_sources']} clumpy) on {d['hosts']} hosts"
                          for s, d in result.real.get("per_seed", {}).items())
     path = st.write_html_report(out / "report.html", TITLE, [
@@ -249,7 +251,8 @@ def summary(result, analysis: Mapping[str, Any]) -> dict[str, Any]:
     """What the docs quote from one run: verdicts, the verdict cells' intervals, accuracies, the real arm."""
     cells = [c.row() for c in analysis["comparisons"] if c.category in pd.VERDICT_ARMS]
     return {"verdicts": {k: {"outcome": v.outcome, "sentence": v.reason} for k, v in result.verdicts.items()},
-            "arms": analysis.get("arms", {}), "cells": cells, "accuracy": result.accuracy, "stalls": [s for s in analysis["stalls"]
+            "arms": analysis.get("arms", {}), "cells": cells, "accuracy": result.accuracy,
+            "stalls": [s for s in analysis["stalls"]
                                                                     if s["pairs"] in pd.VERDICT_ARMS],
             "real": {k: result.real.get(k) for k in ("hosts", "excluded", "per_seed", "folder", "surveys")},
             "seeds": list(result.config.seeds), "seed": result.config.seed, "lst": result.config.lst_name(),
@@ -301,7 +304,8 @@ def render_readme(data: Mapping[str, Any]) -> str:
                           f"[{sig(c['ratio_lo'])}, {sig(c['ratio_hi'])}] ({c['cell_words']})" for c in run["cells"])
         texts.append(_run_text(command, run) + f" Each seed alone (description, decides nothing): {alone}.")
     if older:
-        lines += ([""] if pooled else []) + ["Runs recorded under the earlier rule (every seed's cell had to decide on its own):", "",
+        lines += ([""] if pooled else []) + [
+            "Runs recorded under the earlier rule (every seed's cell had to decide on its own):", "",
                   "| run | pairs | seed | RMS-l2 ratio, backbone / ImageNet [interval] | pairs (distinct units) | "
                   "cell |", "|---|---|---|---|---|---|"]
     for command, run in older.items():
