@@ -168,7 +168,8 @@ def run_claims(out: str | Path, groups: Mapping[str, Group] | Sequence[str] = ("
                                   config.threshold)
     at_pairs = {g: grp.at_pairs for g, grp in groups.items()}
     claims = pv.evaluate_claims(records, at_pairs, config.threshold, seed, matched_records)
-    data = {"claims": claims, "rules": {k: r.to_dict() for k, r in pv.RULES.items()}, "constants": pv.CONSTANTS,
+    data = {"claims": claims, "rules": {k: {**r.to_dict(), "text": pv.rule_text(k)} for k, r in pv.RULES.items()},
+            "constants": pv.CONSTANTS,
             "delta": config.threshold, "validity": validity, "power": power,
             "settings": {"config": config.to_dict(), "rounds": rounds, "sources": sources, "photo_size": photo_size,
                          "min_confidence": min_confidence, "seed": seed, "groups": list(groups), "matched": matched}}

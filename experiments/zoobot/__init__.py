@@ -2,7 +2,7 @@
 the same architecture? A paired design with a verdict rule fixed before the numbers, callable from Python:
 
     from experiments.zoobot import ZoobotConfig, run_zoobot
-    result = run_zoobot(ZoobotConfig(seeds=(0, 1)), "blindspots-out/zoobot", threads=2)
+    result = run_zoobot(ZoobotConfig(seeds=(0, 1, 2)), "blindspots-out/zoobot", threads=2)
     print(result.verdicts["galaxy-proxy"].reason)
 
 Backbones (one architecture, `arch`): `imagenet` (ImageNet weights; efficientnet_lite0's are offline), `zoobot`
@@ -13,7 +13,7 @@ then LST walks the same pairs from the same start noise for every backbone: simu
 as they are and with simulated clumps injected (labels known by construction), and real cutouts paired by predicted
 class (reported only). Each pair gives d = log(RMS-l2 left by the backbone / by ImageNet); see `paired.RULE`.
 
-    blindspots zoobot                                      # offline default (efficientnet_lite0, 2 seeds)
+    blindspots zoobot                                      # offline default (efficientnet_lite0, 3 seeds, 96 images)
     blindspots zoobot --model zoobot:convnext_nano --weights zoobot-convnext_nano.safetensors \\
         --imagenet-weights convnext_nano-imagenet.safetensors --seeds 0,1,2,3,4
 

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbones", default=",".join(default("backbones")),
                    help=f"comma list of {', '.join(BACKBONES)} (zoobot needs --zoobot-weights)")
     p.add_argument("--seeds", default=",".join(map(str, default("seeds"))),
-                   help="fine-tuning seeds, comma list (a full run: 0,1,2,3,4)")
+                   help="fine-tuning seeds, comma list (pooled as a random effect: at least 2; a full run: 0,1,2,3,4)")
     p.add_argument("--imagenet-weights", default=None, metavar="FILE",
                    help="ImageNet weights of --arch (timm layout; default for efficientnet_lite0: offline ones)")
     p.add_argument("--zoobot-weights", default=None, metavar="FILE",

@@ -50,7 +50,7 @@ class ZoobotConfig:
 
     arch: str = "efficientnet_lite0"
     backbones: tuple[str, ...] = ("imagenet", "zoobot", "galaxy-proxy")
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
     imagenet_weights: str | None = None
     zoobot_weights: str | None = None
@@ -74,7 +74,7 @@ class ZoobotConfig:
     fits_preset: str | None = None  # stretch of FITS hosts (detectors.fits.PRESETS; None: by their bands)
     real_limit: int = 0
     injections: int = 2
-    sim_pairs: int = 24
+    sim_pairs: int = 96
     rounds: int = 2
     lst_step: float = LST_SETTINGS["study"]["lst_step"]
     lst_iterations: int = LST_SETTINGS["study"]["lst_iterations"]

@@ -8,8 +8,10 @@ left, and that distance is the effect under study. Stall rates are reported besi
 McNemar test of the paired stall flags (Holm-adjusted over the backbones compared with ImageNet). Intervals
 resample the independent unit with every pair that involves it (`verdicts.unit_interval`: sources and targets
 drawn from one pool): simulated images, real hosts (a host's plain and clumpy versions are one unit) or real
-cutouts. See `RULE` for the verdict rule; `MIN_PROGRESS`, `EQUIVALENCE_MARGIN`, `FAMILY_LEVEL` and
-`verdicts.MIN_UNITS` are fixed before the numbers and printed in the report."""
+cutouts. Each arm's verdict pools the fine-tuning seeds as a random effect (`Arm`, on
+`verdicts.seed_pooled_rows`); each seed's own interval (`Comparison`) is description. See `RULE` for the verdict
+rule; `MIN_PROGRESS`, `EQUIVALENCE_MARGIN`, `FAMILY_LEVEL`, `MIN_SEEDS` and `verdicts.MIN_UNITS` are fixed before the
+numbers and printed in the report."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import numpy as np
 
 from blindspots import verdicts as vd
 
-__all__ = ["RULE", "MIN_PROGRESS", "EQUIVALENCE_MARGIN", "FAMILY_LEVEL", "VERDICT_ARMS", "UNITS", "stalled",
+__all__ = ["RULE", "MIN_SEEDS", "Arm", "arms", "verdict_of", "power_text",
+           "MIN_PROGRESS", "EQUIVALENCE_MARGIN", "FAMILY_LEVEL", "VERDICT_ARMS", "UNITS", "stalled",
            "pair_category", "Comparison", "compare", "verdict", "interval_level", "stall_tests", "index_records",
            "OUTCOME_WORDS", "CELL_WORDS", "CLAIM", "unit_estimate"]
 
@@ -33,21 +36,28 @@ VERDICT_ARMS = ("sim", "real injected")  # the pair categories that enter the ve
 UNITS = {"sim": "image", "real injected": "host"}  # the independent unit per category (others: the real cutout)
 CLAIM = "the backbone is more under-sensitive than ImageNet (mean d < 0)"
 RULE_OBJ = vd.Rule(CLAIM, bound=0.0, direction="below", margin=EQUIVALENCE_MARGIN)
+MIN_SEEDS = 2  # the seed-pooled interval needs at least two fine-tuning seeds per arm
 RULE = ("Verdict rule (fixed before the numbers): for every pair d = log(RMS-l2 left to the target by the backbone "
-        "/ by ImageNet), same pair, same start noise; every pair counts, stalled ones too (a traversal has stalled "
-        f"when it covers less than {MIN_PROGRESS:.0%} of its start distance or loses the source class; stall rates "
-        "are reported beside, with an exact McNemar test). Per pair category and fine-tuning seed, the mean d gets a "
-        "BCa bootstrap interval that resamples the independent unit with every pair involving it (simulated "
-        "images; real hosts, a host's plain and clumpy versions being one unit; a draw in which a replicate holds "
-        "no pair is redrawn), at the level that keeps the "
-        f"family of backbones compared with ImageNet at {FAMILY_LEVEL:.0%} (Bonferroni). A cell is underpowered "
-        f"below {vd.MIN_UNITS} distinct units, equivalent when its interval lies inside +-log 1.1, and otherwise "
-        "says more / less under-sensitive when its interval lies wholly below / above 0, or inconclusive. The "
-        "verdict needs the simulated pairs AND the real hosts with injected clumps at EVERY seed, with both "
-        "backbones at or above the accuracy floor on the simulated test set and on the injected real hosts: a cell "
-        "not evaluated or underpowered makes the verdict so; else it is the cells' common outcome, 'mixed' when "
-        "they contradict each other and 'inconclusive' otherwise. Real cutouts paired by predicted class are "
-        "reported apart and do not enter it.")
+        "/ by ImageNet), same pair, same start noise, same fine-tuning seed; every pair counts, stalled ones too (a "
+        f"traversal has stalled when it covers less than {MIN_PROGRESS:.0%} of its start distance or loses the "
+        "source class; stall rates are reported beside, with an exact McNemar test). One rule per arm (simulated "
+        "images; real hosts with injected clumps, a host's plain and clumpy versions being one unit), the "
+        "fine-tuning seed a random effect: D = the mean over the seeds of each seed's mean d; one bootstrap "
+        "multiplicity vector over the arm's units per replicate, applied to every seed (the seeds share the "
+        "units; a pair weighs the product of its two units' multiplicities; a replicate that leaves a seed no "
+        "pair is redrawn), gives the covariance C of the per-seed means (x G/(G-1) for G units); V = 1'C1/S^2 + "
+        "s^2/S with s^2 the spread of the S per-seed means; a t interval with Satterthwaite degrees of freedom, "
+        f"at the level that keeps the family of backbones compared with ImageNet at {FAMILY_LEVEL:.0%} "
+        "(Bonferroni). The reported ratio is exp(D), the geometric mean of the per-pair ratios. A seed enters an "
+        "arm only when both backbones reach the accuracy floor at that seed (simulated test set; for the real arm "
+        "the injected real hosts too); a seed below it is dropped from that arm alone and reported. An arm is "
+        f"underpowered below {vd.MIN_UNITS} distinct units or {MIN_SEEDS} seeds, equivalent when its interval "
+        "lies inside +-log 1.1, and otherwise says more / less under-sensitive when its interval lies wholly "
+        "below / above 0, or inconclusive (then with its power at the observed effect and the units that 80% "
+        "power needs). The verdict needs both arms: an arm not evaluated or underpowered makes the verdict so; "
+        "else it is the arms' common outcome, 'mixed' when they contradict each other and 'inconclusive' "
+        "otherwise. Each seed's own interval is reported as description and decides nothing; real cutouts paired "
+        "by predicted class are reported apart and do not enter the verdict.")
 OUTCOME_WORDS = {vd.HOLDS: "more under-sensitive than ImageNet", vd.DOES_NOT_HOLD: "less under-sensitive than ImageNet",
                  vd.EQUIVALENT: "equivalent to ImageNet (within the margin)", vd.INCONCLUSIVE: "inconclusive",
                  vd.MIXED: "mixed (the cells contradict each other)", vd.UNDERPOWERED: "underpowered",
@@ -142,11 +152,14 @@ class Comparison:
 
 def unit_estimate(d: np.ndarray, source_units: Sequence[Any], target_units: Sequence[Any], unit: str,
                   level: float) -> vd.Estimate:
-    """`verdicts.unit_interval` of the mean d over units, sources and targets drawn from one pool of units. A
-    replicate that draws no pair with both its units (possible with ~12 hosts) counts as the estimate and is noted;
-    above `verdicts.MAX_EMPTY` of them (a design with two or three targets) there is no interval."""
+    """`verdicts.unit_interval` of the mean d over units, sources and targets drawn from one pool of units, with
+    enough replicates that each tail keeps `verdicts.TAIL_REPLICATES` at the family level expanded for the units.
+    A replicate that draws no pair with both its units (possible with ~12 hosts) counts as the estimate and is
+    noted; above `verdicts.MAX_EMPTY` of them (a design with two or three targets) there is no interval."""
+    units = len(set(source_units) | set(target_units))
     return vd.unit_interval(d, {"source": list(source_units), "target": list(target_units)},
-                            pools={"source": unit, "target": unit}, level=level)
+                            pools={"source": unit, "target": unit}, level=level,
+                            resamples=vd.resamples_for(level, units))
 
 
 def compare(index: Mapping[tuple[str, int, str], Mapping[tuple, Mapping]], a: str, b: str, seed: int,
@@ -168,58 +181,166 @@ def compare(index: Mapping[tuple[str, int, str], Mapping[tuple, Mapping]], a: st
     return [out[k] for k in sorted(out)]
 
 
-def verdict(comparisons: Sequence[Comparison], a: str, b: str, seeds: Sequence[int],
-            not_evaluated: Mapping[str, str] | None = None, arms: Sequence[str] = VERDICT_ARMS) -> vd.Verdict:
-    """a vs b under RULE. `not_evaluated`: cell name ('sim seed 0', or 'all') -> why it cannot be evaluated (an
-    accuracy gate). The Verdict's `parts` hold every cell's outcome; its reason is the sentence."""
+@dataclass
+class Arm:
+    """One arm of a verdict: backbone a vs b on one pair category, pooled over the fine-tuning seeds that pass the
+    accuracy floors (`comparisons`, one per seed); `dropped`: seed -> why it is left out; `gate`: why the whole arm
+    cannot be evaluated (None: it can)."""
+
+    a: str
+    b: str
+    category: str
+    comparisons: list[Comparison]
+    dropped: dict[str, str] = field(default_factory=dict)
+    gate: str | None = None
+    level: float = FAMILY_LEVEL
+
+    @property
+    def seeds(self) -> list:
+        return [c.seed for c in self.comparisons]
+
+    @property
+    def unit(self) -> str:
+        return UNITS.get(self.category, "cutout")
+
+    @property
+    def n(self) -> int:
+        return sum(c.n for c in self.comparisons)
+
+    @cached_property
+    def estimate(self) -> vd.SeedPooledEstimate | None:
+        """Mean over seeds of each seed's mean d, seeds as a random effect, units shared by the seeds (None below
+        `MIN_SEEDS` seeds or without pairs)."""
+        if self.gate or len(self.comparisons) < MIN_SEEDS or not all(c.n for c in self.comparisons):
+            return None
+        d = np.concatenate([c.d for c in self.comparisons])
+        seeds = [c.seed for c in self.comparisons for _ in range(c.n)]
+        src = [u for c in self.comparisons for u in c.source_units]
+        tgt = [u for c in self.comparisons for u in c.target_units]
+        return vd.seed_pooled_rows(d, seeds, {"source": src, "target": tgt},
+                                   pools={"source": self.unit, "target": self.unit}, level=self.level, scale="log")
+
+    def units(self) -> int:
+        e = self.estimate
+        if e is not None:
+            return e.pools.get(self.unit, 0)
+        return len({u for c in self.comparisons for u in c.source_units + c.target_units})
+
+    def decide(self) -> vd.Verdict:
+        if self.gate:
+            return vd.Verdict(vd.NOT_EVALUATED, self.gate)
+        if not self.comparisons:
+            return vd.Verdict(vd.NOT_EVALUATED, "no seed with pairs")
+        if len(self.comparisons) < MIN_SEEDS:
+            return vd.Verdict(vd.UNDERPOWERED, f"{vd.UNDERPOWERED}: needs >= {MIN_SEEDS} fine-tuning seeds (has "
+                                               f"{len(self.comparisons)})")
+        return vd.decide(self.estimate, RULE_OBJ)
+
+    def _dropped_text(self) -> str:
+        return "; ".join(f"seed {s} dropped: {why}" for s, why in self.dropped.items())
+
+    @cached_property
+    def power(self) -> dict[str, Any]:
+        """At the observed effect: the chance that the rule decides its side of 0 at these units and seeds (0
+        below the rule's fewest units), the units (at least the rule's fewest) and, when units alone cannot, the
+        seeds that `verdicts.POWER` needs."""
+        e = self.estimate
+        if e is None or not e.has_interval:
+            return {"power": None, "units_needed": None, "seeds_needed": None}
+        units = vd.seed_pooled_needs(e)
+        floor = RULE_OBJ.min_units
+        return {"power": vd.seed_pooled_power(e) if self.units() >= floor else 0.0,
+                "units_needed": None if units is None else max(units, floor),
+                "seeds_needed": None if units is not None else vd.seed_pooled_needs(e, vary="seeds", most=1000)}
+
+    def row(self) -> dict[str, Any]:
+        e, v = self.estimate, self.decide()
+        ok = e is not None and e.has_interval
+        ratio, lo, hi = e.ratio() if ok else (math.exp(e.value) if e is not None else None, None, None)
+        return {"backbone": self.a, "vs": self.b, "pairs": self.category, "seeds": list(self.seeds),
+                "dropped": dict(self.dropped), "n": self.n, "unit": self.unit, "units": self.units(),
+                "level": self.level, "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
+                "statistic": "geometric mean of the per-pair ratios (exp of the mean over seeds of the mean d)",
+                "mean_log_ratio": e.value if e is not None else None, "se": e.se if ok else None,
+                "df": e.df if ok else None, "seed_ratios": {str(s): math.exp(x) for s, x in
+                                                            zip(self.seeds, e.seed_values)} if e else {},
+                "interval_note": e.note if e is not None else "", "outcome": v.outcome,
+                "words": CELL_WORDS[v.outcome], "reason": v.reason, "power_level": vd.POWER, **self.power}
+
+    def text(self) -> str:
+        """'sim (96 images, 3 seeds, 576 pairs): geometric mean ratio 0.74x [0.6, 0.9], more under-sensitive'."""
+        v, r = self.decide(), self.row()
+        size = f"{r['units']} {self.unit}s, {len(self.seeds)} seed{'s' * (len(self.seeds) != 1)}, {self.n} pairs"
+        why = f" ({v.reason})" if v.outcome in (vd.UNDERPOWERED, vd.NOT_EVALUATED) else ""
+        if r["ratio_lo"] is None:
+            head = f"{self.category} ({size}): {CELL_WORDS[v.outcome]}{why}"
+        else:
+            head = (f"{self.category} ({size}): geometric mean ratio {r['ratio']:.3g}x [{r['ratio_lo']:.3g}, "
+                    f"{r['ratio_hi']:.3g}], {CELL_WORDS[v.outcome]}{why}")
+        if v.outcome in (vd.INCONCLUSIVE, vd.UNDERPOWERED) and r["power"] is not None:
+            head += f"; {power_text(r, self.unit)}"
+        if self.dropped:
+            head += f"; {self._dropped_text()}"
+        return head
+
+
+def power_text(row: Mapping[str, Any], unit: str) -> str:
+    """'power 0.31 at the observed 0.86x; 80% power needs 120 hosts at 3 seeds' (from an `Arm.row`)."""
+    seeds = len(row["seeds"])
+    text = f"power {row['power']:.2f} at the observed {row['ratio']:.3g}x; {row['power_level']:.0%} power needs "
+    if row["units_needed"] is not None:
+        return text + f"{row['units_needed']} {unit}s at {seeds} seeds"
+    if row["seeds_needed"] is not None:
+        return text + f"{row['seeds_needed']} seeds at {row['units']} {unit}s (more {unit}s alone cannot)"
+    return text + f"more {unit}s and more seeds together (neither alone reaches it)"
+
+
+def arms(comparisons: Sequence[Comparison], a: str, b: str, seeds: Sequence[int],
+         not_evaluated: Mapping[str, str] | None = None, categories: Sequence[str] = VERDICT_ARMS) -> list[Arm]:
+    """a vs b per arm. `not_evaluated`: '<arm> seed <s>' -> why that seed is dropped from the arm (an accuracy
+    floor), '<arm>' or 'all' -> why the arm cannot be evaluated at all."""
     gates = dict(not_evaluated or {})
     found = {(c.category, c.seed): c for c in comparisons if c.a == a and c.b == b}
-    cells: dict[str, vd.Verdict] = {}
-    for arm in arms:
+    out = []
+    for cat in categories:
+        level = next((c.level for c in comparisons if c.a == a and c.category == cat), FAMILY_LEVEL)
+        kept, dropped = [], {}
         for s in seeds:
-            name = f"{arm} seed {s}"
-            why = gates.get(name) or gates.get(arm) or gates.get("all")
-            c = found.get((arm, s))
-            if why or c is None:
-                cells[name] = vd.Verdict(vd.NOT_EVALUATED, why or "no pairs")
+            why = gates.get(f"{cat} seed {s}") or gates.get(f"all seed {s}")
+            if why:
+                dropped[str(s)] = why
+            elif (cat, s) in found and found[(cat, s)].n:
+                kept.append(found[(cat, s)])
             else:
-                cells[name] = c.decide()
+                dropped[str(s)] = "no pairs"
+        out.append(Arm(a, b, cat, kept, dropped, gates.get(cat) or gates.get("all"), level))
+    return out
+
+
+def verdict(comparisons: Sequence[Comparison], a: str, b: str, seeds: Sequence[int],
+            not_evaluated: Mapping[str, str] | None = None, arms_: Sequence[str] = VERDICT_ARMS) -> vd.Verdict:
+    """a vs b under RULE, one seed-pooled rule per arm (`arms`). The Verdict's `parts` hold each arm's outcome;
+    its reason is the sentence, arm by arm."""
+    return verdict_of(arms(comparisons, a, b, seeds, not_evaluated, arms_))
+
+
+def verdict_of(found: Sequence[Arm]) -> vd.Verdict:
+    """The verdict over arms already built (see `verdict`)."""
+    a, b = found[0].a, found[0].b
+    cells = {arm.category: arm.decide() for arm in found}
     outcomes = {k: v.outcome for k, v in cells.items()}
     blocked = [o for o in (vd.NOT_EVALUATED, vd.UNDERPOWERED) if o in outcomes.values()]
-    if blocked:
-        outcome = blocked[0]
-        reasons = [v.reason for v in cells.values() if v.outcome == outcome]
-        why = "; ".join(f"{', '.join(k for k, v in cells.items() if v.outcome == outcome and v.reason == r)}: {r}"
-                        for r in dict.fromkeys(reasons))
-    else:
-        outcome = vd.combine(cells).outcome
-        why = "; ".join(f"{CELL_WORDS[o]} at {', '.join(k for k, v in outcomes.items() if v == o)}"
-                        for o in dict.fromkeys(outcomes.values()))
-    detail = "; ".join(_cell_text(k, found.get(_key(k)), v) for k, v in cells.items()
-                       if v.outcome != vd.NOT_EVALUATED)
+    outcome = blocked[0] if blocked else vd.combine(cells).outcome
     if outcome == vd.HOLDS:
-        head = f"{a} is more under-sensitive than {b} at every cell"
+        head = f"{a} is more under-sensitive than {b} in every arm"
     elif outcome == vd.DOES_NOT_HOLD:
-        head = f"{b} is more under-sensitive than {a} at every cell"
+        head = f"{b} is more under-sensitive than {a} in every arm"
     elif outcome == vd.EQUIVALENT:
-        head = f"{a} and {b} are equivalent within the margin at every cell"
+        head = f"{a} and {b} are equivalent within the margin in every arm"
     else:
-        head = f"{a} vs {b}: {OUTCOME_WORDS[outcome]} ({why})"
-    tail = f". RMS-l2 left, {a} / {b}: {detail}" if detail else ""
-    return vd.Verdict(outcome, f"{head}{tail}.", None, outcomes)
-
-
-def _key(cell: str) -> tuple[str, int]:
-    arm, _, seed = cell.rpartition(" seed ")
-    return arm, int(seed)
-
-
-def _cell_text(name: str, c: Comparison | None, v: vd.Verdict) -> str:
-    if c is None or v.outcome == vd.NOT_EVALUATED:
-        return f"{name}: {v.outcome} ({v.reason})"
-    e = c.estimate
-    ci = f"[{math.exp(e.low):.3g}, {math.exp(e.high):.3g}]" if e.has_interval else "[no interval]"
-    return f"{name}: {math.exp(e.value):.3g}x {ci} ({c.n} pairs, {c.units()} {c.unit}s), {CELL_WORDS[v.outcome]}"
+        head = f"{a} vs {b}: {OUTCOME_WORDS[outcome]}"
+    detail = "; ".join(arm.text() for arm in found)
+    return vd.Verdict(outcome, f"{head}. RMS-l2 left, {a} / {b}, seeds pooled: {detail}.", None, outcomes)
 
 
 def stall_tests(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:

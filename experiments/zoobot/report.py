@@ -19,7 +19,8 @@ from . import paired as pd
 from .backbones import BACKBONES
 from .data import MORPHOLOGY
 
-__all__ = ["write_report", "sig", "comparison_rows", "paired_figure", "summary", "record_summary", "render_readme"]
+__all__ = ["write_report", "sig", "arm_rows", "comparison_rows", "paired_figure", "summary", "record_summary",
+           "render_readme"]
 
 TITLE = "Zoobot vs ImageNet: paired under-sensitivity of galaxy classifiers"
 WRAP = "td,th,p,figcaption{overflow-wrap:break-word}"
@@ -37,15 +38,36 @@ def label(kind: str) -> str:
     return kind + (" (proxy for Zoobot)" if kind == "galaxy-proxy" else "")
 
 
+def arm_rows(arms: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, str]]:
+    """Display rows of the verdict's arms (`paired.Arm.row`): the seed-pooled geometric mean ratio with its
+    interval, n, units and seeds, the outcome, and where it cannot decide its power and the units 80% needs."""
+    rows = []
+    for kind, found in arms.items():
+        for r in found:
+            power = pd.power_text(r, r["unit"]) if r.get("power") is not None and r["outcome"] in (
+                vd.INCONCLUSIVE, vd.UNDERPOWERED) else ""
+            dropped = "; ".join(f"seed {s}: {why}" for s, why in r["dropped"].items())
+            rows.append({"backbone": label(kind), "arm": r["pairs"],
+                         "seeds": ", ".join(map(str, r["seeds"])) + (f" (dropped: {dropped})" if dropped else ""),
+                         "n pairs (distinct units)": f"{r['n']} ({r['units']} {r['unit']}s)",
+                         "geometric mean ratio": sig(r["ratio"]),
+                         f"{r['level']:.1%} interval": f"[{sig(r['ratio_lo'])}, {sig(r['ratio_hi'])}]",
+                         "outcome": r["words"] if r["ratio_lo"] is not None else f"{r['words']}: {r['reason']}",
+                         "power at the observed effect": power or "n/a (decided)" if r["ratio_lo"] is not None
+                         else "n/a"})
+    return rows
+
+
 def comparison_rows(comps: Sequence[pd.Comparison]) -> list[dict[str, str]]:
-    """Display rows: ratio of RMS-l2 left (backbone / ImageNet) with its interval over units, n, units, stalls."""
+    """Display rows: each seed's own ratio of RMS-l2 left (backbone / ImageNet; the geometric mean of its pairs)
+    with its interval over units, n, units, stalls. Description: the verdict pools the seeds (`arm_rows`)."""
     rows = []
     for c in comps:
         r = c.row()
         rows.append({"backbone": label(c.a), "pairs": c.category, "seed": str(c.seed), "n pairs": str(c.n),
-                     "distinct units": f"{r['units']} {c.unit}s", "RMS-l2 ratio": sig(r["ratio"]),
+                     "distinct units": f"{r['units']} {c.unit}s", "geometric mean ratio": sig(r["ratio"]),
                      f"{c.level:.1%} interval": f"[{sig(r['ratio_lo'])}, {sig(r['ratio_hi'])}]",
-                     "cell": r["cell_words"] if c.category in pd.VERDICT_ARMS else "reported only",
+                     "this seed alone": r["cell_words"] if c.category in pd.VERDICT_ARMS else "reported only",
                      "stalled (backbone / ImageNet)": f"{r['stalled_a']} / {r['stalled_b']} of {c.n}",
                      "McNemar p": sig(r["stall_p"])})
     return rows
@@ -79,9 +101,10 @@ def backbone_rows(index: Mapping[tuple, Mapping], training: Mapping[str, Any]) -
 
 
 def real_rows(real: Mapping[str, Any]) -> list[dict[str, str]]:
-    excluded = real.get("excluded", {})
-    return [{"host": h, "clumps injected": ", ".join(map(str, c)), "used": "no: " + excluded[h] if h in excluded
-             else "yes"} for h, c in zip(real.get("hosts", []), real.get("clumps", []))]
+    excluded, surveys = real.get("excluded", {}), real.get("surveys", {})
+    return [{"host": h, "survey": surveys.get(h, "n/a"), "clumps injected": ", ".join(map(str, c)),
+             "used": "no: " + excluded[h] if h in excluded else "yes"}
+            for h, c in zip(real.get("hosts", []), real.get("clumps", []))]
 
 
 def proxy_rows(proxy_log: Mapping[str, Any] | None) -> list[dict[str, str]]:
@@ -139,10 +162,12 @@ def headline(verdicts: Mapping[str, Any]) -> str:
 def constants(level: float, family: Sequence[str], min_accuracy: float) -> str:
     return (f"Constants fixed before the numbers: stall = less than {pd.MIN_PROGRESS:.0%} of the start distance "
             f"covered or the class lost; equivalence margin +-log 1.1 on mean d (ratios {1 / 1.1:.3f}-1.1); "
-            f"fewest distinct units {vd.MIN_UNITS}; family-wise level {pd.FAMILY_LEVEL:.0%} over "
-            f"{len(family)} backbone(s) compared with ImageNet ({', '.join(family) or 'none'}), so each interval is "
-            f"{level:.1%} (BCa over units, level expanded for few units); accuracy floor {min_accuracy} "
-            "(simulated test set and injected real hosts, every seed).")
+            f"fewest distinct units {vd.MIN_UNITS} and fewest fine-tuning seeds {pd.MIN_SEEDS} per arm; family-wise "
+            f"level {pd.FAMILY_LEVEL:.0%} over {len(family)} backbone(s) compared with ImageNet "
+            f"({', '.join(family) or 'none'}), so each arm's interval is {level:.1%} (seed-pooled t over units, "
+            f"Satterthwaite df; each seed's own interval, described only, BCa over units); accuracy floor "
+            f"{min_accuracy} (simulated test set and injected real hosts, per seed: a seed below it leaves its arm); "
+            f"power reported at the observed effect with the units {vd.POWER:.0%} power needs.")
 
 
 def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.nan, quiet: bool = False) -> Path:
@@ -152,7 +177,10 @@ def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.
     comps = analysis["comparisons"]
     training = result.training
     shown, backs = comparison_rows(comps), backbone_rows(analysis["index"], training)
+    pooled = arm_rows(analysis.get("arms", {}))
     st.write_csv([c.row() for c in comps], out / "comparisons.csv")
+    st.write_csv([dict(r, backbone=k) for k, rows in analysis.get("arms", {}).items() for r in rows],
+                 out / "arms.csv")
     st.write_csv(analysis["stalls"], out / "stalls.csv")
     st.write_csv(backs, out / "backbones.csv")
     st.write_csv(list(result.records), out / "records.csv")
@@ -161,6 +189,7 @@ def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.
     lst = config.lst_config().to_dict()
     tables = {"summary": summary(result, analysis), "verdicts": {k: v.to_dict() for k, v in result.verdicts.items()},
               "rule": pd.RULE, "screen_rule": result.real.get("rule"), "constants": consts,
+              "arms": analysis.get("arms", {}),
               "comparisons": [c.row() for c in comps], "stalls": analysis["stalls"], "training": training,
               "real": result.real, "proxy": result.proxy, "lst_settings": config.lst_name(), "lst_config": lst,
               "config": config.settings(), "seconds": round(result.seconds, 1),
@@ -168,13 +197,16 @@ def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.
     st.write_json(tables, out / "tables.json")
     result.tables = tables
     fig = paired_figure(comps, out / "paired.png")
-    per_seed = "; ".join(f"seed {s}: {d['pairs']} pairs from {d['sources']} sources ({d['plain_sources']} plain, "
+    per_seed = "; ".join(f"seed {s} ({', '.join(d.get('backbones', []))}): {d['pairs']} pairs from "
+                         f"{d['sources']} sources ({d['plain_sources']} plain, "
                          f"{d['injected_sources']} clumpy) on {d['hosts']} hosts"
                          for s, d in result.real.get("per_seed", {}).items())
     path = st.write_html_report(out / "report.html", TITLE, [
         {"heading": headline(result.verdicts), "text": pd.RULE + "\n\n" + text},
-        {"heading": "Paired comparison with ImageNet (ratio < 1: the backbone gets closer to the other galaxy "
-                    "while keeping its class)", "table": shown},
+        {"heading": "The verdict's arms: seeds pooled as a random effect (ratio < 1: the backbone gets closer to "
+                    "the other galaxy while keeping its class)", "table": pooled},
+        {"heading": "Each seed alone (description; the verdict pools the seeds): paired comparison with ImageNet",
+         "table": shown},
         {"figure": fig, "caption": "Each point is one pair: RMS-l2 left to the target by the backbone / by "
                                    "ImageNet, same pair and start noise, stalled pairs included. The intervals "
                                    "resample the independent units (images, hosts) with every pair involving them."},
@@ -195,7 +227,7 @@ def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.
     path.write_text(path.read_text(encoding="utf-8").replace("</style>", WRAP + "</style>", 1), encoding="utf-8")
     if not quiet:
         print("\n" + headline(result.verdicts) + "\n\n" + text + "\n")
-        print(st.markdown_table(shown))
+        print(st.markdown_table(pooled))
         print(f"\nreport: {path} ({result.seconds:.0f} s wall, {cpu_seconds:.0f} s CPU)")
     return path
 
@@ -219,12 +251,15 @@ def summary(result, analysis: Mapping[str, Any]) -> dict[str, Any]:
     """What the docs quote from one run: verdicts, the verdict cells' intervals, accuracies, the real arm."""
     cells = [c.row() for c in analysis["comparisons"] if c.category in pd.VERDICT_ARMS]
     return {"verdicts": {k: {"outcome": v.outcome, "sentence": v.reason} for k, v in result.verdicts.items()},
-            "cells": cells, "accuracy": result.accuracy, "stalls": [s for s in analysis["stalls"]
+            "arms": analysis.get("arms", {}), "cells": cells, "accuracy": result.accuracy,
+            "stalls": [s for s in analysis["stalls"]
                                                                     if s["pairs"] in pd.VERDICT_ARMS],
-            "real": {k: result.real.get(k) for k in ("hosts", "excluded", "per_seed", "folder")},
+            "real": {k: result.real.get(k) for k in ("hosts", "excluded", "per_seed", "folder", "surveys")},
             "seeds": list(result.config.seeds), "seed": result.config.seed, "lst": result.config.lst_name(),
             "level": analysis["level"], "min_units": vd.MIN_UNITS, "min_accuracy": result.config.min_accuracy,
             "seconds": round(result.seconds, 1), "rule": pd.RULE, "screen_rule": result.real.get("rule"),
+            "fine_tuned_here": getattr(result, "trained_here", None),
+            "models": sum(1 for _ in result.accuracy),
             "constants": constants(analysis["level"], analysis["family"], result.config.min_accuracy)}
 
 
@@ -239,23 +274,59 @@ def record_summary(result, path: str | Path, command: str, threads: int | None =
 
 def render_readme(data: Mapping[str, Any]) -> str:
     """The docs' Zoobot results block (docs/studies.md) from docs/results/zoobot.json: the rule and its constants,
-    then per run its command, the verdict cells (ratio [interval], pairs, units), accuracies, hosts left out and the
-    verdict."""
+    then per run its command, each arm's seed-pooled geometric mean ratio [interval], pairs, units and seeds, the
+    outcome and (where it cannot decide) its power and the units 80% power needs; each seed alone as description;
+    accuracies, hosts and their surveys, the verdict. Runs recorded before the seed-pooled rule (no 'arms') are
+    listed with their per-seed cells under the rule they were decided by."""
     runs = data.get("runs", {})
-    first = next(iter(runs.values()), {})
-    lines = [first.get("rule", ""), "", first.get("screen_rule", ""), "", first.get("constants", ""), "",
-             "| run | pairs | seed | RMS-l2 ratio, backbone / ImageNet [interval] | pairs (distinct units) | cell |",
-             "|---|---|---|---|---|---|"]
+    pooled = {c: r for c, r in runs.items() if "arms" in r}
+    older = {c: r for c, r in runs.items() if "arms" not in r}
+    first = next(iter(pooled.values()), next(iter(runs.values()), {}))
+    lines = [first.get("rule", ""), "", first.get("screen_rule", ""), "", first.get("constants", ""), ""]
+    if pooled:
+        lines += ["| run | backbone | arm | seeds | geometric mean ratio [interval] | pairs (distinct units) | outcome "
+                  "| power at the observed effect |", "|---|---|---|---|---|---|---|---|"]
     texts = []
-    for command, run in runs.items():
+    for command, run in pooled.items():
+        k = 0
+        for kind, found in run["arms"].items():
+            for r in found:
+                dropped = "".join(f"; seed {s} dropped: {why}" for s, why in r["dropped"].items())
+                power = pd.power_text(r, r["unit"]) if r.get("power") is not None and r["outcome"] in (
+                    vd.INCONCLUSIVE, vd.UNDERPOWERED) else "n/a"
+                outcome = r["words"] if r["ratio_lo"] is not None else f"{r['words']} ({r['reason']})"
+                lines.append(f"| {'`' + command + '`' if k == 0 else ''} | {label(kind)} | {r['pairs']} | "
+                             f"{', '.join(map(str, r['seeds'])) or 'none'}{dropped} | {sig(r['ratio'])} "
+                             f"[{sig(r['ratio_lo'])}, {sig(r['ratio_hi'])}] | {r['n']} ({r['units']} {r['unit']}s) | "
+                             f"{outcome} | {power} |")
+                k += 1
+        alone = "; ".join(f"{label(c['backbone'])} {c['pairs']} seed {c['seed']}: {sig(c['ratio'])}x "
+                          f"[{sig(c['ratio_lo'])}, {sig(c['ratio_hi'])}] ({c['cell_words']})" for c in run["cells"])
+        texts.append(_run_text(command, run) + f" Each seed alone (description, decides nothing): {alone}.")
+    if older:
+        lines += ([""] if pooled else []) + [
+            "Runs recorded under the earlier rule (every seed's cell had to decide on its own):", "",
+                  "| run | pairs | seed | RMS-l2 ratio, backbone / ImageNet [interval] | pairs (distinct units) | "
+                  "cell |", "|---|---|---|---|---|---|"]
+    for command, run in older.items():
         for k, c in enumerate(run["cells"]):
             lines.append(f"| {'`' + command + '`' if k == 0 else ''} | {c['pairs']} | {c['seed']} | "
                          f"{c['backbone']}: {sig(c['ratio'])} [{sig(c['ratio_lo'])}, {sig(c['ratio_hi'])}] | "
                          f"{c['n']} ({c['units']} {c['unit']}s) | {c['cell_words']} |")
-        acc = "; ".join(f"{k} {sig(v['simulated'])} / {sig(v['real_host'])}" for k, v in run["accuracy"].items())
-        left = "; ".join(f"{h} ({why})" for h, why in (run["real"].get("excluded") or {}).items()) or "none"
-        verdicts = " ".join(v["sentence"] for v in run["verdicts"].values())
-        texts.append(f"- `{command}`: {run['seconds'] / 60:.1f} min wall ({run.get('threads')} thread(s)). "
-                     f"Accuracy, simulated test set / injected real hosts: {acc}. Real hosts left out: {left}. "
-                     f"Verdict: {verdicts}")
+        texts.append(_run_text(command, run) + " (earlier rule)")
     return "\n".join(lines) + "\n\n" + "\n".join(texts) + "\n"
+
+
+def _run_text(command: str, run: Mapping[str, Any]) -> str:
+    acc = "; ".join(f"{k} {sig(v['simulated'])} / {sig(v['real_host'])}" for k, v in run["accuracy"].items())
+    left = "; ".join(f"{h} ({why})" for h, why in (run["real"].get("excluded") or {}).items()) or "none"
+    surveys = run["real"].get("surveys") or {}
+    counted = ", ".join(f"{n} {s}" for s, n in sorted(
+        {s: list(surveys.values()).count(s) for s in set(surveys.values())}.items()))
+    hosts = f"{len(run['real'].get('hosts') or [])} real hosts" + (f" ({counted})" if counted else "")
+    verdicts = " ".join(v["sentence"] for v in run["verdicts"].values())
+    here = run.get("fine_tuned_here")
+    reuse = f"; {here} of {run.get('models')} models fine-tuned in this invocation, the rest and finished LST " \
+            "reused from its folder" if here is not None and here < (run.get("models") or 0) else ""
+    return (f"- `{command}`: {run['seconds'] / 60:.1f} min wall ({run.get('threads')} thread(s){reuse}). Accuracy, "
+            f"simulated test set / injected real hosts: {acc}. {hosts}; left out: {left}. Verdict: {verdicts}")

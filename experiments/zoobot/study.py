@@ -26,7 +26,8 @@ from . import real as rl
 from .config import ZoobotConfig
 from blindspots.errors import InputError
 
-__all__ = ["ZoobotResult", "run_zoobot", "measure", "analyse", "domains", "REFERENCE"]
+__all__ = ["ZoobotResult", "run_zoobot", "measure", "analyse", "domains", "host_surveys", "gate_cells",
+           "REFERENCE"]
 
 REFERENCE = "imagenet"  # every other backbone is compared with this one
 
@@ -53,6 +54,7 @@ class ZoobotResult:
     report: Path | None = None
     seconds: float = 0.0
     tables: dict[str, Any] = field(default_factory=dict)
+    trained_here: int | None = None  # models fine-tuned by this invocation (the rest reused from `out`)
 
     def comparison_rows(self) -> list[dict[str, Any]]:
         return [c.row() for c in self.comparisons]
@@ -108,6 +110,8 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
         store = st.open_run_store(out, "zoobot", info, restart=restart, settings=config.settings(), inputs=inputs)
         with store:
             data = _task(config, out, info)
+            before = set(json.loads((out / "training.json").read_text())) if (out / "training.json").is_file() \
+                else set()
             models, training = _train_all(kinds, config, data, proxy_file, out, info, progress)
             measured, gates = _gate(models, training, config.min_accuracy)
             doms, real = domains(measured, data, config, hosts, training, gates)
@@ -124,6 +128,7 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
             result = ZoobotResult(config, out, analysis["verdicts"], analysis["comparisons"], analysis["stalls"],
                                   _accuracy(training), real, records, proxy_log, training)
             result.seconds = time.perf_counter() - started
+            result.trained_here = sum(f"{k}/s{s}" not in before for k, s, _ in models)
             if report and info.is_main:
                 from .report import write_report
 
@@ -197,22 +202,24 @@ def _train_all(kinds, config: ZoobotConfig, data, proxy_file, out: Path, info, p
 
 
 def _gate(models, training, min_accuracy: float) -> tuple[list, dict[str, str]]:
-    """Backbones whose every seed reaches `min_accuracy` on the simulated test set, and why the others do not."""
+    """The (backbone, seed) models at or above `min_accuracy` on the simulated test set, and why the others are
+    left out (key 'sim:<backbone>:<seed>'): a seed below the floor drops that model only, not the backbone."""
     gates = {}
     for k, s, _ in models:
         acc = training[f"{k}/s{s}"]["test_accuracy"]
-        if not acc >= min_accuracy and f"sim:{k}" not in gates:
-            gates[f"sim:{k}"] = f"{k} seed {s}: simulated test accuracy {acc:.3f} < {min_accuracy}"
+        if not acc >= min_accuracy:
+            gates[f"sim:{k}:{s}"] = f"{k} seed {s}: simulated test accuracy {acc:.3f} < {min_accuracy}"
     for why in gates.values():
         print(f"skipped LST: {why}", flush=True)
-    return [(k, s, m) for k, s, m in models if f"sim:{k}" not in gates], gates
+    return [(k, s, m) for k, s, m in models if f"sim:{k}:{s}" not in gates], gates
 
 
 def domains(models, data, config: ZoobotConfig, hosts: rl.RealHosts | None, training: dict[str, Any],
             gates: dict[str, str]) -> tuple[list[Domain], dict[str, Any]]:
     """The pairs: simulated held-out sources every model classifies correctly (balanced, other-class targets);
     real hosts with injected clumps (per fine-tuning seed: the images every backbone of that seed classifies
-    correctly; only backbones whose real-host accuracy passes the floor); real cutouts by predicted class.
+    correctly; only backbones whose real-host accuracy passes the floor at that seed); real cutouts by predicted
+    class.
     Returns them and the real arm's design (hosts used and left out, accuracies). Adds each model's real-host
     accuracy to `training` and a gate reason to `gates` where it is below the floor."""
     out: list[Domain] = []
@@ -236,7 +243,7 @@ def domains(models, data, config: ZoobotConfig, hosts: rl.RealHosts | None, trai
     for seed, (pool, targets, _) in design["per_seed"].items():
         if pool.numel():
             out.append(Domain("injected", arm.images, arm.labels, pool, targets, arm.units, seed=seed,
-                              kinds=tuple(design["backbones"])))
+                              kinds=design["kinds"][seed]))
     votes = torch.stack([mdl.predict(hosts.plain.to(next(mdl.parameters()).device))[0].cpu()
                          for _, _, mdl in models])
     consensus = (votes.float().mean(0) > 0.5).long()
@@ -253,35 +260,47 @@ def _describe_real(hosts: rl.RealHosts, design: dict[str, Any], config: ZoobotCo
         used = {arm.units[int(i)] for i in pool}
         per_seed[str(s)] = {"sources": int(pool.numel()), "pairs": int(pool.numel()) * config.rounds,
                             "hosts": len(used), "plain_sources": int((arm.labels[pool] == 0).sum()),
-                            "injected_sources": int((arm.labels[pool] == 1).sum()), "unpaired": unpaired}
+                            "injected_sources": int((arm.labels[pool] == 1).sum()), "unpaired": unpaired,
+                            "backbones": list(design["kinds"][s])}
     return {"hosts": list(hosts.names), "excluded": {hosts.names[h]: why for h, why in arm.excluded.items()},
+            "surveys": dict(zip(hosts.names, host_surveys(hosts))),
             "clumps": hosts.clumps.tolist(), "injections": config.injections, "backbones": design["backbones"],
             "per_seed": per_seed, "rule": rl.SCREEN_RULE, "folder": ", ".join(config.real_sources()),
             "host_info": hosts.info, "loader_skipped": hosts.skipped, "units": hosts.units,
             "units": arm.units}
 
 
+def host_surveys(hosts: rl.RealHosts) -> list[str]:
+    """The survey of each host: `hosts.surveys` where the loader records one per host (a host list with a
+    `survey` field, e.g. survey-field or FITS hosts), else the cutout's top folder under the real folder
+    ('sdss', 'decals' in ../shared/data/galaxies), else 'unknown'."""
+    given = list(getattr(hosts, "surveys", None) or [])
+    if len(given) == len(hosts.names):
+        return [str(x) for x in given]
+    return [name.split("/")[0] if "/" in name else "unknown" for name in hosts.names]
+
+
 def _real_design(models, hosts: rl.RealHosts, config: ZoobotConfig, training: dict[str, Any],
                  gates: dict[str, str]) -> dict[str, Any]:
-    """Screen the hosts with every measured classifier, measure each one's real-host accuracy (gate: every seed
-    at or above the floor), and pick each fine-tuning seed's pairs with the backbones that pass."""
+    """Screen the hosts with every measured classifier, measure each one's real-host accuracy (a (backbone, seed)
+    below the floor is gated at that seed only: 'real injected:<backbone>:<seed>'), and pick each fine-tuning
+    seed's pairs with the backbones that pass at that seed (none when ImageNet does not: nothing to compare with)."""
     _, excluded = rl.screen_hosts([m for _, _, m in models], hosts)
     for k, s, mdl in models:
         acc = rl.real_accuracy(mdl, hosts, list(excluded))
         training[f"{k}/s{s}"]["real_host"] = acc
-        if not acc["accuracy"] >= config.min_accuracy and f"real injected:{k}" not in gates:
-            gates[f"real injected:{k}"] = (f"{k} seed {s}: accuracy on the injected real hosts "
-                                           f"{acc['accuracy']:.3f} < {config.min_accuracy}")
-    passing = [k for k in dict.fromkeys(k for k, _, _ in models) if f"real injected:{k}" not in gates]
-    if REFERENCE not in passing:  # nothing to compare with: no LST on this arm
-        passing = []
+        if not acc["accuracy"] >= config.min_accuracy:
+            gates[f"real injected:{k}:{s}"] = (f"{k} seed {s}: accuracy on the injected real hosts "
+                                               f"{acc['accuracy']:.3f} < {config.min_accuracy}")
     arm = rl.real_arm(hosts, excluded)
-    per_seed = {}
+    per_seed, kinds = {}, {}
     for s in config.seeds:
-        chosen = [m for k, ss, m in models if ss == s and k in passing]
-        if chosen:
-            per_seed[s] = arm.pairs(chosen, config.rounds, config.seed)
-    return {"arm": arm, "per_seed": per_seed, "backbones": passing}
+        chosen = [(k, m) for k, ss, m in models if ss == s and f"real injected:{k}:{s}" not in gates]
+        if any(k == REFERENCE for k, _ in chosen):
+            per_seed[s] = arm.pairs([m for _, m in chosen], config.rounds, config.seed)
+            kinds[s] = tuple(k for k, _ in chosen)
+    backbones = [k for k in dict.fromkeys(k for k, _, _ in models) if any(k in v for v in kinds.values())]
+    return {"arm": arm, "per_seed": per_seed, "backbones": backbones, "kinds": kinds}
 
 
 def measure(models: Sequence[tuple[str, int, Classifier]], doms: Sequence[Domain], store: RunStore, cfg: LSTConfig,
@@ -318,31 +337,44 @@ def analyse(records: Sequence[dict[str, Any]], kinds: Sequence[str], seeds: Sequ
             gates: dict[str, str] | None = None) -> dict[str, Any]:
     """Paired comparisons of every backbone against `reference` per seed and pair category (every pair kept,
     intervals over `units[domain]`), the stall tests and the verdicts (`paired.RULE`)."""
-    from .paired import compare, index_records, interval_level, stall_tests, verdict
+    from .paired import arms, compare, index_records, interval_level, stall_tests, verdict_of
 
     index = index_records(records)
     gates = dict(gates or {})
     others = [k for k in kinds if k != reference]
     level = interval_level(len(others))
-    comps, verdicts = [], {}
+    comps, verdicts, arm_rows = [], {}, {}
     doms = sorted({d for _, _, d in index})
     for kind in others:
         mine = [c for s in seeds for d in doms
                 for c in compare(index, kind, reference, s, d, (units or {}).get(d), level=level)]
         comps += mine
-        blocked = {"real injected": gates["real injected"]} if "real injected" in gates else {}
+        cells = gate_cells(gates, kind, reference, seeds)
         if reference not in kinds:
-            blocked["all"] = f"no {reference} backbone was measured"
-        for w in (kind, reference):  # an accuracy gate of either backbone
-            if f"real injected:{w}" in gates:
-                blocked["real injected"] = gates[f"real injected:{w}"]
-            if f"sim:{w}" in gates:
-                blocked["all"] = gates[f"sim:{w}"]
-        verdicts[kind] = verdict(mine, kind, reference, seeds, blocked)
+            cells["all"] = f"no {reference} backbone was measured"
+        found = arms(mine, kind, reference, seeds, cells)
+        verdicts[kind] = verdict_of(found)
+        arm_rows[kind] = [a.row() for a in found]
     order = {"sim": 0, "real injected": 1, "real cross-class": 2, "real within-class": 3, "real mixed": 4}
     comps.sort(key=lambda c: (kinds.index(c.a), order.get(c.category, 9), str(c.seed)))
-    return {"comparisons": comps, "verdicts": verdicts, "stalls": stall_tests(comps), "index": index,
-            "level": level, "family": others, "gates": gates}
+    return {"comparisons": comps, "verdicts": verdicts, "arms": arm_rows, "stalls": stall_tests(comps),
+            "index": index, "level": level, "family": others, "gates": gates}
+
+
+def gate_cells(gates: dict[str, str], kind: str, reference: str, seeds: Sequence[int]) -> dict[str, str]:
+    """The study's gates ('sim:<backbone>:<seed>', 'real injected:<backbone>:<seed>', 'real injected') as the
+    cells `paired.arms` drops for `kind` vs `reference`: a seed below a floor for either backbone leaves that seed
+    out of the arm (the simulated floor: out of both arms), never the backbone at every seed."""
+    out: dict[str, str] = {}
+    if "real injected" in gates:
+        out["real injected"] = gates["real injected"]
+    for s in seeds:
+        for w in (kind, reference):
+            if f"sim:{w}:{s}" in gates:
+                out.setdefault(f"all seed {s}", gates[f"sim:{w}:{s}"])
+            if f"real injected:{w}:{s}" in gates:
+                out.setdefault(f"real injected seed {s}", gates[f"real injected:{w}:{s}"])
+    return out
 
 
 def _accuracy(training: dict[str, Any]) -> dict[str, dict[str, Any]]:
