@@ -56,6 +56,8 @@ def _zoobot_results(data: Any) -> str:
 def _zoobot_verdicts(data: Any) -> str:
     lines = []
     for command, run in data["runs"].items():
+        if "arms" not in run:  # recorded under the earlier rule (every seed a veto): its section says so, not the summary
+            continue
         for verdict in run["verdicts"].values():
             lines.append(f"- `{command}`: {verdict['sentence'].split('). ')[0]})." if "). " in verdict["sentence"]
                          else f"- `{command}`: {verdict['sentence']}")
