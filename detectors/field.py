@@ -5,6 +5,7 @@ scikit-image's colour image of the Hubble eXtreme Deep Field (872 x 1000 px, no 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,7 +48,32 @@ class FieldSource:
     reason: str = ""
 
 
+def _check_size(size: Any) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise InputError(f"size must be an integer >= 8, got {size!r}")
+
+
+def _check_wcs(wcs: Any) -> None:
+    """Refuse (one line) a `wcs` that is not an astropy WCS with celestial axes, finite reference and scale."""
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    if not isinstance(wcs, WCS):
+        raise InputError(f"wcs must be an astropy WCS with celestial axes, got {type(wcs).__name__}")
+    try:
+        scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0) if wcs.has_celestial else None
+    except Exception:  # noqa: BLE001 - wcslib's errors span lines; refused below, one line
+        scale = math.nan
+    if scale is None:
+        raise InputError("wcs has no celestial axes (RA/Dec)")
+    if not (math.isfinite(scale) and scale > 0) or not np.isfinite(wcs.wcs.crval).all():
+        raise InputError(f"the field's WCS is broken or not finite (pixel scale {scale} arcsec/px, reference "
+                         f"{[float(v) for v in wcs.wcs.crval]})")
+
+
 def _detection_image(field: np.ndarray) -> np.ndarray:
+    if np.asarray(field).dtype.kind not in "biuf":
+        raise InputError(f"a field image must hold numbers, got {np.asarray(field).dtype} pixels")
     arr = np.asarray(field, dtype=np.float64)
     if arr.ndim == 3:
         arr = arr.mean(axis=-1) if arr.shape[-1] in (3, 4) else arr.mean(axis=0)
@@ -67,6 +93,7 @@ def detect_field_sources(field: np.ndarray, size: int) -> tuple[list[FieldSource
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources, make_2dgaussian_kernel
     from photutils.utils.exceptions import NoDetectionsWarning
 
+    _check_size(size)
     data = _detection_image(field)
     h, w = data.shape
     if min(h, w) < size:
@@ -138,8 +165,14 @@ def field_hosts(field: str | os.PathLike | np.ndarray | None = None, size: int =
 
     from .fits import is_fits, read_fits
 
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise InputError(f"size must be an integer >= 8, got {size!r}")
+    from .fits import check_preset
+
+    _check_size(size)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer or None, got {limit!r}")
+    check_preset(preset)
+    if wcs is not None:
+        _check_wcs(wcs)
     source_name, scale = DEFAULT_FIELD, None
     if field is None:
         rgb = to_tensor(_default_field(), DEFAULT_FIELD).numpy()

@@ -26,7 +26,7 @@ from blindspots.errors import InputError
 from .render import asinh_rgb
 
 __all__ = ["FITS_SUFFIXES", "StretchPreset", "PRESETS", "FitsCutout", "read_fits", "read_fits_bands",
-           "band_of_file", "is_fits", "asinh_rgb", "NANOMAGGY_ZERO_POINT"]
+           "band_of_file", "is_fits", "asinh_rgb", "NANOMAGGY_ZERO_POINT", "check_preset"]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
 NANOMAGGY_ZERO_POINT = 22.5  # AB magnitude of 1 nanomaggy
@@ -46,6 +46,16 @@ class StretchPreset:
     stretch: float
     pixel_scale: float  # arcsec/px of the survey's images (used when a file has no WCS)
     survey: str
+
+    def __post_init__(self) -> None:
+        numbers = {"scales": self.scales, "q": (self.q,), "stretch": (self.stretch,), "pixel_scale": (self.pixel_scale,)}
+        for field, values in numbers.items():
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                       for v in values) or len(values) != (3 if field == "scales" else 1):
+                raise InputError(f"stretch preset {self.name!r}: {field} must be positive finite number(s), got "
+                                 f"{getattr(self, field)!r}")
+        if len(self.bands) != 3 or not all(isinstance(b, str) and b in _BANDS for b in self.bands):
+            raise InputError(f"stretch preset {self.name!r}: bands must be 3 of {', '.join(_BANDS)}, got {self.bands!r}")
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -204,13 +214,20 @@ def _survey(headers: Sequence[Any], preset: StretchPreset) -> str:
     return "unknown"
 
 
+def check_preset(preset: Any) -> None:
+    """Refuse (one line) a `preset` that is neither None, a `StretchPreset` nor a name in `PRESETS`: checked before
+    any file is read, so a typo is not ignored where no FITS file happens to need it."""
+    if preset is not None and not isinstance(preset, StretchPreset) and (not isinstance(preset, str)
+                                                                         or preset not in PRESETS):
+        raise InputError(f"unknown stretch preset {preset!r}; choose from {', '.join(PRESETS)}")
+
+
 def _choose_preset(preset: str | StretchPreset | None, bands: Sequence[str]) -> StretchPreset:
+    check_preset(preset)
     if isinstance(preset, StretchPreset):
         return preset
     if preset is None:
         return PRESETS["legacy" if "z" in bands and "i" not in bands else "sdss"]
-    if preset not in PRESETS:
-        raise InputError(f"unknown stretch preset {preset!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[preset]
 
 

@@ -20,6 +20,7 @@ import torch
 
 from blindspots.errors import InputError
 
+from .fits import check_preset
 from .hostlist import HostInfo, HostList
 
 __all__ = ["HostInfo", "HostList", "MAX_UPSCALE", "load_hosts", "check_host_sources", "add_host_options",
@@ -63,6 +64,8 @@ def check_host_sources(sources: str | os.PathLike | Iterable[str | os.PathLike])
                 raise InputError(f"host source {s}: field image {path} not found")
         elif not Path(s).exists():
             raise InputError(f"host source {s}: no such folder or file")
+        elif not os.access(s, os.R_OK | (os.X_OK if Path(s).is_dir() else 0)):
+            raise InputError(f"host source {s}: permission denied (not readable)")
     return out
 
 
@@ -74,7 +77,12 @@ def host_units(folder: str | os.PathLike) -> list[list[Path]]:
     from .fits import band_of_file, is_fits
 
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+    def _unreadable(exc: OSError) -> None:  # os.walk (unlike rglob) does not skip an unreadable subfolder silently
+        raise InputError(f"cannot read host folder {exc.filename}: {exc.strerror or exc}")
+
+    files = sorted(Path(root) / n for root, _, names in os.walk(folder, onerror=_unreadable) for n in names
+                   if not n.startswith(".") and (Path(root) / n).is_file())
     units: dict[str, list[Path]] = {}
     for p in files:
         if p.suffix.lower() in IMAGE_SUFFIXES:
@@ -117,7 +125,10 @@ def _read_unit(unit: Sequence[Path], preset: str | None) -> tuple[torch.Tensor, 
 def _digest(unit: Sequence[Path]) -> str:
     h = hashlib.sha256()
     for p in unit:
-        h.update(p.read_bytes())
+        try:
+            h.update(p.read_bytes())
+        except OSError as exc:
+            raise InputError(f"cannot read host file {p}: {exc.strerror or exc}") from None
     return h.hexdigest()
 
 
@@ -146,6 +157,9 @@ def load_hosts(sources: str | os.PathLike | Iterable[str | os.PathLike], size: i
         raise InputError(f"crop must be in (0, 1], got {crop!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"limit must be a positive integer or None, got {limit!r}")
+    check_preset(preset)
+    if unknown := sorted(set(field_options or {}) - {"wcs", "survey", "limit"}):
+        raise InputError(f"field_options: unknown option(s) {', '.join(unknown)} (known: wcs, survey, limit)")
     units: list[tuple[list[Path], Path | None]] = []  # (files, folder they came from)
     fields: list[str] = []
     seen_dirs: set[Path] = set()
