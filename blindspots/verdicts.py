@@ -819,7 +819,8 @@ def resamples_for(level: float = LEVEL, units: int | None = None, *, tail: int =
     if not 0 < level < 1:
         raise InputError(f"level must lie in (0, 1), got {level!r}")
     asked = expanded_level(level, units) if units is not None and units >= 2 else level
-    return int(min(most, max(least, math.ceil(tail / ((1 - asked) / 2)) - 1)))
+    share = (1 - asked) / 2  # 0 in float at 2 or 3 units: the most
+    return int(most) if share <= 0 else int(min(most, max(least, math.ceil(tail / share) - 1)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -323,3 +323,11 @@ def test_seed_pooled_power_matches_simulated_holds_rates():
                                  cov_diag=cd, cov_off=co, between=(cd - co) / seeds)
     g = vd.seed_pooled_needs(flat)
     assert vd.seed_pooled_power(flat, n_units=g) >= vd.POWER > vd.seed_pooled_power(flat, n_units=g - 1)
+
+
+def test_resamples_keep_fifty_replicates_in_each_tail_at_the_level_asked():
+    for level, units in ((0.95, None), (0.95, 10), (0.975, 12), (1 - 0.05 / 3, 20)):
+        r = vd.resamples_for(level, units)
+        asked = vd.expanded_level(level, units) if units else level
+        assert r >= vd.RESAMPLES and (r + 1) * (1 - asked) / 2 >= vd.TAIL_REPLICATES
+    assert vd.resamples_for(0.95, 2) == vd.resamples_for(0.95, 3) == 50_000  # the cap: extreme levels, few units
