@@ -8,7 +8,11 @@ The replicates come from `scipy.stats.bootstrap` (BCa: bias corrected and accele
 jackknife), its level expanded for the number of units as Hesterberg (2015) does for the percentile interval (z
 replaced by sqrt(G / (G - 1)) t_{G-1}); measured coverage of the nominal 95% is in `benchmarks/verdict_coverage.py`
 and `tests/test_verdicts.py`. Proportions get Wilson intervals (`scipy.stats.binomtest`), paired binary outcomes
-an exact McNemar test, families of tests a Holm adjustment.
+an exact McNemar test, families of tests a Holm adjustment. Repeated trainings (seeds) measured on the same units
+are a random effect (`seed_pooled_interval`, `seed_pooled_rows`): the mean over seeds with a t interval whose
+variance adds the units' noise shared by the seeds (one bootstrap draw applied to every seed) to the seed-to-seed
+spread, Satterthwaite degrees of freedom; `seed_pooled_power` / `seed_pooled_needs` give its power at a design
+and the units (or seeds) that 80% power needs.
 
 A `Rule` fixed before the numbers turns an estimate into one of `OUTCOMES`: holds / does not hold / inconclusive
 (enough units, the interval straddles the bound) / equivalent (the interval inside bound +- margin) / underpowered
@@ -42,13 +46,16 @@ __all__ = ["LEVEL", "MIN_UNITS", "RESAMPLES", "MAX_EMPTY", "HOLDS", "DOES_NOT_HO
            "UNDERPOWERED", "NOT_EVALUATED", "MIXED", "OUTCOMES", "Estimate", "unit_interval", "unit_intervals",
            "paired_interval",
            "weighted_mean", "expanded_level", "proportion_interval", "wilson_interval", "McNemar", "mcnemar_exact",
-           "holm", "Rule", "Verdict", "decide", "combine"]
+           "holm", "Rule", "Verdict", "decide", "combine", "SeedPooledEstimate", "seed_pooled_interval",
+           "seed_pooled_rows", "seed_pooled_power", "seed_pooled_needs", "POWER"]
 
 LEVEL = 0.95  # the level of every interval a verdict rests on
 MIN_UNITS = 10  # default fewest independent units for a verdict (coverage is shown from 10 units up)
 RESAMPLES = 4999  # bootstrap replicates per interval
 CLIP = 1e-12  # Wilson bounds this close to 0 or 1 are float noise of 0 or 1
 MAX_EMPTY = 0.01  # at most this share of replicates may weigh no observation (each then counts as the estimate)
+POWER = 0.8  # the power a design should have: "units needed" is the n that reaches it
+POOL_BATCH = 500  # bootstrap replicates per call of a seed-pooled statistic (memory: POOL_BATCH x units floats)
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, EQUIVALENT = "holds", "does not hold", "inconclusive", "equivalent"
 UNDERPOWERED, NOT_EVALUATED, MIXED = "underpowered", "not evaluated", "mixed"
@@ -254,6 +261,251 @@ def paired_interval(a, b, units: Mapping[str, Sequence[Any]] | None = None, **kw
     if a.shape != b.shape:
         raise InputError(f"paired values need one shape, got {a.shape} and {b.shape}")
     return unit_interval(a - b, units, **kwargs)
+
+
+# ------------------------------------------------------------------------ seeds as a random effect
+
+
+@dataclass(frozen=True)
+class SeedPooledEstimate(Estimate):
+    """An `Estimate` pooled over S repeated trainings (seeds) that share their units, with what its power needs:
+    `seed_values` (each seed's statistic), `se` (sqrt V), `df` (Satterthwaite), `within` (1'C1 / S^2, the units'
+    share of V), `between` (s^2 / S, the seeds' share), `cov_diag` / `cov_off` (mean diagonal and off-diagonal
+    entry of C). `scale`: 'log' when the values are logs of ratios (the estimate and the rule stay on the log
+    scale; `ratio()` gives the geometric mean ratio and its interval), else 'identity'."""
+
+    seed_values: tuple[float, ...] = ()
+    se: float = math.nan
+    df: float = math.nan
+    within: float = math.nan
+    between: float = math.nan
+    cov_diag: float = math.nan
+    cov_off: float = math.nan
+    scale: str = "identity"
+
+    @property
+    def seeds(self) -> int:
+        return len(self.seed_values)
+
+    def ratio(self) -> tuple[float, float, float]:
+        """(geometric mean ratio, low, high) = exp of (value, low, high); only for scale 'log'."""
+        if self.scale != "log":
+            raise InputError("ratio(): this estimate is not on the log scale")
+        return math.exp(self.value), math.exp(self.low), math.exp(self.high)
+
+    def describe(self, digits: int = 3) -> str:
+        text = super().describe(digits)
+        if self.scale != "log":
+            return text
+        f = f"{{:.{digits}g}}"
+        g, lo, hi = self.ratio()
+        ci = f"[{f.format(lo)}, {f.format(hi)}]" if self.has_interval else "[no interval]"
+        return f"geometric mean ratio {f.format(g)}x {ci}; mean log ratio {text}"
+
+
+def _draw_weights(sizes: Mapping[str, int], count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, sum(sizes)) multiplicity vectors: per pool, `size` draws with replacement from its units."""
+    return np.concatenate([rng.multinomial(g, np.full(g, 1.0 / g), size=count) for g in sizes.values()],
+                          axis=1).astype(np.float64)
+
+
+def seed_pooled_interval(per_seed: Callable[[np.ndarray], np.ndarray], n_units: int | Mapping[str, int], *,
+                         level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0, unit: str = "unit",
+                         seeds_label: str = "seed", n: int | None = None, units: Mapping[str, int] | None = None,
+                         scale: str = "identity", batch: int = POOL_BATCH) -> SeedPooledEstimate:
+    """Interval of D, the mean over S seeds of a per-seed statistic, with the seed as a random effect and the
+    units (images, hosts) shared by the seeds.
+
+    `per_seed(weights)`: `weights` (R, G) float multiplicity vectors over the G independent units (a row of ones is
+    the data as observed) -> (R, S), each seed's statistic under those unit weights (S >= 2; NaN where a replicate
+    leaves a seed nothing to weigh). `n_units`: G, or pool -> units for units drawn from separate pools (e.g.
+    sources and targets of two sets; columns in the mapping's order, each pool drawn with replacement on its own).
+    Each replicate draws ONE multiplicity vector and applies it to every seed, so C, the S x S bootstrap covariance
+    of the per-seed statistics scaled by G / (G - 1) (G: the smallest pool), holds the units' noise shared by the
+    seeds. V = 1'C1 / S^2 + s^2 / S, with s^2 the sample variance of the S per-seed statistics (the seed-to-seed
+    spread, not reduced by the units' noise within it: conservative). The interval is D +- t_{df} sqrt(V) with
+    Satterthwaite's degrees of freedom for the two variance components,
+    df = V^2 / ((1'C1 / S^2)^2 / (G - 1) + (s^2 / S)^2 / (S - 1)): S - 1 when the units add no noise (the t interval
+    of the S seed statistics), G - 1 when the seeds agree exactly. A replicate with a NaN is left out of C (as if
+    redrawn) and counted in `note`; more than `MAX_EMPTY` of them: no interval. Memory: `batch` x G floats.
+    `n` (observations, default G) and `units` (role -> distinct units, default {unit: G}) only label the estimate;
+    `scale`: 'log' when the statistic is a mean log ratio (see `SeedPooledEstimate.ratio`).
+    """
+    if not 0 < level < 1:
+        raise InputError(f"level must lie in (0, 1), got {level!r}")
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 2:
+        raise InputError(f"resamples must be an integer >= 2, got {resamples!r}")
+    if scale not in ("identity", "log"):
+        raise InputError(f"scale must be 'identity' or 'log', got {scale!r}")
+    sizes = {unit: n_units} if not isinstance(n_units, Mapping) else dict(n_units)
+    for p, g in sizes.items():
+        if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 1:
+            raise InputError(f"n_units[{p!r}] must be a positive integer, got {g!r}")
+    if not sizes:
+        raise InputError("n_units: give at least one pool")
+    total, g = sum(sizes.values()), min(sizes.values())
+
+    def call(w: np.ndarray) -> np.ndarray:
+        out = np.asarray(per_seed(w), dtype=np.float64)
+        if out.ndim != 2 or out.shape[0] != w.shape[0]:
+            raise InputError(f"per_seed must return (replicates, seeds) = ({w.shape[0]}, S), got shape {out.shape}")
+        return out
+
+    d = call(np.ones((1, total)))[0]
+    s_count = d.size
+    if s_count < 2:
+        raise InputError(f"a seed-pooled interval needs at least 2 {seeds_label}s, got {s_count}")
+    if not np.all(np.isfinite(d)):
+        raise InputError(f"per_seed gave NaN/inf on the observed data for {seeds_label}(s) "
+                         f"{np.flatnonzero(~np.isfinite(d)).tolist()} (no observation to weigh?)")
+    value = float(d.mean())
+    s2 = float(d.var(ddof=1))
+    labels = dict(units) if units is not None else {unit: g} if len(sizes) == 1 else dict(sizes)
+    labels[seeds_label + "s"] = s_count
+    method = f"seed-pooled t ({seeds_label} as a random effect; bootstrap over {', '.join(sizes)} shared by the " \
+             f"{seeds_label}s; Satterthwaite df)"
+
+    def make(lo: float, hi: float, note: str = "", **parts: float) -> SeedPooledEstimate:
+        return SeedPooledEstimate(value, lo, hi, int(total if n is None else n), labels, dict(sizes), method, level,
+                                  note, tuple(float(x) for x in d), scale=scale, **parts)
+
+    if g < 2:
+        return make(math.nan, math.nan, f"no interval: {g} unit(s), an interval needs at least 2")
+    rng = np.random.default_rng(seed)
+    boot = np.concatenate([call(_draw_weights(sizes, min(batch, resamples - start), rng))
+                           for start in range(0, resamples, max(1, int(batch)))])
+    if boot.shape[1] != s_count:
+        raise InputError(f"per_seed gave {boot.shape[1]} seeds on replicates, {s_count} on the data")
+    bad = ~np.all(np.isfinite(boot), axis=1)
+    if bad.sum() > MAX_EMPTY * resamples:
+        return make(math.nan, math.nan, f"no interval: {int(bad.sum())} of {resamples} replicates left a "
+                                        f"{seeds_label} no observation (too few units for this design)")
+    cov = np.atleast_2d(np.cov(boot[~bad], rowvar=False, ddof=1)) * g / (g - 1)
+    within, between = float(cov.sum()) / s_count ** 2, s2 / s_count
+    var = within + between
+    parts = dict(within=within, between=between, cov_diag=float(np.mean(np.diag(cov))),
+                 cov_off=float((cov.sum() - np.trace(cov)) / (s_count * (s_count - 1))))
+    note = f"{int(bad.sum())} replicate(s) left a {seeds_label} no observation and were redrawn" if bad.any() else ""
+    if not var > 0:
+        return make(math.nan, math.nan, "no interval: every value is equal (zero variance)", **parts)
+    df = _satterthwaite(within, between, g, s_count)
+    half = float(stats.t.ppf((1 + level) / 2, df)) * math.sqrt(var)
+    return make(value - half, value + half, note, se=math.sqrt(var), df=df, **parts)
+
+
+def _satterthwaite(within: float, between: float, units: float, seeds: float) -> float:
+    """Welch-Satterthwaite df of within + between, estimated on units - 1 and seeds - 1 degrees of freedom."""
+    den = within ** 2 / (units - 1) + between ** 2 / (seeds - 1)
+    return float((within + between) ** 2 / den) if den > 0 else math.inf
+
+
+def seed_pooled_rows(values, seeds: Sequence[Any], units: Mapping[str, Sequence[Any]], *,
+                     pools: Mapping[str, str] | None = None, level: float = LEVEL, resamples: int = RESAMPLES,
+                     seed: int = 0, seeds_label: str = "seed", scale: str = "identity",
+                     batch: int = POOL_BATCH) -> SeedPooledEstimate:
+    """`seed_pooled_interval` of the mean of per-row `values` (one per observation, e.g. a pair's d or a test
+    image's F1 difference), each seed's statistic being the mean of its rows. `seeds[i]`: row i's seed; `units`:
+    role -> one unit id per row (e.g. {'source': src, 'target': tgt}); `pools`: role -> pool (roles of one pool,
+    like sources and targets that are the same images, share multiplicities; default: each role its own pool).
+    A row's weight in a replicate is the product of its units' multiplicities, as in `unit_interval`. For a ratio,
+    pass log ratios with scale='log': the rule decides on the log scale and `ratio()` is the geometric mean."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise InputError(f"values must be 1-D, one per observation; got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise InputError(f"values hold {int((~np.isfinite(v)).sum())} NaN/inf of {v.size}: decide how to count "
+                         "them before the interval")
+    if len(seeds) != v.size:
+        raise InputError(f"seeds has {len(seeds)} labels for {v.size} values")
+    if not units:
+        raise InputError("units: give at least one role")
+    pools = {role: (pools or {}).get(role, role) for role in units}
+    for role, ids in units.items():
+        if len(ids) != v.size:
+            raise InputError(f"units[{role!r}] has {len(ids)} ids for {v.size} values")
+    pool_names = list(dict.fromkeys(pools.values()))
+    index = {p: {u: i for i, u in enumerate(dict.fromkeys(u for r in units if pools[r] == p for u in units[r]))}
+             for p in pool_names}
+    sizes = {p: len(index[p]) for p in pool_names}
+    offset = dict(zip(pool_names, np.cumsum([0] + [sizes[p] for p in pool_names])[:-1].tolist()))
+    cols = [np.array([offset[pools[r]] + index[pools[r]][u] for u in ids], dtype=np.int64)
+            for r, ids in units.items()]
+    seed_ids = list(dict.fromkeys(seeds))
+    s_code = np.array([seed_ids.index(s) for s in seeds], dtype=np.int64) if len(seed_ids) < 64 else \
+        np.array([{s: i for i, s in enumerate(seed_ids)}[s] for s in seeds], dtype=np.int64)
+    onehot = np.zeros((v.size, len(seed_ids)))
+    onehot[np.arange(v.size), s_code] = 1.0
+    weighted = onehot * v[:, None]
+
+    def per_seed(w: np.ndarray) -> np.ndarray:
+        row = np.ones((w.shape[0], v.size))
+        for c in cols:
+            row = row * w[:, c]
+        num, den = row @ weighted, row @ onehot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+    counts = {role: len(set(ids)) for role, ids in units.items()}
+    return seed_pooled_interval(per_seed, sizes, level=level, resamples=resamples, seed=seed, n=int(v.size),
+                                units=counts, seeds_label=seeds_label, scale=scale, batch=batch)
+
+
+def _projected(est: SeedPooledEstimate, n_units: float, seeds: int) -> tuple[float, float]:
+    """(V, df) the estimate's design would have at `n_units` units and `seeds` seeds: the units' (co)variances scale
+    as G0 / G; the between-seed variance tau^2 = s^2 - (mean diagonal - mean off-diagonal of C), floored at 0,
+    stays (method of moments under exchangeable seeds)."""
+    g0 = min(est.pools.values())
+    k = g0 / n_units
+    cd, co = est.cov_diag * k, est.cov_off * k
+    tau2 = max(0.0, est.between * est.seeds - (est.cov_diag - est.cov_off))
+    within = cd / seeds + co * (seeds - 1) / seeds
+    between = (tau2 + max(0.0, cd - co)) / seeds
+    return within + between, _satterthwaite(within, between, n_units, seeds)
+
+
+def seed_pooled_power(est: SeedPooledEstimate, effect: float | None = None, *, bound: float = 0.0,
+                      n_units: int | None = None, seeds: int | None = None, level: float | None = None) -> float:
+    """Chance that the interval lies wholly on `effect`'s side of `bound` (the rule decides), for a true pooled
+    effect `effect` (default: the observed D) at `n_units` units and `seeds` seeds (default: the estimate's), with
+    the estimate's variance components (`_projected`): the noncentral t, P(T'_{df}(|effect - bound| / sqrt V) >
+    t_{df, (1 + level) / 2})."""
+    if not isinstance(est, SeedPooledEstimate) or not math.isfinite(est.cov_diag):
+        raise InputError("seed_pooled_power needs a SeedPooledEstimate with an interval")
+    effect = est.value if effect is None else float(effect)
+    level = est.level if level is None else level
+    g = min(est.pools.values()) if n_units is None else n_units
+    s = est.seeds if seeds is None else seeds
+    if g < 2 or s < 2:
+        raise InputError(f"power needs at least 2 units and 2 seeds, got {g} and {s}")
+    var, df = _projected(est, g, s)
+    if not var > 0:
+        return 1.0 if effect != bound else 0.0
+    t = stats.t.ppf((1 + level) / 2, df)
+    return float(stats.nct.sf(t, df, abs(effect - bound) / math.sqrt(var)))
+
+
+def seed_pooled_needs(est: SeedPooledEstimate, effect: float | None = None, *, bound: float = 0.0,
+                      power: float = POWER, seeds: int | None = None, n_units: int | None = None,
+                      vary: str = "units", most: int = 100_000) -> int | None:
+    """The fewest units (`vary`='units', at `seeds`, default the estimate's) or seeds (`vary`='seeds', at `n_units`,
+    default the estimate's) at which `seed_pooled_power` reaches `power`; None when `most` do not (with units: the
+    seed-to-seed spread alone keeps the power below, so more seeds are needed)."""
+    if vary not in ("units", "seeds"):
+        raise InputError(f"vary must be 'units' or 'seeds', got {vary!r}")
+
+    def enough(k: int) -> bool:
+        at = dict(n_units=k, seeds=seeds) if vary == "units" else dict(n_units=n_units, seeds=k)
+        return seed_pooled_power(est, effect, bound=bound, **at) >= power
+
+    if not enough(most):
+        return None
+    lo, hi = 2, most
+    if enough(lo):
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
 
 
 # ------------------------------------------------------------------------------------------------ proportions
