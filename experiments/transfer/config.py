@@ -190,7 +190,7 @@ def _check(c: TransferConfig) -> None:
     for name in ("zoobot_weights", "imagenet_weights", "proxy_encoder"):
         v = getattr(c, name)
         if v is not None and not Path(v).is_file():
-            raise InputError(f"{name.replace('_', '-')} {v}: no such file")
+            raise InputError(f"{name} {v}: no such file")
     if c.hosts is not None and not Path(c.hosts).is_dir():
         raise InputError(f"hosts {c.hosts}: no such folder")
     if not isinstance(c.proxy, ProxyConfig):
