@@ -72,13 +72,20 @@ def _estimate(per_seed, n_units: int, unit: str, resamples: int = vd.RESAMPLES) 
                            note=str(exc))
 
 
-def _row(est: vd.Estimate | None, v: vd.Verdict | None = None, **extra: Any) -> dict[str, Any]:
+def _values(per_seed, n_units: int) -> list[float | None]:
+    """Each seed's statistic on the data as observed (None where undefined, e.g. purity without detections)."""
+    return [None if not math.isfinite(v) else float(v) for v in per_seed(np.ones((1, n_units)))[0]]
+
+
+def _row(est: vd.Estimate | None, v: vd.Verdict | None = None, seed_values: list | None = None,
+         **extra: Any) -> dict[str, Any]:
     if est is None:
         return {**extra, "value": None, "low": None, "high": None, "outcome": v.outcome if v else None}
     ok = est.has_interval
+    values = seed_values if seed_values is not None else [float(x) for x in getattr(est, "seed_values", ())]
     return {**extra, "value": est.value if math.isfinite(est.value) else None, "low": est.low if ok else None,
             "high": est.high if ok else None, "n_units": min(est.pools.values(), default=0),
-            "units": dict(est.units), "seed_values": list(getattr(est, "seed_values", ())),
+            "units": dict(est.units), "seed_values": values,
             "df": getattr(est, "df", None), "note": est.note,
             **({"outcome": v.outcome, "reason": v.reason} if v is not None else {})}
 
@@ -96,13 +103,13 @@ def analyse(config: TransferConfig, cells: Mapping[tuple, Mapping[str, Any]], ls
             for size in sizes:
                 row = {"backbone": kind, "body": body, "size": size}
                 for metric, (where, _, _) in METRICS.items():
-                    est = _estimate(_stat(c, metric, kind, body, size, seeds), c.n_units(where, kind, body, size,
-                                                                                         seeds[0]),
-                                    "host" if where == "real" else "image", BAND_RESAMPLES)
-                    row[metric] = _row(est)
+                    per_seed = _stat(c, metric, kind, body, size, seeds)
+                    g = c.n_units(where, kind, body, size, seeds[0])
+                    row[metric] = _row(_estimate(per_seed, g, "host" if where == "real" else "image",
+                                                 BAND_RESAMPLES), seed_values=_values(per_seed, g))
                 ap = _ap(c, kind, body, size, seeds)
-                row["ap50"] = _row(_estimate(ap, c.n_units("test", kind, body, size, seeds[0]), "image",
-                                             BAND_RESAMPLES))
+                g = c.n_units("test", kind, body, size, seeds[0])
+                row["ap50"] = _row(_estimate(ap, g, "image", BAND_RESAMPLES), seed_values=_values(ap, g))
                 row["threshold"] = [cells[(kind, body, size, s)]["meta"]["threshold"] for s in seeds]
                 curves.append(row)
     galaxy = [k for k in GALAXY if k in kinds]
@@ -115,8 +122,10 @@ def analyse(config: TransferConfig, cells: Mapping[tuple, Mapping[str, Any]], ls
         reach[kind] = {}
         for body in config.bodies:
             rows = [r for r in curves if r["backbone"] == kind and r["body"] == body]
-            comp = np.array([[v for v in r["completeness3"]["seed_values"]] for r in rows]).T
-            pur = np.array([[v for v in r["purity"]["seed_values"]] for r in rows]).T
+            comp = np.array([[np.nan if v is None else v for v in r["completeness3"]["seed_values"]]
+                             for r in rows], dtype=float).T
+            pur = np.array([[np.nan if v is None else v for v in r["purity"]["seed_values"]] for r in rows],
+                           dtype=float).T
             reach[kind][body] = rl.reach_size(comp, pur, sizes) if comp.size else None
     final = {kind: _reaches(config, c, kind, n_test) for kind in kinds}
     bridge = _bridge(config, lst, galaxy if REFERENCE in kinds else [])
@@ -132,14 +141,14 @@ def _claims_vs_reference(config: TransferConfig, c: _Cells, g: str, n_test: int)
     better, less = {}, {}
     for body in config.bodies:
         for size in sizes:
-            e_f1 = _estimate(_diff(_stat(c, "f1", g, body, size, seeds), _stat(c, "f1", REFERENCE, body, size, seeds)),
-                             n_test, "image")
-            e_ap = _estimate(_diff(_ap(c, g, body, size, seeds), _ap(c, REFERENCE, body, size, seeds)), n_test,
-                             "image")
-            better[f"{body} n={size}"] = {"f1": _row(e_f1, vd.decide(e_f1, rl.RULES["better_f1"]), body=body,
-                                                     size=size),
-                                          "ap50": _row(e_ap, vd.decide(e_ap, rl.RULES["better_ap50"]), body=body,
-                                                       size=size)}
+            f1_diff = _diff(_stat(c, "f1", g, body, size, seeds), _stat(c, "f1", REFERENCE, body, size, seeds))
+            ap_diff = _diff(_ap(c, g, body, size, seeds), _ap(c, REFERENCE, body, size, seeds))
+            e_f1, e_ap = _estimate(f1_diff, n_test, "image"), _estimate(ap_diff, n_test, "image")
+            better[f"{body} n={size}"] = {
+                "f1": _row(e_f1, vd.decide(e_f1, rl.RULES["better_f1"]), _values(f1_diff, n_test), body=body,
+                           size=size),
+                "ap50": _row(e_ap, vd.decide(e_ap, rl.RULES["better_ap50"]), _values(ap_diff, n_test), body=body,
+                             size=size)}
         curve_g = [_stat(c, "f1", g, body, n, seeds) for n in sizes]
         curve_r = [_stat(c, "f1", REFERENCE, body, n, seeds) for n in sizes]
 
@@ -148,7 +157,7 @@ def _claims_vs_reference(config: TransferConfig, c: _Cells, g: str, n_test: int)
             return rl.auc(diff, sizes)
 
         e = _estimate(area, n_test, "image")
-        less[body] = _row(e, vd.decide(e, rl.RULES["less_data"]), body=body)
+        less[body] = _row(e, vd.decide(e, rl.RULES["less_data"]), _values(area, n_test), body=body)
     per_body = {}
     for body in config.bodies:
         parts = {f"F1 n={k.split('n=')[1]}": v["f1"]["outcome"] for k, v in better.items() if k.startswith(body)}
@@ -171,9 +180,9 @@ def _reaches(config: TransferConfig, c: _Cells, kind: str, n_test: int) -> dict[
         for name, metric, rule in (("completeness", "completeness3", "completeness"), ("purity", "purity", "purity"),
                                    ("real completeness", "real_completeness3", "real_completeness")):
             where = METRICS[metric][0]
-            e = _estimate(_stat(c, metric, kind, body, n, seeds), c.n_units(where, kind, body, n, seeds[0]),
-                          "host" if where == "real" else "image")
-            parts[name] = _row(e, vd.decide(e, rl.RULES[rule]), body=body, size=n)
+            per_seed, g = _stat(c, metric, kind, body, n, seeds), c.n_units(where, kind, body, n, seeds[0])
+            e = _estimate(per_seed, g, "host" if where == "real" else "image")
+            parts[name] = _row(e, vd.decide(e, rl.RULES[rule]), _values(per_seed, g), body=body, size=n)
         combined = vd.combine({k: v["outcome"] for k, v in parts.items()})
         out[body] = {"parts": parts, "outcome": combined.outcome, "reason": combined.reason}
     out["overall"] = vd.combine({b: out[b]["outcome"] for b in config.bodies}).to_dict()

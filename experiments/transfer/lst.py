@@ -80,6 +80,10 @@ def run_lst(config: TransferConfig, data: dict[str, Any], store: RunStore, out: 
 
     from .study import load_cell_detector
 
+    from .config import GALAXY
+
+    if "imagenet" not in config.backbones or not any(g in config.backbones for g in GALAXY):
+        return []  # the bridge compares a galaxy backbone's detector with ImageNet's: nothing to walk
     test = data["test"]
     labels = clump_labels(test.targets, region(config.image_size))
     records: list[dict[str, Any]] = []

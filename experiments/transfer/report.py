@@ -74,11 +74,15 @@ def learning_curves(analysis: Mapping[str, Any], bodies: Sequence[str], path: Pa
                 ax.fill_between(n, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=col, alpha=0.15, lw=0)
                 ax.plot(n, mean, "-", color=col, label=kind)
                 for x, r in zip(n, rows):
-                    vals = r[metric]["seed_values"]
+                    vals = [np.nan if v is None else v for v in r[metric]["seed_values"]]
                     ax.scatter(np.full(len(vals), x) * np.exp(np.linspace(-0.04, 0.04, len(vals))), vals, s=10,
                                color=col, alpha=0.7)
             ax.axhline(rl.TARGET, color="k", lw=0.7, ls=":")
             ax.set_xscale("log")
+            sizes = sorted({r["size"] for r in curves})
+            ax.set_xticks(sizes)
+            ax.set_xticklabels([str(n) for n in sizes])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_ylim(0, 1.02)
             ax.set_title(f"{name}, body {body}", fontsize=10)
             if i == len(bodies) - 1:

@@ -7,7 +7,7 @@ pairs from the same start noise against every largest-size detector; `analysis` 
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +171,7 @@ def _train_cell(det, cell: tuple, config: TransferConfig, data: dict[str, Any], 
     kind, body, size, seed = cell
     ds = Repeated(data["pool"], size, config.steps * config.batch_size)
     return train(det, ds, 1, folder, config.batch_size, lr=config.lr, warmup_steps=config.warmup, seed=seed,
-                 checkpoint_every=max(1, config.steps // 4), progress=progress, device=device)
+                 checkpoint_every=max(10, config.steps // 4), progress=progress, device=device)
 
 
 def _evaluate(det, config: TransferConfig, data: dict[str, Any], device) -> tuple[dict, dict]:
@@ -235,9 +235,11 @@ def _run_cell(cell, config, data, store: RunStore, out: Path, proxy_file, device
     store.save(stage, arrays, meta)
     for p in folder.glob("ckpt-*"):  # the final weights stay (model.safetensors); the resume state goes
         p.unlink()
-    f = meta["figures"]
-    print(f"{name}: F1 {f['test_chosen_f1']:.3f} (threshold {meta['threshold']:.2f}), AP50 {meta['ap50']:.3f}, "
-          f"real-host completeness {f['real_chosen_completeness3']:.3f} ({meta['seconds']:.0f} s)", flush=True)
+    arrays, meta = store.load(stage)  # a fresh cell reads back exactly what a resumed run reads (NaN -> None)
+    f = {k: (math.nan if v is None else v) for k, v in meta["figures"].items()}
+    print(f"{name}: F1 {f['test_chosen_f1']:.3f} (threshold {meta['threshold']:.2f}), AP50 "
+          f"{math.nan if meta['ap50'] is None else meta['ap50']:.3f}, real-host completeness "
+          f"{f['real_chosen_completeness3']:.3f} ({meta['seconds']:.0f} s)", flush=True)
     return {"arrays": {k: v.numpy() for k, v in arrays.items()}, "meta": meta}
 
 
@@ -273,7 +275,7 @@ def run_transfer(config: TransferConfig, out: str | Path = OUT_ROOT / "transfer"
     out = Path(out)
     hosts, host_names, skipped = load_hosts(config)
     for kind in config.backbones:  # a missing or foreign weights file: one line, before anything is trained
-        if kind != "galaxy-proxy" or config.proxy_encoder:
+        if kind in ("imagenet", "zoobot") or (kind == "galaxy-proxy" and config.proxy_encoder):
             build_cell_detector(kind, config.bodies[0], 0, config, config.proxy_encoder, "cpu")
     proxy_file, proxy_log = config.proxy_encoder, None
     if "galaxy-proxy" in config.backbones and proxy_file is None:
