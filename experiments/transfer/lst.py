@@ -1,7 +1,8 @@
 """The bridge to the blind spots: LST against the trained detectors themselves. Each largest-size detector becomes
 a 2-class classifier, "is there a clump in the central region" (`detectors.as_classifier(det, region=...)`, the
-soft maximum of the clump scores of the proposals centred there). Test images with a clump of >= 3% of the host's
-flux centred in the region are 'clumpy', those with no clump centred there 'not clumpy' (others are not used).
+soft maximum of the clump scores of the proposals centred there). The candidates are simulated galaxies held out
+from everything else, half without clumps and half with 2-8 clumps of 3-8% of the host's flux; those with a clump
+of >= 3% centred in the region are 'clumpy', those with no clump centred there 'not clumpy' (others are not used).
 Per body setting, the pool holds the images every detector of that setting (every backbone, every seed) classifies
 correctly, half of each class; every detector walks the same pairs (each source to a target of the other class)
 from the same start noise, so d = log(RMS-l2 left by the galaxy backbone's detector / by ImageNet's) is paired."""
@@ -59,7 +60,7 @@ def _pool(config, body, images, labels, classifiers, store: RunStore) -> torch.T
     if store.has(stage):
         return store.load(stage)[0]["pool"]
     half = max(1, config.lst_sources // 2)
-    cand = np.concatenate([np.flatnonzero(labels == c)[:3 * half] for c in (0, 1)])
+    cand = np.concatenate([np.flatnonzero(labels == c) for c in (0, 1)])
     cand_t = torch.as_tensor(np.sort(cand))
     if cand_t.numel():
         ok, _ = st.select_pool(classifiers, images[cand_t], torch.as_tensor(labels[cand_t]))
@@ -84,7 +85,7 @@ def run_lst(config: TransferConfig, data: dict[str, Any], store: RunStore, out: 
 
     if "imagenet" not in config.backbones or not any(g in config.backbones for g in GALAXY):
         return []  # the bridge compares a galaxy backbone's detector with ImageNet's: nothing to walk
-    test = data["test"]
+    test = data["lst"]
     labels = clump_labels(test.targets, region(config.image_size))
     records: list[dict[str, Any]] = []
     protocol = st.ProtocolConfig(rounds=config.lst_rounds, seed=config.data_seed,

@@ -160,7 +160,7 @@ def lst_grid(result, data, proxy_file, device, path: Path, n_pairs: int = 2) -> 
             rec = recs[kind][key]
             arrays, _ = store.load(rec["array"][len("stages/"):-len(".safetensors")])
             out_img = arrays["images"][rec["array_index"]]
-            imgs = torch.stack([data["test"].images[key[1]], out_img, data["test"].images[key[2]]])
+            imgs = torch.stack([data["lst"].images[key[1]], out_img, data["lst"].images[key[2]]])
             preds = detect(det, imgs, device=device, score_floor=0.0)
             row = axes[p * len(kinds) + k]
             for col, (name, im, pr) in enumerate(zip(("source", "LST output", "target"), imgs, preds)):

@@ -113,13 +113,18 @@ def _data(config: TransferConfig, hosts: torch.Tensor) -> dict[str, Any]:
     """The simulated pool (training sets are its prefixes), validation and test sets, and the real hosts with
     injected clumps (no stars: their own features carry no labels); every draw from `data_seed`."""
     from detectors.inject import inject_batch
-    from detectors.simulate import SimConfig, simulate
+    from detectors.simulate import SimConfig, SimulatedBatch, simulate
 
     sim = SimConfig(image_size=config.image_size)
     s = config.data_seed
     injected = [inject_batch(hosts, dataclasses.replace(sim, star_rate=0.0), seed=s + 30_000 + k)
                 for k in range(config.injections)]
-    return {"pool": simulate(config.pool, sim, s), "val": simulate(config.n_val, sim, s + 20_000),
+    half = 3 * max(1, config.lst_sources // 2)  # LST candidates: galaxies without clumps and with 2-8 of >= 3%
+    plain = simulate(half, dataclasses.replace(sim, n_clumps=(0, 0)), s + 40_000)
+    clumpy = simulate(half, dataclasses.replace(sim, n_clumps=(2, 8), clump_flux=(0.03, 0.08)), s + 50_000)
+    lst = SimulatedBatch(torch.cat([plain.images, clumpy.images]), plain.targets + clumpy.targets,
+                         plain.params + clumpy.params, sim, s + 40_000)
+    return {"pool": simulate(config.pool, sim, s), "val": simulate(config.n_val, sim, s + 20_000), "lst": lst,
             "test": simulate(config.n_test, sim, s + 10_000),
             "real_images": torch.cat([b.images for b in injected]),
             "real_targets": [t for b in injected for t in b.targets],
