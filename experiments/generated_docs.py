@@ -44,6 +44,18 @@ def _zoobot_results(data: Any) -> str:
     return render_readme(data)
 
 
+def _transfer_results(data: Any) -> str:
+    from .transfer.report import render_docs
+
+    return render_docs(data)
+
+
+def _transfer_table(data: Any) -> str:
+    from .transfer.report import render_table
+
+    return render_table(data)
+
+
 def _zoo_training(data: Any) -> str:
     from blindspots.zoo import render_training_table
 
@@ -69,6 +81,8 @@ BLOCKS: dict[str, tuple[str | None, Renderer]] = {
     "models": (None, _models),  # the model registry (blindspots.registry, filled by blindspots.zoo)
     "paper-claims": ("docs/results/claims.json", _paper_claims),  # blindspots paper --results-to <this file>
     "zoobot-results": ("docs/results/zoobot.json", _zoobot_results),  # blindspots zoobot --results-to <this file>
+    "transfer-results": ("docs/results/transfer.json", _transfer_results),  # blindspots transfer --results-to <this>
+    "transfer-table": ("docs/results/transfer.json", _transfer_table),  # the same run's largest-size detectors
     "zoo-training": ("blindspots/zoo/weights/mnist.json", _zoo_training),
     "zoo-robustness": ("blindspots/zoo/weights/mnist_robustness.json", _zoo_robustness),  # blindspots robust --zoo
 }

@@ -361,3 +361,22 @@ def test_the_paper_settings_run_at_tiny_scale_on_cpu(tmp_path):
     result = tr.run_transfer(config, tmp_path / "paper", device="cpu", threads=1, progress=False, report=False)
     assert len(result.cells) == 2 and all(c["steps"] == 1 for c in result.cells)
     assert result.verdicts == {}  # no ImageNet and no galaxy backbone: no claim to decide
+
+
+def test_the_docs_python_example_uses_the_api_as_it_is():
+    """docs/studies.md's transfer example compiles and names only TransferConfig fields and run_transfer
+    arguments."""
+    import ast
+    import inspect
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "studies.md").read_text()
+    section = text[text.index("## Transfer learning for clump detection"):]
+    code = section[section.index("```python\n") + 10:]
+    code = code[:code.index("```")]
+    tree = ast.parse(code)
+    calls = {n.func.id: n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {k.arg for k in calls["TransferConfig"].keywords} <= set(TransferConfig.__dataclass_fields__)
+    assert {k.arg for k in calls["run_transfer"].keywords} <= set(inspect.signature(tr.run_transfer).parameters)
+    assert "verdicts" in {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
