@@ -197,7 +197,7 @@ def test_a_backbone_given_the_truth_beats_one_given_noise(tmp_path):
     from detectors.evaluate import MatchRule, image_counts
     from detectors.frcnn import build_detector, detect
     from detectors.train import train
-    from experiments.transfer.study import Repeated
+    from experiments.transfer.cells import Repeated
 
     torch.set_num_threads(1)
     data, test = _toy_set(24, 0), _toy_set(24, 1)
@@ -342,7 +342,7 @@ def test_the_paper_settings_run_at_tiny_scale_on_cpu(tmp_path):
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     from experiments.transfer.cli import add_arguments, config_from_args
-    from experiments.transfer.study import build_cell_detector
+    from experiments.transfer.cells import build_cell_detector
 
     p = __import__("argparse").ArgumentParser()
     add_arguments(p)
@@ -380,3 +380,14 @@ def test_the_docs_python_example_uses_the_api_as_it_is():
     assert {k.arg for k in calls["TransferConfig"].keywords} <= set(TransferConfig.__dataclass_fields__)
     assert {k.arg for k in calls["run_transfer"].keywords} <= set(inspect.signature(tr.run_transfer).parameters)
     assert "verdicts" in {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+
+
+def test_claim_three_needs_every_part():
+    """Completeness AND purity >= 0.8: one part below decides 'does not hold', all above 'holds'."""
+    from experiments.transfer.analysis import all_of
+
+    assert all_of({"completeness": vd.HOLDS, "purity": vd.HOLDS})[0] == vd.HOLDS
+    assert all_of({"completeness": vd.INCONCLUSIVE, "purity": vd.DOES_NOT_HOLD})[0] == vd.DOES_NOT_HOLD
+    assert all_of({"completeness": vd.HOLDS, "purity": vd.INCONCLUSIVE}) == (vd.INCONCLUSIVE,
+                                                                             "inconclusive: purity")
+    assert all_of({"completeness": vd.HOLDS, "real": vd.UNDERPOWERED})[0] == vd.UNDERPOWERED

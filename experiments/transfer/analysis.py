@@ -13,7 +13,7 @@ from blindspots import verdicts as vd
 from . import rules as rl
 from .config import GALAXY, TransferConfig
 
-__all__ = ["analyse", "BAND_RESAMPLES", "REFERENCE"]
+__all__ = ["analyse", "all_of", "BAND_RESAMPLES", "REFERENCE"]
 
 REFERENCE = "imagenet"
 BAND_RESAMPLES = 999  # the learning curves' bands (a figure, not a verdict): fewer replicates
@@ -183,10 +183,22 @@ def _reaches(config: TransferConfig, c: _Cells, kind: str, n_test: int) -> dict[
             per_seed, g = _stat(c, metric, kind, body, n, seeds), c.n_units(where, kind, body, n, seeds[0])
             e = _estimate(per_seed, g, "host" if where == "real" else "image")
             parts[name] = _row(e, vd.decide(e, rl.RULES[rule]), _values(per_seed, g), body=body, size=n)
-        combined = vd.combine({k: v["outcome"] for k, v in parts.items()})
-        out[body] = {"parts": parts, "outcome": combined.outcome, "reason": combined.reason}
+        outcome, reason = all_of({k: v["outcome"] for k, v in parts.items()})
+        out[body] = {"parts": parts, "outcome": outcome, "reason": reason}
     out["overall"] = vd.combine({b: out[b]["outcome"] for b in config.bodies}).to_dict()
     return out
+
+
+def all_of(parts: Mapping[str, str]) -> tuple[str, str]:
+    """A claim that needs every part: holds when every part holds; does not hold when any part does not hold;
+    else not evaluated / underpowered when a part is; else inconclusive. The reason names the deciding parts."""
+    values = set(parts.values())
+    if values == {vd.HOLDS}:
+        return vd.HOLDS, "every part holds"
+    for outcome in (vd.DOES_NOT_HOLD, vd.NOT_EVALUATED, vd.UNDERPOWERED):
+        if outcome in values:
+            return outcome, f"{outcome}: " + ", ".join(k for k, o in parts.items() if o == outcome)
+    return vd.INCONCLUSIVE, "inconclusive: " + ", ".join(k for k, o in parts.items() if o != vd.HOLDS)
 
 
 def _bridge(config: TransferConfig, lst: Sequence[Mapping[str, Any]], galaxy: Sequence[str]) -> dict[str, Any]:

@@ -3,8 +3,9 @@ a 2-class classifier, "is there a clump in the central region" (`detectors.as_cl
 soft maximum of the clump scores of the proposals centred there). The candidates are simulated galaxies held out
 from everything else, half without clumps and half with 2-8 clumps of 3-8% of the host's flux; those with a clump
 of >= 3% centred in the region are 'clumpy', those with no clump centred there 'not clumpy' (others are not used).
-Per body setting, the pool holds the images every detector of that setting (every backbone, every seed) classifies
-correctly, half of each class; every detector walks the same pairs (each source to a target of the other class)
+Per body setting, the pool holds the images every compared detector of that setting (ImageNet and the galaxy
+backbones, every seed; `random` is in no comparison and does not walk) classifies correctly, half of each class;
+every compared detector walks the same pairs (each source to a target of the other class)
 from the same start noise, so d = log(RMS-l2 left by the galaxy backbone's detector / by ImageNet's) is paired."""
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ def _classifier(det, config: TransferConfig, name: str):
     return as_classifier(det, region=region(config.image_size), name=name)
 
 
-def _pool(config, body, images, labels, classifiers, store: RunStore) -> torch.Tensor:
-    """The images every classifier of this body setting gets right, balanced (saved: a rerun keeps the pairs)."""
-    stage = f"lst-pool-{body}"
+def _pool(config, body, kinds, images, labels, classifiers, store: RunStore) -> torch.Tensor:
+    """The images every compared classifier of this body setting gets right, balanced (saved: a rerun keeps the
+    pairs)."""
+    stage = f"lst-pool-{body}-{'-'.join(kinds)}"
     if store.has(stage):
         return store.load(stage)[0]["pool"]
     half = max(1, config.lst_sources // 2)
@@ -79,7 +81,7 @@ def run_lst(config: TransferConfig, data: dict[str, Any], store: RunStore, out: 
     """LST on the same pairs for every largest-size detector; the records (one per pair and detector)."""
     from blindspots.pairing import derangement_pairs
 
-    from .study import load_cell_detector
+    from .cells import load_cell_detector
 
     from .config import GALAXY
 
@@ -90,13 +92,14 @@ def run_lst(config: TransferConfig, data: dict[str, Any], store: RunStore, out: 
     records: list[dict[str, Any]] = []
     protocol = st.ProtocolConfig(rounds=config.lst_rounds, seed=config.data_seed,
                                  pairs_per_batch=max(config.lst_rounds, config.lst_sources * config.lst_rounds))
+    kinds = [k for k in config.backbones if k == "imagenet" or k in GALAXY]  # the compared ones walk
     for body in config.bodies:
         clfs = {}
-        for kind in config.backbones:
+        for kind in kinds:
             for seed in config.seeds:
                 det = load_cell_detector((kind, body, config.largest, seed), config, out, proxy_file, device)
                 clfs[(kind, seed)] = _classifier(det, config, f"{kind}/{body}/s{seed}")
-        pool = _pool(config, body, test.images, labels, list(clfs.values()), store)
+        pool = _pool(config, body, kinds, test.images, labels, list(clfs.values()), store)
         if pool.numel() < 2:
             print(f"LST {body}: no pair (no test image that every detector classifies correctly in each class)",
                   flush=True)

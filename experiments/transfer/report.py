@@ -104,7 +104,7 @@ def example_detections(result, data, proxy_file, device, path: Path) -> Path:
     from detectors.evaluate import draw_detections
     from detectors.frcnn import detect
 
-    from .study import load_cell_detector
+    from .cells import load_cell_detector
 
     config = result.config
     kinds = list(config.backbones)
@@ -138,7 +138,7 @@ def lst_grid(result, data, proxy_file, device, path: Path, n_pairs: int = 2) -> 
     from detectors.evaluate import draw_detections
     from detectors.frcnn import detect
 
-    from .study import load_cell_detector
+    from .cells import load_cell_detector
 
     config = result.config
     body, seed = config.bodies[-1], config.seeds[0]
@@ -312,7 +312,9 @@ def summary(result) -> dict[str, Any]:
             "constants": constants_text(c), "action": action_rows(a), "final": final_rows(a, a["reach"], c.largest),
             "better": better_rows(a), "seeds": list(c.seeds), "sizes": list(c.sizes), "n_test": a["n_test"],
             "n_hosts": a["n_hosts"], "injections": c.injections, "steps": c.steps, "arch": c.arch,
-            "bodies": list(c.bodies), "seconds": round(result.seconds, 1)}
+            "bodies": list(c.bodies), "seconds": round(result.seconds, 1),
+            "cell_seconds": round(sum(float(x.get("seconds") or 0.0) for x in result.cells), 1),
+            "lst_pairs": len(result.lst)}
 
 
 def record_summary(result, path: str | Path, command: str, threads: int | None = None) -> Path:
@@ -341,7 +343,9 @@ def render_docs(data: Mapping[str, Any]) -> str:
     first = next(iter(runs.values()))
     parts = [first["rule"], "", first["constants"], ""]
     for command, run in runs.items():
-        parts += [f"`{command}`: {run['seconds'] / 60:.1f} min wall ({run.get('threads')} thread(s)), "
+        parts += [f"`{command}`: {run['seconds'] / 60:.1f} min wall for its last invocation, the cells' own training "
+                  f"and scoring {run.get('cell_seconds', 0) / 60:.1f} min ({run.get('threads')} thread(s)), "
+                  f"{run.get('lst_pairs', 0)} LST walks, "
                   f"{len(run['seeds'])} seeds, sizes {', '.join(map(str, run['sizes']))}, {run['n_test']} test "
                   f"images, {run['n_hosts']} real hosts x {run['injections']} injections.", "",
                   f"Verdicts: {run['headline']}", "", _md(run["better"]), "", _md(run["final"]), ""]

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from blindspots import studies as st
 from blindspots.cli import OUT_ROOT, resolve_device
 from blindspots.errors import InputError
 from blindspots.store import RunStore
 
-from .config import TransferConfig
 from . import rules as rl
+from .cells import Repeated, build_cell_detector, cell_name, load_cell_detector
+from .config import TransferConfig
 
-__all__ = ["TransferResult", "run_transfer", "load_hosts", "build_cell_detector", "cell_name", "Repeated",
-           "THRESHOLDS", "FLUX_CUTS", "PAPER_THRESHOLD"]
+__all__ = ["TransferResult", "run_transfer", "load_hosts", "build_cell_detector", "load_cell_detector", "cell_name",
+           "Repeated", "THRESHOLDS", "FLUX_CUTS", "PAPER_THRESHOLD"]
 
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))  # candidates for the validated score threshold
 PAPER_THRESHOLD = 0.3
@@ -52,25 +52,6 @@ class TransferResult:
     @property
     def verdicts(self) -> dict[str, Any]:
         return self.analysis["verdicts"]
-
-
-class Repeated(torch.utils.data.Dataset):
-    """`length` items cycling over a SimulatedBatch (item i is image i mod n): one 'epoch' of it is the whole
-    fixed-step budget, each image visited equally often (within one) whatever the training-set size."""
-
-    def __init__(self, batch: Any, n: int, length: int) -> None:
-        self.batch, self.n, self.length = batch, n, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int):
-        j = int(i) % self.n
-        return self.batch.images[j], self.batch.targets[j]
-
-
-def cell_name(backbone: str, body: str, size: int, seed: int) -> str:
-    return f"{backbone}-{body}-n{size}-s{seed}"
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -132,42 +113,6 @@ def _data(config: TransferConfig, hosts: torch.Tensor) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ detectors
-
-
-def _weights(kind: str, config: TransferConfig, proxy_file: str | None) -> str | None:
-    if kind == "imagenet":
-        if config.imagenet_weights:
-            return f"imagenet:{config.imagenet_weights}"
-        if config.arch == "efficientnet_lite0":
-            return "imagenet"
-        raise InputError(f"backbone imagenet for {config.arch} needs imagenet_weights (--imagenet-weights FILE); only "
-                         "efficientnet_lite0 has offline ImageNet weights")
-    if kind == "galaxy-proxy":
-        return f"zoobot:{proxy_file}"
-    if kind == "zoobot":
-        return f"zoobot:{config.zoobot_weights}"
-    return None
-
-
-def build_cell_detector(kind: str, body: str, seed: int, config: TransferConfig, proxy_file: str | None,
-                        device: Any = None):
-    """The detector of one cell before training. The same seed gives every backbone the same FPN and head
-    initialisation (the body's own init is drawn, then overwritten by its weights, the same way for each)."""
-    from detectors.backbones import build_backbone
-    from detectors.frcnn import PRESETS, build_detector
-
-    preset = PRESETS[config.preset]
-    weights = _weights(kind, config, proxy_file)
-    torch.manual_seed(seed)
-    try:
-        bb = build_backbone(config.arch, weights, 0 if body == "frozen" else config.trainable,
-                            fpn_channels=preset.fpn_channels)
-    except (InputError, ValueError, OSError, RuntimeError) as exc:
-        what = {"zoobot": f"zoobot weights {config.zoobot_weights}", "imagenet": "imagenet weights",
-                "galaxy-proxy": f"galaxy-proxy encoder {proxy_file}"}.get(kind, kind)
-        raise InputError(f"{what} cannot be the {config.arch} body: {str(exc).splitlines()[0]}") from None
-    size = config.resize or config.image_size
-    return build_detector(bb, 3, preset, min_size=size, max_size=size, device=device)
 
 
 def _train_cell(det, cell: tuple, config: TransferConfig, data: dict[str, Any], folder: Path, device, progress: bool):
@@ -246,15 +191,6 @@ def _run_cell(cell, config, data, store: RunStore, out: Path, proxy_file, device
           f"{math.nan if meta['ap50'] is None else meta['ap50']:.3f}, real-host completeness "
           f"{f['real_chosen_completeness3']:.3f} ({meta['seconds']:.0f} s)", flush=True)
     return {"arrays": {k: v.numpy() for k, v in arrays.items()}, "meta": meta}
-
-
-def load_cell_detector(cell, config: TransferConfig, out: Path, proxy_file, device):
-    """A finished cell's trained detector (its final weights from train/<cell>/model.safetensors)."""
-    from blindspots.models import load_weights
-
-    det = build_cell_detector(cell[0], cell[1], cell[3], config, proxy_file, device)
-    load_weights(det, out / "train" / cell_name(*cell) / "model.safetensors")
-    return det.eval()
 
 
 # --------------------------------------------------------------------------------------------------- the run

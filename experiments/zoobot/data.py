@@ -3,10 +3,9 @@ proxy's pretraining (their simulated morphology), real cutouts, and the pairs LS
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
