@@ -77,6 +77,19 @@ def _values(per_seed, n_units: int) -> list[float | None]:
     return [None if not math.isfinite(v) else float(v) for v in per_seed(np.ones((1, n_units)))[0]]
 
 
+def _needs(est: vd.Estimate, v: vd.Verdict) -> dict[str, Any]:
+    """For an inconclusive cell: the test images (at these seeds) and the seeds (at these images) at which the
+    observed effect would be decided with 80% power (None: not within 100,000), from the estimate's variance
+    components (`verdicts.seed_pooled_needs`)."""
+    if v.outcome != vd.INCONCLUSIVE or not isinstance(est, vd.SeedPooledEstimate):
+        return {}
+    try:
+        return {"needs_units": vd.seed_pooled_needs(est, vary="units"),
+                "needs_seeds": vd.seed_pooled_needs(est, vary="seeds")}
+    except (vd.InputError, ValueError, ZeroDivisionError, OverflowError):
+        return {}
+
+
 def _row(est: vd.Estimate | None, v: vd.Verdict | None = None, seed_values: list | None = None,
          **extra: Any) -> dict[str, Any]:
     if est is None:
@@ -87,7 +100,7 @@ def _row(est: vd.Estimate | None, v: vd.Verdict | None = None, seed_values: list
             "high": est.high if ok else None, "n_units": min(est.pools.values(), default=0),
             "units": dict(est.units), "seed_values": values,
             "df": getattr(est, "df", None), "note": est.note,
-            **({"outcome": v.outcome, "reason": v.reason} if v is not None else {})}
+            **({"outcome": v.outcome, "reason": v.reason, **_needs(est, v)} if v is not None else {})}
 
 
 def analyse(config: TransferConfig, cells: Mapping[tuple, Mapping[str, Any]], lst: Sequence[Mapping[str, Any]],

@@ -187,6 +187,16 @@ def verdict_rows(analysis: Mapping[str, Any]) -> list[dict[str, str]]:
             for g, verdict in analysis["verdicts"].items()]
 
 
+def _decides(row: Mapping[str, Any]) -> str:
+    """What would decide an inconclusive cell at the observed effect (80% power): more test images or seeds."""
+    if row.get("outcome") != vd.INCONCLUSIVE or "needs_seeds" not in row:
+        return ""
+    units = row.get("needs_units")
+    seeds = row.get("needs_seeds")
+    return (f"{units} images" if units else "no number of images") + " or " + (
+        f"{seeds} seeds" if seeds else "no number of seeds")
+
+
 def better_rows(analysis: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
     for g, cl in analysis["claims"].items():
@@ -194,12 +204,14 @@ def better_rows(analysis: Mapping[str, Any]) -> list[dict[str, str]]:
             rows.append({"backbone": label(g), "cell": cell, "F1 diff [interval]": _ci(v["f1"]),
                          "F1 cell": v["f1"]["outcome"], "AP50 diff [interval]": _ci(v["ap50"]),
                          "AP50 cell": v["ap50"]["outcome"],
-                         "units": f"{v['f1'].get('n_units', 0)} test images, {len(v['f1']['seed_values'])} seeds"})
+                         "units": f"{v['f1'].get('n_units', 0)} test images, {len(v['f1']['seed_values'])} seeds",
+                         "F1 decided at (80% power)": _decides(v["f1"])})
         for body, v in cl["less_data"].items():
             rows.append({"backbone": label(g), "cell": f"{body}: mean F1 over the curve",
                          "F1 diff [interval]": _ci(v), "F1 cell": v["outcome"], "AP50 diff [interval]": "",
                          "AP50 cell": "", "units": f"{v.get('n_units', 0)} test images, "
-                                                  f"{len(v['seed_values'])} seeds"})
+                                                  f"{len(v['seed_values'])} seeds",
+                         "F1 decided at (80% power)": _decides(v)})
     return rows
 
 
@@ -354,10 +366,12 @@ def render_docs(data: Mapping[str, Any]) -> str:
 
 def render_table(data: Mapping[str, Any]) -> str:
     """docs/detectors.md's block: per backbone and body, F1 / AP50 / real-host completeness at the largest size
-    beside the LST ratio (the first recorded run)."""
+    beside the LST ratio (of the recorded run with the most rows, the later one on ties)."""
     runs = data.get("runs", {})
     if not runs:
         return "No run recorded yet.\n"
-    command, run = next(iter(runs.items()))
+    order = list(runs)
+    command = max(order, key=lambda c: (len(runs[c]["action"]), order.index(c)))
+    run = runs[command]
     return (f"From `{command}` ({run['arch']}, {run['sizes'][-1]} training images, {len(run['seeds'])} seeds, "
             f"means with 95% intervals over seeds and test images):\n\n" + _md(run["action"]) + "\n")
