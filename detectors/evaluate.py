@@ -43,6 +43,8 @@ __all__ = [
     "completeness_vs_flux",
     "average_precision",
     "ap50",
+    "image_counts",
+    "detection_table",
     "draw_detections",
 ]
 
@@ -269,6 +271,52 @@ def completeness_vs_flux(predictions: Sequence[Mapping], targets: Sequence[Mappi
         "lower": lower,
         "upper": upper,
     }
+
+
+def image_counts(predictions: Sequence[Mapping], targets: Sequence[Mapping], rule: MatchRule = STRICT,
+                 thresholds: Sequence[float] = (0.3,), *, label: int | None = 1, flux_cuts: Sequence[float] = (),
+                 class_aware: bool = True) -> dict[str, np.ndarray]:
+    """Per-image counts at each score threshold, the input of intervals that resample images: "tp" (T, G) matched
+    truths, "n_pred" (T, G) detections with score >= t, "n_true" (G,) truths, and for each flux cut f "tp>=f"
+    (T, G) and "n>=f" (G,): matched / all truths with flux_fraction >= f. One matching of every detection serves all
+    thresholds (a greedy matching's prefix property, see the module docstring). Sums over images give
+    `evaluate_detections`' counts."""
+    th = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    pairs = _prepare(predictions, targets, label)
+    g = len(pairs)
+    out = {"tp": np.zeros((th.size, g)), "n_pred": np.zeros((th.size, g)), "n_true": np.zeros(g)}
+    for f in flux_cuts:
+        out[f"tp>={f:g}"], out[f"n>={f:g}"] = np.zeros((th.size, g)), np.zeros(g)
+    for i, (pred, true) in enumerate(pairs):
+        _, t2p = _match(pred, true, rule, class_aware)
+        scores = pred["scores"].double().numpy()
+        found = np.where(t2p >= 0, scores[np.maximum(t2p, 0)] if scores.size else -np.inf, -np.inf)  # its score
+        out["n_pred"][:, i] = (scores[None, :] >= th[:, None]).sum(1)
+        out["tp"][:, i] = (found[None, :] >= th[:, None]).sum(1)
+        out["n_true"][i] = t2p.size
+        for f in flux_cuts:
+            if "flux_fraction" not in true:
+                raise InputError(f"targets[{i}] has no 'flux_fraction' (simulated or injected targets carry it)")
+            bright = true["flux_fraction"].double().numpy() >= f
+            out[f"n>={f:g}"][i] = bright.sum()
+            out[f"tp>={f:g}"][:, i] = ((found[None, :] >= th[:, None]) & bright[None, :]).sum(1)
+    return out
+
+
+def detection_table(predictions: Sequence[Mapping], targets: Sequence[Mapping], rule: MatchRule = STRICT, *,
+                    label: int | None = 1, class_aware: bool = True) -> dict[str, np.ndarray]:
+    """Every detection pooled over the images in input order: "image" (its index), "score", "matched" (to a truth
+    under `rule`), and "n_true" per image: what `average_precision` computes from, for a per-image weighted AP."""
+    pairs = _prepare(predictions, targets, label)
+    image, scores, matched, n_true = [], [], [], []
+    for i, (pred, true) in enumerate(pairs):
+        p2t, _ = _match(pred, true, rule, class_aware)
+        image.append(np.full(p2t.size, i, dtype=np.int64))
+        scores.append(pred["scores"].double().numpy())
+        matched.append(p2t >= 0)
+        n_true.append(true["boxes"].shape[0])
+    return {"image": np.concatenate(image), "score": np.concatenate(scores), "matched": np.concatenate(matched),
+            "n_true": np.asarray(n_true, dtype=np.float64)}
 
 
 def average_precision(predictions: Sequence[Mapping], targets: Sequence[Mapping], rule: MatchRule = STRICT, *,

@@ -91,6 +91,18 @@ def outcome_first(text: str, names: tuple[str, ...] = OUTCOME_COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def _transfer_results(data: Any) -> str:
+    from .transfer.report import render_docs
+
+    return render_docs(data)
+
+
+def _transfer_table(data: Any) -> str:
+    from .transfer.report import render_table
+
+    return render_table(data)
+
+
 def _zoo_training(data: Any) -> str:
     from blindspots.zoo import render_training_table
 
@@ -142,6 +154,8 @@ BLOCKS: dict[str, tuple[str | None, Renderer]] = {
     "paper-claims-verdicts": ("docs/results/claims.json", _paper_claims_verdicts),
     "zoobot-results": ("docs/results/zoobot.json", _zoobot_results),  # blindspots zoobot --results-to <this file>
     "zoobot-verdicts": ("docs/results/zoobot.json", _zoobot_verdicts),
+    "transfer-results": ("docs/results/transfer.json", _transfer_results),  # blindspots transfer --results-to <this>
+    "transfer-table": ("docs/results/transfer.json", _transfer_table),  # the same run's largest-size detectors
     "zoo-training": ("blindspots/zoo/weights/mnist.json", _zoo_training),
     "zoo-robustness": ("blindspots/zoo/weights/mnist_robustness.json", _zoo_robustness),  # blindspots robust --zoo
     # python -m benchmarks.NAME --results-to <this file> (one file, every benchmark's runs)

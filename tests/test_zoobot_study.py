@@ -358,7 +358,7 @@ def test_pretraining_is_checkpointed_per_epoch_and_resumes_to_the_same_weights(t
     uninterrupted run; one line per epoch is printed with progress off (--quiet)."""
     from safetensors.torch import load_file
 
-    from experiments.zoobot import proxy as zp
+    from experiments.galaxy_proxy import proxy as zp
 
     config = zs.ZoobotConfig(size=32, pretrain=12, pretrain_epochs=3, probe=12, batch_size=4)
     whole, _ = zp.ensure_proxy(config, torch.device("cpu"), tmp_path / "whole")

@@ -3,36 +3,21 @@ proxy's pretraining (their simulated morphology), real cutouts, and the pairs LS
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 
 from blindspots.store import temporary_path
+from experiments.galaxy_proxy.encoder import MORPHOLOGY, pretraining_set, sim_config  # noqa: F401 (re-exported)
 from blindspots.errors import InputError
 
 __all__ = ["MAX_CLUMP_FLUX", "MORPHOLOGY", "sim_config", "simulated_set", "pretraining_set", "cached",
            "real_cutouts", "default_real", "real_targets", "sim_targets"]
 
 MAX_CLUMP_FLUX = 0.08  # the simulator's default upper clump flux (fraction of the host's r-band flux)
-MORPHOLOGY = ("clump count", "star count", "log disk radius", "axis ratio", "bulge fraction", "log flux")
-
-
-def sim_config(size: int, fov: float):
-    """The simulator's SDSS-like settings at `size` pixels across a field of `fov` arcsec."""
-    from detectors.simulate import SimConfig
-
-    return SimConfig(image_size=size, pixel_scale=fov / size)
-
-
-def _morphology(params: Sequence[Any]) -> torch.Tensor:
-    """Standardised simulated morphology (N, 6), in the order of MORPHOLOGY."""
-    morph = torch.tensor([[float((q.label == 1).sum()), float((q.label == 2).sum()), math.log(q.disk_re),
-                           q.axis_ratio, q.bulge_fraction, math.log(q.flux_r)] for q in params])
-    return (morph - morph.mean(0)) / morph.std(0).clamp_min(1e-6)
 
 
 def simulated_set(n: int, size: int, seed: int, *, fov: float = 42.0, min_clump_flux: float = 0.03
@@ -52,15 +37,6 @@ def simulated_set(n: int, size: int, seed: int, *, fov: float = 42.0, min_clump_
     labels = torch.cat([torch.zeros(half, dtype=torch.long), torch.ones(n - half, dtype=torch.long)])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return images[order].contiguous(), labels[order]
-
-
-def pretraining_set(n: int, size: int, seed: int, *, fov: float = 42.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n simulated galaxies with the simulator's own morphology mix (0-8 clumps of 0.5-8% flux, foreground stars,
-    bulges) and their standardised morphology (N, 6): the proxy's pretraining data and its probe's data."""
-    from detectors.simulate import simulate
-
-    batch = simulate(n, sim_config(size, fov), seed=seed)
-    return batch.images.clamp(0, 1).contiguous(), _morphology(batch.params)
 
 
 def cached(path: Path, make: Callable[[], dict[str, torch.Tensor]], is_main: bool = True,

@@ -21,7 +21,7 @@ from blindspots.store import RunStore
 
 from . import backbones as bb
 from . import data as dt
-from . import proxy as px
+from experiments.galaxy_proxy import proxy as px
 from . import real as rl
 from .config import ZoobotConfig
 from blindspots.errors import InputError

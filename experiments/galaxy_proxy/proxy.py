@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from blindspots.cli import OUT_ROOT
 from blindspots.store import RunStore
 from blindspots.studies import write_json
 
-from . import backbones as bb
-from . import data as dt
-from .config import ZoobotConfig, file_digest
+from . import encoder as bb
+from . import encoder as dt
+from .encoder import file_digest
 
-__all__ = ["PRETRAIN_SEED", "PROBE_SEED", "proxy_settings", "proxy_dir", "ensure_proxy", "probe_quality"]
+__all__ = ["ProxyConfig", "PRETRAIN_SEED", "PROBE_SEED", "proxy_settings", "proxy_dir", "ensure_proxy",
+           "probe_quality"]
 
 PRETRAIN_SEED = 1000  # the proxy is one fixed starting point, like a published Zoobot file
 PROBE_SEED = 5000
@@ -32,8 +34,36 @@ ENCODER_FILE = "galaxy-proxy-encoder.safetensors"
 CHECKPOINT = "pretrain-epoch{:03d}"  # the run store's stage after each pretraining epoch (the latest is kept)
 
 
-def proxy_settings(config: ZoobotConfig) -> dict[str, Any]:
-    """What decides the proxy encoder (its run store's key): a study with other fine-tuning seeds reuses it."""
+@dataclass(frozen=True)
+class ProxyConfig:
+    """What decides the proxy encoder: timm `arch`, pretraining on `pretrain` simulated `size`-px galaxies over a
+    field of `sim_fov` arcsec for `pretrain_epochs` epochs (AdamW `lr`, `batch_size`) from `proxy_init`
+    ('imagenet': the ImageNet weights, `imagenet_weights` or the offline lite0 ones; 'random'), and `probe`
+    held-out galaxies for its linear probe. The defaults are `ZoobotConfig`'s, so both studies share one proxy."""
+
+    arch: str = "efficientnet_lite0"
+    size: int = 64
+    sim_fov: float = 42.0
+    pretrain: int = 8192
+    pretrain_epochs: int = 6
+    lr: float = 1e-3
+    batch_size: int = 32
+    probe: int = 768
+    proxy_init: str = "imagenet"
+    imagenet_weights: str | None = None
+
+    @classmethod
+    def of(cls, config: Any) -> "ProxyConfig":
+        """The proxy settings of a study's config (any object with these attributes, e.g. a `ZoobotConfig`)."""
+        if isinstance(config, cls):
+            return config
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+def proxy_settings(config: Any) -> dict[str, Any]:
+    """What decides the proxy encoder (its run store's key): a study with other fine-tuning seeds reuses it.
+    `config`: a `ProxyConfig` or a study config holding its fields (`ProxyConfig.of`)."""
+    config = ProxyConfig.of(config)
     return {"arch": config.arch, "size": config.size, "sim_fov": config.sim_fov, "pretrain": config.pretrain,
             "pretrain_epochs": config.pretrain_epochs, "lr": config.lr, "batch_size": config.batch_size,
             "probe": config.probe, "pretrain_seed": PRETRAIN_SEED, "proxy_init": config.proxy_init,
@@ -41,16 +71,19 @@ def proxy_settings(config: ZoobotConfig) -> dict[str, Any]:
             "imagenet_weights": config.imagenet_weights and file_digest(config.imagenet_weights)}
 
 
-def proxy_dir(config: ZoobotConfig) -> Path:
+def proxy_dir(config: Any) -> Path:
     """blindspots-out/zoobot-proxy/<arch>-<key> (`arch` is a checked timm name, never a path)."""
+    config = ProxyConfig.of(config)
     key = hashlib.sha256(json.dumps(proxy_settings(config), sort_keys=True).encode()).hexdigest()[:10]
     return OUT_ROOT / "zoobot-proxy" / f"{config.arch}-{key}"
 
 
-def ensure_proxy(config: ZoobotConfig, device: torch.device, folder: str | Path | None = None, *,
+def ensure_proxy(config: Any, device: torch.device, folder: str | Path | None = None, *,
                  restart: bool = False, progress: bool = False) -> tuple[str, dict[str, Any]]:
     """The proxy encoder file (pretrained now, resumed from its last finished epoch, or reused) and its record:
-    pretraining log and probe quality. One line per pretraining epoch is printed whatever `progress` says."""
+    pretraining log and probe quality. One line per pretraining epoch is printed whatever `progress` says.
+    `config`: a `ProxyConfig` or a study config holding its fields."""
+    config = ProxyConfig.of(config)
     folder = Path(folder) if folder is not None else proxy_dir(config)
     with RunStore(folder, "zoobot-proxy", settings=proxy_settings(config), restart=restart) as store:
         path, log_path = folder / ENCODER_FILE, folder / "proxy.json"
@@ -130,9 +163,10 @@ def epoch_done(line: str) -> None:
     print(line, flush=True)
 
 
-def probe_quality(config: ZoobotConfig, proxy_file: str, device: torch.device) -> dict[str, Any]:
+def probe_quality(config: Any, proxy_file: str, device: torch.device) -> dict[str, Any]:
     """Linear probe (ridge) from each encoder's pooled features to the simulated morphology, fitted on 2/3 of a
     held-out simulated set and scored (R^2) on the rest: the proxy beside ImageNet and random init."""
+    config = ProxyConfig.of(config)
     images, morph = dt.pretraining_set(config.probe, config.size, PROBE_SEED, fov=config.sim_fov)
     cut = (2 * images.shape[0]) // 3
     out: dict[str, Any] = {}
