@@ -58,36 +58,21 @@ class TransferResult:
 
 
 def load_hosts(config: TransferConfig) -> tuple[torch.Tensor, list[str], dict[str, str]]:
-    """The real host cutouts: every image in `config.host_folder()` and its sub-folders (sorted), central `crop`,
-    resized to the study's image size; cutouts whose central galaxy cannot be measured are left out, named with the
-    reason. One small function, so another loader (FITS, survey fields) plugs in here."""
-    from detectors.data import load_cutouts
-    from detectors.inject import measure_host
+    """The real host cutouts of `config.host_folder()` (PNG/JPEG/FITS, sub-folders included) through the toolkit's
+    one host reader (`detectors.hosts.load_hosts`: central `crop`, resized to the study's image size, cutouts that
+    would be enlarged more than 2x or given twice left out), then those whose central galaxy cannot be measured left
+    out too, each named with its reason."""
+    from detectors.hosts import load_hosts as read_hosts
+    from detectors.inject import measurable_hosts
     from detectors.simulate import SimConfig
 
     root = config.host_folder()
-    folders = [root] + sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    images, names, skipped = [], [], {}
-    sim = SimConfig(image_size=config.image_size)
-    for folder in folders:
-        try:
-            x, files = load_cutouts(folder, config.image_size, config.crop)
-        except (InputError, ValueError, OSError):
-            continue  # no images in this folder
-        for img, name in zip(x, files):
-            rel = str((folder / name).relative_to(root)) if folder != root else name
-            try:
-                measure_host(img, sim)
-            except InputError as exc:
-                skipped[rel] = str(exc)
-                continue
-            images.append(img)
-            names.append(rel)
-    if not images:
-        why = f" ({len(skipped)} left out: {next(iter(skipped.values()))})" if skipped else ""
-        raise InputError(f"hosts {root}: no usable galaxy image (PNG/JPEG cutouts, in the folder or one level "
-                         f"below){why}")
-    return torch.stack(images), names, skipped
+    try:
+        hosts = measurable_hosts(read_hosts([root], config.image_size, config.crop),
+                                 SimConfig(image_size=config.image_size))
+    except InputError as exc:
+        raise InputError(f"hosts {root}: no usable galaxy image ({exc})") from None
+    return hosts.images, hosts.names, dict(hosts.skipped)
 
 
 def _data(config: TransferConfig, hosts: torch.Tensor) -> dict[str, Any]:
