@@ -315,6 +315,18 @@ def test_report_fits_a_1280_px_window_in_chromium(tiny_run, tmp_path):
     (["--hosts", "EMPTY"], "no usable galaxy image"),
     (["--hosts", "NOTES"], "no usable galaxy image"),
     (["--backbones", "imagenet", "--zoobot-weights", "FOREIGN"], "cannot be the efficientnet_lite0 body"),
+    # issue 29's own cases on this surface
+    (["--backbones", "resnet"], "--backbones 'resnet': choose distinct names"),
+    (["--bodies", "vit"], "--bodies 'vit': choose distinct names"),
+    (["--bodies", "frozen,frozen"], "--bodies 'frozen,frozen': choose distinct names"),
+    (["--warmup", "-1"], "--warmup must be a non-negative integer, got -1"),
+    (["--pool", "-5"], "--pool must be a positive integer, got -5"),
+    (["--seeds", "1,1"], "--seeds must be distinct"),
+    (["--seeds", "a,b"], "--seeds must be a comma list of integers"),
+    (["--lr", "nan"], "--lr must be a number in (0, 1], got nan"),
+    (["--iou", "1.5"], "--iou must be a number in (0, 1], got 1.5"),
+    (["--sizes", "8,8"], "--sizes must be distinct"),
+    (["--hosts", "NOTES/readme.txt"], "not a folder"),
 ])
 def test_bad_input_is_one_line_before_any_training(argv, words, tmp_path, monkeypatch, capsys):
     dtrain = importlib.import_module("detectors.train")
@@ -391,3 +403,22 @@ def test_claim_three_needs_every_part():
     assert all_of({"completeness": vd.HOLDS, "purity": vd.INCONCLUSIVE}) == (vd.INCONCLUSIVE,
                                                                              "inconclusive: purity")
     assert all_of({"completeness": vd.HOLDS, "real": vd.UNDERPOWERED})[0] == vd.UNDERPOWERED
+
+
+def test_hosts_too_small_for_the_image_size_are_refused_before_training(tmp_path, monkeypatch, capsys):
+    """Issue 29 on this surface: two 8x8 PNGs would be enlarged 16x to the study's 128 px: refused (each named in a
+    warning, then one error line), before any training; the same reader as `detect --hosts` and `zoobot --real`."""
+    from PIL import Image
+
+    dtrain = importlib.import_module("detectors.train")
+    monkeypatch.setattr(dtrain, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("training started")))
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((8, 8, 3)) * 255).astype("uint8")).save(tiny / f"g{i}.png")
+    out = tmp_path / "out"
+    code = run_command("transfer", tr, ["--hosts", str(tiny), "--out", str(out), "--quiet", "--threads", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "no usable galaxy image" in err[-1] and "too small" in err[-1], err
+    assert not out.exists()

@@ -192,7 +192,8 @@ def _check(c: TransferConfig) -> None:
         if v is not None and not Path(v).is_file():
             raise InputError(f"{name} {v}: no such file")
     if c.hosts is not None and not Path(c.hosts).is_dir():
-        raise InputError(f"hosts {c.hosts}: no such folder")
+        raise InputError(f"hosts {c.hosts}: " + ("not a folder (give the folder that holds the cutouts)"
+                                                  if Path(c.hosts).exists() else "no such folder"))
     if not isinstance(c.proxy, ProxyConfig):
         raise InputError(f"proxy must be a ProxyConfig, got {type(c.proxy).__name__}")
     if "galaxy-proxy" in kinds and c.proxy_encoder is None and c.proxy.arch != c.arch.rpartition(":")[2]:
