@@ -24,7 +24,7 @@ from typing import Iterator
 
 from .errors import InputError, UsageError
 
-__all__ = ["UsageError", "InputError", "Parser", "add_common_options", "add_image_options", "load_images",
+__all__ = ["UsageError", "InputError", "Parser", "add_common_options", "recorded_command", "add_image_options", "load_images",
            "resolve_device", "positive_int", "non_negative_int", "seed_int", "is_user_error", "main", "OUT_ROOT"]
 
 GROUP = "blindspots.commands"
@@ -92,6 +92,22 @@ def add_common_options(parser: argparse.ArgumentParser, command: str, *, model: 
         g.add_argument("--channels-last", action="store_true",
                        help="feed LST's model calls channels_last tensors (the attacks always do)")
         g.add_argument("--compile", action="store_true", help="torch.compile the model's forward and backward")
+
+
+def recorded_command(command: str, add_arguments, args: argparse.Namespace,
+                     skip: tuple[str, ...] = ("quiet", "results_to", "restart")) -> str:
+    """'blindspots COMMAND' with the options of `args` that differ from their defaults (`add_arguments` builds the
+    command's parser), as a study's results file records the run (not where it writes: `skip`)."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    defaults = vars(p.parse_args([]))
+    parts = [f"blindspots {command}"]
+    for k, v in vars(args).items():
+        if k in skip or v == defaults.get(k):
+            continue
+        v = " ".join(map(str, v)) if isinstance(v, list) else v
+        parts.append(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}"))
+    return " ".join(parts)
 
 
 def add_image_options(parser: argparse.ArgumentParser, *, limit: bool = True) -> None:

@@ -8,7 +8,7 @@ import argparse
 import re
 from pathlib import Path
 
-from blindspots.cli import UsageError, add_common_options, positive_int
+from blindspots.cli import UsageError, add_common_options, positive_int, recorded_command
 
 from .config import BACKBONES, BODIES, TransferConfig
 
@@ -128,15 +128,7 @@ def _option(field: str) -> str:
 
 def command_line(args: argparse.Namespace) -> str:
     """'blindspots transfer' with the options that differ from their defaults (not --quiet or --results-to)."""
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    defaults = vars(p.parse_args([]))
-    parts = ["blindspots transfer"]
-    for k, v in vars(args).items():
-        if k in ("quiet", "results_to", "restart") or v == defaults.get(k):
-            continue
-        parts.append(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}"))
-    return " ".join(parts)
+    return recorded_command("transfer", add_arguments, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from blindspots.cli import UsageError, add_common_options, positive_int
+from blindspots.cli import UsageError, add_common_options, positive_int, recorded_command
 from detectors.hosts import add_host_options
 
 from .backbones import BACKBONES
@@ -139,16 +139,7 @@ def _option(field: str) -> str:
 
 def command_line(args: argparse.Namespace) -> str:
     """'blindspots zoobot' with the options that differ from their defaults (not --quiet or --results-to)."""
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    defaults = vars(p.parse_args([]))
-    parts = ["blindspots zoobot"]
-    for k, v in vars(args).items():
-        if k in ("quiet", "results_to", "restart") or v == defaults.get(k):
-            continue
-        v = " ".join(map(str, v)) if isinstance(v, list) else v
-        parts.append(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}"))
-    return " ".join(parts)
+    return recorded_command("zoobot", add_arguments, args)
 
 
 def run(args: argparse.Namespace) -> int:
