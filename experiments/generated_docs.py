@@ -97,6 +97,11 @@ def _transfer_results(data: Any) -> str:
     return render_docs(data)
 
 
+def _transfer_verdicts(data: Any) -> str:
+    runs = data.get("runs", {})
+    return "".join(f"- `{command}`: {run['headline']}\n" for command, run in runs.items()) or "No run recorded yet.\n"
+
+
 def _transfer_table(data: Any) -> str:
     from .transfer.report import render_table
 
@@ -155,6 +160,7 @@ BLOCKS: dict[str, tuple[str | None, Renderer]] = {
     "zoobot-results": ("docs/results/zoobot.json", _zoobot_results),  # blindspots zoobot --results-to <this file>
     "zoobot-verdicts": ("docs/results/zoobot.json", _zoobot_verdicts),
     "transfer-results": ("docs/results/transfer.json", _transfer_results),  # blindspots transfer --results-to <this>
+    "transfer-verdicts": ("docs/results/transfer.json", _transfer_verdicts),
     "transfer-table": ("docs/results/transfer.json", _transfer_table),  # the same run's largest-size detectors
     "zoo-training": ("blindspots/zoo/weights/mnist.json", _zoo_training),
     "zoo-robustness": ("blindspots/zoo/weights/mnist_robustness.json", _zoo_robustness),  # blindspots robust --zoo
