@@ -81,3 +81,15 @@ def subprocess_env() -> dict[str, str]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
+
+
+def one_line_exit_2(capsys, argv, *needles) -> str:
+    """`blindspots ARGV` exits 2 with one stderr line, 'blindspots COMMAND: error: ...', holding every needle."""
+    from blindspots.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"blindspots {argv[0]}: error: "), err
+    for needle in needles:
+        assert needle in err[0], (needle, err)
+    return err[0]

@@ -20,18 +20,9 @@ import blindspots
 from blindspots import Classifier, LSTConfig, LSTResult, level_set_traversal, load_classifier
 from blindspots.cli import main, run_command
 from blindspots.store import RunStore
-from conftest import LinearBinary
+from conftest import LinearBinary, one_line_exit_2 as _one_line_exit_2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _one_line_exit_2(capsys, argv, *needles) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"blindspots {argv[0]}: error: "), err
-    for needle in needles:
-        assert needle in err[0], (needle, err)
-    return err[0]
 
 
 def _parse_error(capsys, argv, *needles) -> str:
