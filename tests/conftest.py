@@ -93,3 +93,12 @@ def one_line_exit_2(capsys, argv, *needles) -> str:
     for needle in needles:
         assert needle in err[0], (needle, err)
     return err[0]
+
+
+def one_line(exc, *needles: str) -> str:
+    """The message of a caught exception (`pytest.raises`'s ExceptionInfo): one line holding every needle."""
+    msg = str(exc.value)
+    assert "\n" not in msg, msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    return msg

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line as _one_line
+
 astropy = pytest.importorskip("astropy", reason="astropy is a dependency of the FITS reader")
 from astropy.io import fits  # noqa: E402
 from astropy.wcs import WCS  # noqa: E402
@@ -24,14 +26,6 @@ from detectors.render import asinh_rgb  # noqa: E402
 from detectors.simulate import SimConfig, lupton_rgb, render_flux, sample_params  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "detectors.md"
-
-
-def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
 
 
 def _wcs(ra: float = 150.0, dec: float = 2.2, scale: float = 0.262, size: int = 48) -> WCS:

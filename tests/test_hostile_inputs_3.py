@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import one_line as _one_line
+
 pytest.importorskip("astropy", reason="astropy is a dependency of the FITS reader and the field's hosts")
 pytest.importorskip("photutils", reason="photutils detects the field's galaxies")
 
@@ -26,14 +28,6 @@ from detectors.data import load_cutouts  # noqa: E402
 from detectors.field import detect_field_sources, field_hosts  # noqa: E402
 from detectors.fits import PRESETS, StretchPreset, read_fits  # noqa: E402
 from detectors.hosts import load_hosts  # noqa: E402
-
-
-def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
 
 
 def _pngs(folder: Path, n: int = 1, side: int = 40) -> Path:

@@ -19,18 +19,10 @@ import attacks
 from blindspots import Classifier
 from blindspots.data import load_image_folder, read_image, to_tensor
 from blindspots.validation import check_labels
-from conftest import LinearBinary, TinyCNN
+from conftest import LinearBinary, TinyCNN, one_line as _one_line
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
 
 
 # --------------------------------------------------------------------------------------------------- images
