@@ -688,3 +688,17 @@ def test_shared_model_and_weights_name_the_zoobot_encoder(tmp_path):
     config = config_from_args(p.parse_args(["--model", "zoobot:resnet18", "--weights", str(f)]))
     assert (config.arch, config.zoobot_weights, config.backbones) == ("resnet18", str(f),
                                                                        ("imagenet", "zoobot", "galaxy-proxy"))
+
+
+def test_the_default_real_arm_is_every_host_reachable_offline(tmp_path, monkeypatch):
+    """No --real: the cutouts of ../shared/data/galaxies where that folder exists, and the survey field's galaxies
+    always (the real arm needs the hosts); the run store's key names the sources, so a run made with other hosts is
+    never reused."""
+    from experiments.zoobot import data as zd
+
+    monkeypatch.setattr(zd, "default_real", lambda: tmp_path)
+    assert zs.ZoobotConfig().real_sources() == (str(tmp_path), "field")
+    assert zs.ZoobotConfig().settings()["real"] == [str(tmp_path.resolve()), "field"]
+    monkeypatch.setattr(zd, "default_real", lambda: tmp_path / "absent")
+    assert zs.ZoobotConfig().real_sources() == ("field",)
+    assert zs.ZoobotConfig(real=str(tmp_path)).real_sources() == (str(tmp_path),)  # given sources replace the default

@@ -62,8 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="accuracy floor in [0, 1] (simulated test set and injected real hosts, every seed): a "
                         "backbone below it is reported and kept out of the verdict")
     add_host_options(p, "--real", help="real host galaxies: folders of PNG/JPEG/FITS cutouts, FITS or image files, "
-                     "'field' (the Hubble eXtreme Deep Field's galaxies), 'field:FILE'; several pool (default: "
-                     "../shared/data/galaxies beside the repository)")
+                     "'field' (the Hubble eXtreme Deep Field's galaxies), 'field:FILE'; several pool (default: every "
+                     "host reachable offline: ../shared/data/galaxies beside the repository, where present, and "
+                     "'field')")
     p.add_argument("--real-limit", type=int, default=default("real_limit"), help="real cutouts used (0: all)")
     p.add_argument("--injections", type=positive_int, default=default("injections"),
                    help="clumpy versions of each real host (simulated clumps injected into it)")

@@ -42,7 +42,8 @@ class ZoobotConfig:
     The proxy: `pretrain` galaxies x `pretrain_epochs`, `probe` held-out galaxies, `proxy_init`.
     Images: `size` pixels, simulated field `sim_fov` arcsec, clumpy = 2-8 clumps of `min_clump_flux`-8% flux.
     Pairs: `sim_pairs` simulated sources, `rounds` targets per source, `seed` (pairs, start noise, injections).
-    Real hosts: `real` (a folder of cutouts; None: ../shared/data/galaxies beside the repository), `real_limit`
+    Real hosts: `real` (host sources: folders, files, 'field'; None: `real_sources()`'s default, the cutouts of
+    ../shared/data/galaxies beside the repository and the survey field's galaxies), `real_limit`
     (0: all), `crop` (central fraction kept), `injections` (clumpy versions per host, each its own draw).
     LST: `lst_step`, `lst_iterations`, `lst_threshold`, `lst_adv_eps` (`LST_SETTINGS`; `with_lst("paper")`),
     `lst_batch` pairs at once.
@@ -105,16 +106,18 @@ class ZoobotConfig:
         mine = {k: getattr(self, k) for k in LST_SETTINGS["study"]}
         return next((n for n, s in LST_SETTINGS.items() if s == mine), "custom")
 
-    def real_folder(self) -> Path:
-        from .data import default_real
-
-        return Path(self.real_sources()[0]) if self.real else default_real()
-
     def real_sources(self) -> tuple[str, ...]:
-        """The real hosts' sources (`detectors.hosts.load_hosts`): `real`, or the default folder."""
+        """The real hosts' sources (`detectors.hosts.load_hosts`): `real`, or by default every host the toolkit can
+        reach offline: the cutouts of ../shared/data/galaxies (where that folder exists) and the survey field's
+        galaxies (`field`: the Hubble eXtreme Deep Field)."""
+        from detectors.hosts import FIELD_SOURCE
+
         from .data import default_real
 
-        return (self.real,) if isinstance(self.real, str) else tuple(self.real or (str(default_real()),))
+        if self.real:
+            return (self.real,) if isinstance(self.real, str) else tuple(self.real)
+        folder = default_real()
+        return ((str(folder),) if folder.is_dir() else ()) + (FIELD_SOURCE,)
 
     def settings(self) -> dict[str, Any]:
         """What decides the results, for the run store's key: every field, weights files by content."""
@@ -122,8 +125,7 @@ class ZoobotConfig:
         for name in ("zoobot_weights", "imagenet_weights", "proxy_encoder"):
             if s.get(name):
                 s[name] = file_digest(s[name])
-        if s["real"]:
-            s["real"] = [s if s.startswith("field") else str(Path(s).resolve()) for s in self.real_sources()]
+        s["real"] = [x if x.startswith("field") else str(Path(x).resolve()) for x in self.real_sources()]
         return {"study": "zoobot_vs_imagenet", **s}
 
 

@@ -106,7 +106,7 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
                                                         progress=progress)
             proxy_file, proxy_log = st.broadcast_object((proxy_file, proxy_log), info)
         hosts = _hosts(config)
-        inputs = {} if hosts is None else {"real_plain": hosts.plain, "real_injected": hosts.injected}
+        inputs = {"real_plain": hosts.plain, "real_injected": hosts.injected}
         store = st.open_run_store(out, "zoobot", info, restart=restart, settings=config.settings(), inputs=inputs)
         with store:
             data = _task(config, out, info)
@@ -120,8 +120,6 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
             records = st.gather_records(mine, info)
             if records is None:
                 return None
-            if hosts is None:
-                gates["real injected"] = f"no real hosts ({config.real_folder()} not found)"
             compared = [k for k in kinds if any(k == m[0] for m in models)]
             analysis = analyse(records, compared, config.seeds, units={d.name: d.units for d in doms},
                                gates=gates)
@@ -139,11 +137,7 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
         st.finish_distributed(info)
 
 
-def _hosts(config: ZoobotConfig) -> rl.RealHosts | None:
-    folder = config.real_folder()
-    if config.real is None and not folder.is_dir():
-        print(f"skipped: real hosts ({folder} not found; --real DIR)", flush=True)
-        return None
+def _hosts(config: ZoobotConfig) -> rl.RealHosts:
     return rl.load_hosts(config.real_sources(), config.size, config.crop, config.real_limit or None, config.injections,
                          config.seed, fov=config.sim_fov, min_clump_flux=config.min_clump_flux,
                          preset=config.fits_preset)
