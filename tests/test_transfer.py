@@ -66,19 +66,32 @@ def tiny_run(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------- the proxy
 
 
-def test_the_proxy_key_of_the_zoobot_defaults_is_pinned_and_shared():
+def test_the_proxy_key_of_the_zoobot_defaults_is_pinned_and_shared(monkeypatch):
     """Moving the proxy must not orphan the cached encoder: ZoobotConfig()'s proxy settings (and so its folder
-    name) are exactly what they were, and the transfer study's default asks for the same proxy."""
+    name) are exactly these, and the transfer study's default asks for the same proxy. The key holds the simulator's
+    fingerprint, so a simulator that draws other images pretrains a new proxy instead of reusing the old one."""
+    import hashlib
+    import json
+
+    import detectors.simulate as sim
     from experiments.galaxy_proxy import ProxyConfig, proxy_dir, proxy_settings
     from experiments.zoobot import ZoobotConfig
 
     expected = {"arch": "efficientnet_lite0", "size": 64, "sim_fov": 42.0, "pretrain": 8192, "pretrain_epochs": 6,
                 "lr": 0.001, "batch_size": 32, "probe": 768, "pretrain_seed": 1000, "proxy_init": "imagenet",
-                "probe_seed": 5000, "imagenet_weights": None}
+                "probe_seed": 5000, "imagenet_weights": None, "simulator": sim.simulator_fingerprint()}
     assert proxy_settings(ZoobotConfig()) == expected
-    assert proxy_dir(ZoobotConfig()).name == "efficientnet_lite0-e01062425a"
+    key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:10]
+    assert proxy_dir(ZoobotConfig()).name == f"efficientnet_lite0-{key}"
     assert proxy_settings(TransferConfig().proxy) == expected and ProxyConfig.of(ZoobotConfig()) == ProxyConfig()
     assert proxy_dir(ZoobotConfig(seeds=(3, 4), sim_pairs=10)) == proxy_dir(ZoobotConfig())  # fine-tuning only
+    before = proxy_dir(ZoobotConfig())
+    stretch = sim.lupton_rgb
+    monkeypatch.setattr(sim, "lupton_rgb", lambda flux, config: stretch(flux, config) * 0.999)  # a fainter stretch
+    assert proxy_dir(ZoobotConfig()) != before
+    assert ZoobotConfig().settings()["simulator"] != expected["simulator"]
+    assert TransferConfig().settings()["simulator"] != expected["simulator"]
+    monkeypatch.undo()
     assert proxy_dir(ZoobotConfig(pretrain_epochs=2)) != proxy_dir(ZoobotConfig())
 
 

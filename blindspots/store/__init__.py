@@ -9,9 +9,9 @@
 """
 
 from .run_store import (FolderInUse, FolderNotEmpty, RunChanged, RunStore, StageRefused, atomic_write_text,
-                        fingerprint_data, fingerprint_model, fingerprint_tensor, jsonable, keyable, record_sort_key,
+                        fingerprint_data, fingerprint_file, fingerprint_model, fingerprint_tensor, jsonable, keyable, record_sort_key,
                         temporary_path)
 
 __all__ = ["RunStore", "RunChanged", "FolderInUse", "FolderNotEmpty", "StageRefused", "fingerprint_model",
-           "fingerprint_tensor", "fingerprint_data", "jsonable", "keyable", "atomic_write_text", "temporary_path",
+           "fingerprint_tensor", "fingerprint_file", "fingerprint_data", "jsonable", "keyable", "atomic_write_text", "temporary_path",
            "record_sort_key"]

@@ -40,7 +40,7 @@ from .files import (atomic_write_text, check_record_key, check_stage_name, datac
                           remove, run_id, stage_digest, temporary_path)
 
 __all__ = ["RunStore", "RunChanged", "FolderInUse", "FolderNotEmpty", "StageRefused", "fingerprint_model",
-           "fingerprint_tensor", "fingerprint_data", "jsonable", "keyable", "atomic_write_text", "temporary_path", "record_sort_key"]
+           "fingerprint_tensor", "fingerprint_file", "fingerprint_data", "jsonable", "keyable", "atomic_write_text", "temporary_path", "record_sort_key"]
 
 T = TypeVar("T")
 KEY_FILE = "run.json"
@@ -76,6 +76,11 @@ def fingerprint_tensor(t: torch.Tensor) -> str:
         t = t.view(torch.int16)
     h.update(t.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def fingerprint_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): weights files are keyed by content, not by name."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def fingerprint_model(model: nn.Module) -> str:

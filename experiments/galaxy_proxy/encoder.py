@@ -5,7 +5,6 @@ good the proxy is. Moved here from `experiments.zoobot` so that no study imports
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,17 +19,11 @@ from blindspots.store import temporary_path
 from blindspots.errors import InputError
 
 __all__ = ["STARTS", "PROXY_NORMALISATION", "MORPHOLOGY", "build_backbone", "train", "training_state",
-           "pretrain_encoder", "save_encoder", "encoder_features", "linear_probe", "sim_config", "pretraining_set",
-           "file_digest"]
+           "pretrain_encoder", "save_encoder", "encoder_features", "linear_probe", "sim_config", "pretraining_set"]
 
 STARTS = ("imagenet", "zoobot", "galaxy-proxy", "random")
 PROXY_NORMALISATION = "none: inputs in [0, 1] without mean/std, as Zoobot's encoders"
 MORPHOLOGY = ("clump count", "star count", "log disk radius", "axis ratio", "bulge fraction", "log flux")
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (first 16 hex digits): weights are keyed by content, not by name."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def sim_config(size: int, fov: float):

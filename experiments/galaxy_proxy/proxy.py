@@ -22,7 +22,8 @@ from blindspots.studies import write_json
 
 from . import encoder as bb
 from . import encoder as dt
-from .encoder import file_digest
+from blindspots.store import fingerprint_file
+from detectors.simulate import simulator_fingerprint
 
 __all__ = ["ProxyConfig", "PRETRAIN_SEED", "PROBE_SEED", "proxy_settings", "proxy_dir", "ensure_proxy",
            "probe_quality"]
@@ -68,7 +69,8 @@ def proxy_settings(config: Any) -> dict[str, Any]:
             "pretrain_epochs": config.pretrain_epochs, "lr": config.lr, "batch_size": config.batch_size,
             "probe": config.probe, "pretrain_seed": PRETRAIN_SEED, "proxy_init": config.proxy_init,
             "probe_seed": PROBE_SEED,
-            "imagenet_weights": config.imagenet_weights and file_digest(config.imagenet_weights)}
+            "imagenet_weights": config.imagenet_weights and fingerprint_file(config.imagenet_weights),
+            "simulator": simulator_fingerprint()}  # the pretraining images: a new simulator pretrains a new proxy
 
 
 def proxy_dir(config: Any) -> Path:

@@ -13,7 +13,8 @@ from typing import Any
 
 from blindspots.errors import InputError
 from experiments.galaxy_proxy import ProxyConfig
-from experiments.galaxy_proxy.encoder import file_digest
+from blindspots.store import fingerprint_file
+from detectors.simulate import simulator_fingerprint
 
 __all__ = ["TransferConfig", "BACKBONES", "BODIES", "PAPER_SIZES", "default_hosts", "MAX_SEED"]
 
@@ -129,10 +130,11 @@ class TransferConfig:
         s = asdict(self)
         for name in ("zoobot_weights", "imagenet_weights", "proxy_encoder"):
             if s.get(name):
-                s[name] = file_digest(s[name])
+                s[name] = fingerprint_file(s[name])
         if s["proxy"].get("imagenet_weights"):
-            s["proxy"]["imagenet_weights"] = file_digest(s["proxy"]["imagenet_weights"])
+            s["proxy"]["imagenet_weights"] = fingerprint_file(s["proxy"]["imagenet_weights"])
         s["hosts"] = str(self.host_folder().resolve())
+        s["simulator"] = simulator_fingerprint()  # the cells' simulated training and test images
         return {"study": "transfer", **s}
 
 

@@ -18,7 +18,7 @@ import torch
 
 from blindspots.cli import OUT_ROOT, resolve_device
 from blindspots.errors import InputError
-from blindspots.store import RunStore
+from blindspots.store import RunStore, fingerprint_file
 
 from . import rules as rl
 from .cells import Repeated, build_cell_detector, cell_name, load_cell_detector
@@ -206,7 +206,10 @@ def run_transfer(config: TransferConfig, out: str | Path = OUT_ROOT / "transfer"
     proxy_file, proxy_log = config.proxy_encoder, None
     if "galaxy-proxy" in config.backbones and proxy_file is None:
         proxy_file, proxy_log = ensure_proxy(_proxy_config(config), device, proxy_dir, progress=progress)
-    with RunStore(out, "transfer", settings=config.settings(), inputs={"hosts": hosts}, restart=restart) as store:
+    key = config.settings()
+    if proxy_file and not config.proxy_encoder:  # the proxy pretrained here: its weights decide the cells
+        key["proxy_encoder"] = fingerprint_file(proxy_file)
+    with RunStore(out, "transfer", settings=key, inputs={"hosts": hosts}, restart=restart) as store:
         data = _data(config, hosts)
         cells = {}
         bar = __import__("tqdm.auto", fromlist=["tqdm"]).tqdm(config.cells(), disable=not progress, desc="cells",

@@ -6,7 +6,6 @@ device, the thread count and progress bars are arguments of `run_zoobot`, not se
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass, replace
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .data import MAX_CLUMP_FLUX
+from blindspots.store import fingerprint_file
+from detectors.simulate import simulator_fingerprint
 from blindspots.errors import InputError
 
 __all__ = ["ZoobotConfig", "LST_SETTINGS", "BACKBONE_KINDS", "MAX_CLUMP_FLUX", "MAX_SEED"]
@@ -124,14 +125,10 @@ class ZoobotConfig:
         s = asdict(self)
         for name in ("zoobot_weights", "imagenet_weights", "proxy_encoder"):
             if s.get(name):
-                s[name] = file_digest(s[name])
+                s[name] = fingerprint_file(s[name])
+        s["simulator"] = simulator_fingerprint()  # the task's simulated images
         s["real"] = [x if x.startswith("field") else str(Path(x).resolve()) for x in self.real_sources()]
         return {"study": "zoobot_vs_imagenet", **s}
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (first 16 hex digits): weights are keyed by content, not by name."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _check_config(c: ZoobotConfig) -> None:

@@ -17,7 +17,7 @@ from blindspots import Classifier, LSTConfig
 from blindspots import studies as st
 from blindspots.cli import OUT_ROOT, resolve_device
 from blindspots.models import load_weights
-from blindspots.store import RunStore
+from blindspots.store import RunStore, fingerprint_file
 
 from . import backbones as bb
 from . import data as dt
@@ -107,7 +107,10 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
             proxy_file, proxy_log = st.broadcast_object((proxy_file, proxy_log), info)
         hosts = _hosts(config)
         inputs = {"real_plain": hosts.plain, "real_injected": hosts.injected}
-        store = st.open_run_store(out, "zoobot", info, restart=restart, settings=config.settings(), inputs=inputs)
+        key = config.settings()
+        if proxy_file and not config.proxy_encoder:  # the proxy pretrained here: its weights decide the fine-tuning
+            key["proxy_encoder"] = fingerprint_file(proxy_file)
+        store = st.open_run_store(out, "zoobot", info, restart=restart, settings=key, inputs=inputs)
         with store:
             data = _task(config, out, info)
             before = set(json.loads((out / "training.json").read_text())) if (out / "training.json").is_file() \
