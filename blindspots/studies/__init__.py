@@ -14,7 +14,7 @@ Rooms: `protocol` (pool, pairs, seeds, batches), `distributed` (torchrun), `tabl
 """
 
 from .distributed import (DistInfo, barrier, broadcast_object, dedup_sorted, finish_distributed, gather_records,
-                          init_distributed, open_run_store)
+                          init_distributed, open_run_store, study_device)
 from .html_report import figure_to_png, write_html_report
 from .protocol import (PairMetric, ProtocolConfig, SourceMetric, pair_key, pair_seed, plan_batches, run_pair_protocol,
                        select_pool, slug, source_key)
@@ -22,7 +22,7 @@ from .tables import display_rows, format_mean_std, markdown_table, spreadsheet_s
 
 __all__ = [
     "DistInfo", "init_distributed", "finish_distributed", "barrier", "broadcast_object", "gather_records",
-    "open_run_store", "dedup_sorted",
+    "open_run_store", "dedup_sorted", "study_device",
     "ProtocolConfig", "PairMetric", "SourceMetric", "pair_seed", "pair_key", "source_key", "slug", "select_pool",
     "plan_batches", "run_pair_protocol",
     "summarize", "format_mean_std", "display_rows", "markdown_table", "spreadsheet_safe", "write_csv", "write_json",

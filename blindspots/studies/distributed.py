@@ -32,6 +32,21 @@ class DistInfo:
         return self.world > 1 or self.in_group
 
 
+def study_device(device: str | torch.device | None = None, threads: int | None = None) -> torch.device:
+    """The preamble of a study's run function: torch's CPU `threads` set (None: torch's own; anything but a positive
+    integer is one line) and the device resolved (None: CUDA when present; 'gpu' means cuda; one this machine lacks is
+    one line), before anything runs."""
+    from ..cli import resolve_device
+    from ..errors import InputError
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    device = resolve_device(None if device is None else str(device))
+    if threads:
+        torch.set_num_threads(threads)
+    return device
+
+
 def init_distributed(device: str | torch.device | None = None, backend: str | None = None) -> DistInfo:
     """Join the process group that `torchrun` describes in the environment (WORLD_SIZE > 1), or run alone.
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from blindspots.cli import OUT_ROOT, resolve_device
+from blindspots import studies as st
+from blindspots.cli import OUT_ROOT
 from blindspots.errors import InputError
 from blindspots.store import RunStore, fingerprint_file
 
@@ -192,11 +193,7 @@ def run_transfer(config: TransferConfig, out: str | Path = OUT_ROOT / "transfer"
     training starts."""
     from experiments.galaxy_proxy import ensure_proxy
 
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
-    device = resolve_device(None if device is None else str(device))
-    if threads:
-        torch.set_num_threads(threads)
+    device = st.study_device(device, threads)
     started, cpu = time.perf_counter(), time.process_time()
     out = Path(out)
     hosts, host_names, skipped = load_hosts(config)

@@ -15,7 +15,7 @@ from experiments.galaxy_proxy.encoder import MORPHOLOGY, pretraining_set, sim_co
 from blindspots.errors import InputError
 
 __all__ = ["MAX_CLUMP_FLUX", "MORPHOLOGY", "sim_config", "simulated_set", "pretraining_set", "cached",
-           "real_cutouts", "default_real", "real_targets", "sim_targets"]
+           "default_real", "real_targets", "sim_targets"]
 
 MAX_CLUMP_FLUX = 0.08  # the simulator's default upper clump flux (fraction of the host's r-band flux)
 
@@ -57,21 +57,6 @@ def cached(path: Path, make: Callable[[], dict[str, torch.Tensor]], is_main: boo
 def default_real() -> Path:
     """../shared/data/galaxies beside the repository."""
     return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "galaxies"
-
-
-def real_cutouts(folder: str | Path, size: int, crop: float, limit: int | None) -> tuple[torch.Tensor, list[str]]:
-    """Real galaxy cutouts (every image under `folder`, sorted), central `crop` fraction resized to `size`."""
-    from skimage import io
-
-    from blindspots.data import IMAGE_SUFFIXES, prepare, to_tensor
-
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if limit:
-        files = files[:limit]
-    if len(files) < 2:
-        raise FileNotFoundError(f"need at least 2 images under {folder}, found {len(files)}")
-    return torch.stack([prepare(to_tensor(io.imread(p))[:3], size, crop) for p in files]), \
-        [str(p.relative_to(folder)) for p in files]
 
 
 def sim_targets(labels: torch.Tensor, rounds: int, seed: int) -> torch.Tensor:

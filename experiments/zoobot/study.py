@@ -15,7 +15,7 @@ import torch
 
 from blindspots import Classifier, LSTConfig
 from blindspots import studies as st
-from blindspots.cli import OUT_ROOT, resolve_device
+from blindspots.cli import OUT_ROOT
 from blindspots.models import load_weights
 from blindspots.store import RunStore, fingerprint_file
 
@@ -24,7 +24,6 @@ from . import data as dt
 from experiments.galaxy_proxy import proxy as px
 from . import real as rl
 from .config import ZoobotConfig
-from blindspots.errors import InputError
 
 __all__ = ["ZoobotResult", "run_zoobot", "measure", "analyse", "domains", "host_surveys", "gate_cells",
            "REFERENCE"]
@@ -89,11 +88,7 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
     `restart`: discard a different earlier run in `out`; `progress`: bars and printed tables (one line per
     pretraining epoch is printed regardless). Settings are checked when `config` is made."""
 
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
-    device = resolve_device(None if device is None else str(device))
-    if threads:
-        torch.set_num_threads(threads)
+    device = st.study_device(device, threads)
     started, cpu = time.perf_counter(), time.process_time()
     kinds = list(config.backbones)
     info = st.init_distributed(device)
@@ -263,8 +258,7 @@ def _describe_real(hosts: rl.RealHosts, design: dict[str, Any], config: ZoobotCo
             "surveys": dict(zip(hosts.names, host_surveys(hosts))),
             "clumps": hosts.clumps.tolist(), "injections": config.injections, "backbones": design["backbones"],
             "per_seed": per_seed, "rule": rl.SCREEN_RULE, "folder": ", ".join(config.real_sources()),
-            "host_info": hosts.info, "loader_skipped": hosts.skipped, "units": hosts.units,
-            "units": arm.units}
+            "host_info": hosts.info, "loader_skipped": hosts.skipped, "units": hosts.units}
 
 
 def host_surveys(hosts: rl.RealHosts) -> list[str]:
