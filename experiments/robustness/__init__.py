@@ -12,7 +12,7 @@ and on the command line:
 
     blindspots robust --model mnist-cnn-at                 # the zoo's 1,000 held-out digits, l-inf eps 0.3
     blindspots robust --model imagenet-lite0 --images DIR --eps 0.0157   # labels: the model's predictions
-    blindspots robust --zoo --threads 1                    # the zoo's table -> blindspots/zoo/weights/mnist_robustness.json
+    blindspots robust --zoo --threads 1          # the zoo table -> blindspots/zoo/weights/mnist_robustness.json
 
 Rooms: `config` (`RobustConfig`, `ZooRobustConfig`: the settings, checked when made), `study` (`run_robust`,
 `run_zoo_robustness`, `evaluate_model`: one record per model and threat model), `report` (the printed record, the
