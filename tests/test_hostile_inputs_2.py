@@ -102,9 +102,9 @@ def test_attack_cli_refuses_impossible_budgets(tmp_path, capsys, argv, needle):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--eps", "5"], "--eps: eps 5 is beyond the l-inf budget"),
+    (["--eps", "5"], "--eps 5 is beyond the l-inf budget"),
     (["--norm", "l2", "--eps", "100"], "eps 100 is beyond the l2 diameter of 1 x 28 x 28"),
-    (["--target-classes", "20"], "--target-classes: target_classes=20, but a model with 10 classes has only 9")],
+    (["--target-classes", "20"], "mnist-cnn: target_classes=20, but a model with 10 classes has only 9")],
     ids=["ISSUE29:robust-eps-5", "ISSUE29:robust-l2-eps-100", "ISSUE29:robust-target-classes-20"])
 def test_robust_cli_refuses_impossible_budgets(tmp_path, capsys, argv, needle):
     """blindspots robust --model mnist-cnn --limit 4 --no-checks ...: exit 2, nothing recorded."""
@@ -225,10 +225,10 @@ def test_robust_zoo_refuses_what_it_cannot_take(tmp_path, capsys, argv, needle):
 def test_robust_zoo_checks_results_to_before_running(tmp_path, capsys, monkeypatch):
     """ISSUE29:zoo-results-to-folder - --results-to naming a folder (or a missing folder's file) fails before any
     work, with no temporary file left; an atomic write that fails leaves none either."""
-    import experiments.robustness as robustness
+    import experiments.robustness.study as robustness
     from blindspots.store import atomic_write_text
 
-    monkeypatch.setattr(robustness, "zoo_robustness", lambda *a, **k: pytest.fail("ran before checking"))
+    monkeypatch.setattr(robustness, "run_zoo_robustness", lambda *a, **k: pytest.fail("ran before checking"))
     (tmp_path / "taken").mkdir()
     for target, needle in ((tmp_path / "taken", "is a folder"), (tmp_path / "none" / "r.json", "does not exist")):
         _one_line_exit_2(capsys, ["robust", "--zoo", "--model", "mnist-cnn", "--quiet", "--out", str(tmp_path / "o"),
@@ -548,10 +548,10 @@ def test_the_full_zoo_run_records_the_shipped_command():
     --results-to or --restart, which do not change a figure)."""
     import argparse
 
-    from experiments.robustness import cli as robust_cli
     from experiments.robustness import ZOO_COMMAND
+    from experiments.robustness import cli as robust_cli
 
     parser = argparse.ArgumentParser()
     robust_cli.add_arguments(parser)
     args = parser.parse_args(["--zoo", "--threads", "1", "--quiet", "--out", "o", "--results-to", "r.json", "--restart"])
-    assert robust_cli._command(args) == ZOO_COMMAND == "blindspots robust --zoo --threads 1 --quiet"
+    assert robust_cli.command_line(args) == ZOO_COMMAND == "blindspots robust --zoo --threads 1 --quiet"

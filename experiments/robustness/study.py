@@ -1,20 +1,25 @@
-"""Robust accuracy with its gradient-masking checks, as one record per (model, threat model), and the MNIST zoo's
-robustness table built from such records (`blindspots robust`, `experiments.robustness.cli`).
+"""The study as functions: `run_robust(config, out) -> RobustResult` (one model under one threat model) and
+`run_zoo_robustness(config, out, results_to=...) -> ZooRobustResult` (the MNIST zoo's robustness table).
 
 `evaluate_model` runs `attacks.evaluate_robustness` (the AutoAttack ensemble) and `attacks.masking_checks`, timing
-both; `zoo_robustness` does so for every MNIST zoo model on the zoo's 1,000 held-out digits at l-inf eps 0.3 and l2
-eps 2.0 and writes `blindspots/zoo/weights/mnist_robustness.json`, each model's entry keyed by the sha256 of its
-weights file so that a stale table is caught (`tests/test_zoo.py`); `render_zoo_robustness` turns that file into the
+both, into one JSON-ready record per (model, threat model); with a run store each attack of the ensemble is its own
+stage, so a killed run resumes after the last attack that finished. `run_zoo_robustness` does so for every MNIST zoo
+model on the zoo's 1,000 held-out digits at l-inf eps 0.3 and l2 eps 2.0; its full run writes
+`blindspots/zoo/weights/mnist_robustness.json` (`ZOO_RESULTS`), each model's entry keyed by the sha256 of its weights
+file so that a stale table is caught (`tests/test_zoo.py`); `report.render_zoo_robustness` turns that file into the
 docs' table (docs/zoo.md, `experiments.generated_docs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import platform
+import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,29 +27,25 @@ import torch
 from torch import nn
 
 import attacks
+from attacks.budget import check_target_classes
 from attacks.ensemble import ATTACKS as ENSEMBLE_ATTACKS
-from attacks.ensemble import LABELS
+from blindspots.cli import OUT_ROOT, resolve_device
+from blindspots.errors import InputError
 from blindspots.store import RunStore, StageRefused, atomic_write_text, jsonable
-from blindspots.zoo import MNIST_MODELS, WEIGHTS_DIR
+from blindspots.zoo import WEIGHTS_DIR
 
-__all__ = ["ZOO_THREATS", "ZOO_RESULTS", "evaluate_model", "format_record", "zoo_robustness",
-           "render_zoo_robustness", "weights_sha256", "twin_of"]
+from .config import ZOO_THREATS, RobustConfig, ZooRobustConfig, twin_of
 
-# the zoo table's threat models: MNIST's customary l-inf budget (Madry et al.) and the l2 budget most MNIST papers
-# report (Croce & Hein's FAB and AutoAttack papers, Rony et al.'s DDN): 2.0, about a tenth of the l2 size of a digit
-ZOO_THREATS = (("linf", 0.3), ("l2", 2.0))
+__all__ = ["RobustResult", "ZooRobustResult", "run_robust", "run_zoo_robustness", "evaluate_model", "load_inputs",
+           "check_results_file", "weights_sha256", "twin_of", "ZOO_THREATS", "ZOO_RESULTS", "ZOO_COMMAND"]
+
 ZOO_RESULTS = WEIGHTS_DIR / "mnist_robustness.json"
-ZOO_COMMAND = "blindspots robust --zoo --threads 1 --quiet"
+ZOO_COMMAND = "blindspots robust --zoo --threads 1 --quiet"  # the command of the shipped table
 
 
 def weights_sha256(name: str) -> str:
     """First 16 hex digits of the sha256 of a shipped zoo weights file."""
     return hashlib.sha256((WEIGHTS_DIR / f"{name}.safetensors").read_bytes()).hexdigest()[:16]
-
-
-def twin_of(name: str) -> str | None:
-    """The normal twin of an adversarially trained zoo model ("mnist-cnn-at" -> "mnist-cnn"), else None."""
-    return name[:-3] if name.endswith("-at") and name[:-3] in MNIST_MODELS else None
 
 
 def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, eps: float, norm: str, *,
@@ -107,108 +108,211 @@ def _attack_stages(store: RunStore | None, stage: str, images: torch.Tensor):
     return done, on_attack
 
 
-def format_record(title: str, rec: dict[str, Any]) -> str:
-    """The printed report of one record: accuracy after each attack, the worst case with its interval, the checks."""
-    n = rec["n"]
-    lines = [title, f"{'step':<12} {'robust acc.':>11} {'fooled':>7} {'fwd/sample':>11} {'bwd/sample':>11} "
-                    f"{'seconds':>8}",
-             f"{'clean':<12} {rec['clean_accuracy']:>11.3f}"]
-    for i, a in enumerate(rec["attacks"]):
-        name = ("+ " if i else "") + LABELS.get(a["name"], a["name"])
-        lines.append(f"{name:<12} {a['accuracy_after']:>11.3f} {a['fooled']:>7} {a['forwards_per_sample']:>11.1f} "
-                     f"{a['backwards_per_sample']:>11.1f} {a['seconds']:>8.1f}"
-                     + (f"  ({a['unconfirmed']} claimed successes not confirmed)" if a["unconfirmed"] else ""))
-    lo, hi = rec["robust_ci95"]
-    lines.append(f"{'worst case':<12} {rec['robust_accuracy']:>11.3f}  95% CI [{lo:.3f}, {hi:.3f}] (Wilson), n={n:,}")
-    if rec["checks"]:
-        tol = ", ".join(f"{k}={v:g}" for k, v in rec["tolerances"].items())
-        lines.append(f"gradient-masking checks ({tol}):")
-        for c in rec["checks"]:
-            shown = "-" if c["value"] is None else f"{c['value']:.3f}"
-            lines.append(f"  {c['name']:<26} {c['status'].upper():<8} {shown:>6} <= {c['limit']:<5g} n={c['n']:<5} "
-                         f"{c['detail']}")
-    load = rec["load_average"]
-    lines.append(f"wall time: ensemble {rec['seconds_ensemble']:.0f} s, checks {rec['seconds_checks']:.0f} s; CPU time "
-                 f"{rec['cpu_seconds_ensemble']:.0f} s and {rec['cpu_seconds_checks']:.0f} s ({rec['threads']} "
-                 f"threads, load average {load[0]:.1f} -> {load[1]:.1f})")
-    return "\n".join(lines)
+# ------------------------------------------------------------------------------------------------- one model
 
 
-def zoo_robustness(results_to: Path | None = ZOO_RESULTS, *, budget: attacks.EnsembleBudget,
-                   models: tuple[str, ...] = MNIST_MODELS, threats=ZOO_THREATS, limit: int | None = None,
-                   done: dict[str, dict[str, Any]] | None = None,
-                   on_record: Callable[[str, str, dict[str, Any]], None] | None = None, command: str = ZOO_COMMAND,
-                   store: RunStore | None = None, **options: Any) -> dict[str, Any]:
-    """Each MNIST zoo model on the zoo's held-out digits for each threat model, with checks (the normal twin for the
-    transfer check of an AT model); `done` holds records already measured ("model:norm" -> record), reused as they
-    are; with a run `store` each attack of each ensemble is a stage (`evaluate_model`). `command` is recorded as the
-    command that measured the file. Writes `results_to` (None: nothing) and returns its content."""
+@dataclass
+class RobustResult:
+    """What `run_robust` measured: `record` (the JSON-ready record of `evaluate_model`: `clean_accuracy`,
+    `robust_accuracy` with `robust_ci95`, `attacks` (accuracy after each), `checks`, timings), `data` (what the
+    images were), `budget_text`, the files written (`path`: robustness.json, `worst_cases`: the per-sample worst
+    cases), `resumed` (the record was read from an earlier run in `out`, not measured now) and `ensemble` (the full
+    `attacks.RobustnessResult`; None when resumed)."""
+
+    config: RobustConfig
+    out: Path
+    record: dict[str, Any]
+    data: str
+    budget_text: str
+    path: Path
+    worst_cases: Path
+    resumed: bool = False
+    ensemble: attacks.RobustnessResult | None = None
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.record["clean_accuracy"]
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.record["robust_accuracy"]
+
+    @property
+    def flagged(self) -> list[str]:
+        """The gradient-masking checks that were flagged (the robust accuracy is then an upper bound)."""
+        return [c["name"] for c in self.record["checks"] if c["status"] == "flagged"]
+
+
+def load_inputs(config: RobustConfig) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(images, labels or None, what they are): the zoo's held-out digits (true labels) for an MNIST zoo model,
+    else the images of `config.images` or the demo photos (None: labelled by the model's predictions)."""
+    from blindspots.data import demo_photos, load_image_folder
+    from blindspots.zoo import mnist_split
+
+    if config.images is not None:
+        images, _ = load_image_folder(config.images, size=config.size, limit=config.limit)
+        return images, None, f"{len(images)} images of {config.images} (labels: the model's predictions)"
+    if config.is_mnist:
+        x, y = mnist_split("test")
+        if config.limit is not None:
+            x, y = x[:config.limit], y[:config.limit]
+        return x, y, f"{len(y):,} of the zoo's held-out digits (true labels)"
+    images, _ = demo_photos(size=config.size)
+    images = images[:config.limit] if config.limit is not None else images
+    return images, None, f"{len(images)} demo photos (labels: the model's predictions)"
+
+
+def run_robust(config: RobustConfig, out: str | Path = OUT_ROOT / "robust", *, device: Any = None,
+               threads: int | None = None, progress: bool = True, restart: bool = False) -> RobustResult:
+    """Run (or resume) one model under one threat model into `out`: the ensemble with the checks beside it, the
+    record in `out/robustness.json` and the per-sample worst cases in `out/stages/worst_case.safetensors`.
+
+    `device`: 'cpu', 'cuda', ... (default: CUDA when present); `threads`: torch CPU threads (None: torch's own);
+    `progress`: progress bars; `restart`: discard a different earlier run in `out`. Settings are checked when
+    `config` is made; the target classes against the model's classes once it is loaded."""
+    _set_threads(threads)
+    device = resolve_device(None if device is None else str(device))
+    from blindspots import load_classifier
+
+    budget = config.budget()
+    model = load_classifier(config.model, weights=config.weights, device=device)
+    if config.target_classes is not None and model.num_classes is not None:
+        check_target_classes(config.target_classes, model.num_classes, config.model)
+    images, labels, what = load_inputs(config)
+    twin_spec = config.twin_spec()
+    twin = load_classifier(twin_spec, device=device) if twin_spec and config.checks else None
+    inputs = {"images": images, **({"labels": labels} if labels is not None else {})}
+    out = Path(out)
+    result = None
+    with RunStore(out, "robust", model=model, settings=config.settings(), inputs=inputs, restart=restart) as store:
+        key = f"{config.model}:{config.norm}"
+        rec = (store.get(key) or {}).get("record")
+        resumed = rec is not None
+        if rec is None:
+            rec, result = evaluate_model(model, images, labels, config.eps, config.norm, budget=budget,
+                                         attack_names=list(config.attacks) if config.attacks else None, twin=twin,
+                                         twin_name=twin_spec or "", store=store,
+                                         stage=re.sub(r"[^A-Za-z0-9._-]", "_", config.model) + f".{config.norm}",
+                                         **_options(config, device, progress))
+            store.save("worst_case", {"images": result.images, "fooled_by": result.fooled_by,
+                                      "clean_correct": result.clean_correct, "labels": result.labels})
+            store.append([{"key": key, "record": rec}])
+    path = out / "robustness.json"
+    path.write_text(json.dumps({"model": config.model, "data": what, "budget_text": budget.describe(), **rec},
+                               indent=1) + "\n")
+    return RobustResult(config=config, out=out, record=rec, data=what, budget_text=budget.describe(), path=path,
+                        worst_cases=out / "stages" / "worst_case.safetensors", resumed=resumed, ensemble=result)
+
+
+# ------------------------------------------------------------------------------------------------- the zoo
+
+
+@dataclass
+class ZooRobustResult:
+    """What `run_zoo_robustness` measured: `table` (the results file's content: `command`, `data`, `budget`,
+    `tolerances`, `machine`, and per model `weights_sha256`, `twin` and one record per norm), `results_to` (the file
+    written; None: none), `measured` (the "model:norm" records measured by this call; the others were read from an
+    earlier run in `out`)."""
+
+    config: ZooRobustConfig
+    out: Path
+    table: dict[str, Any]
+    results_to: Path | None = None
+    measured: list[str] = field(default_factory=list)
+
+    def record(self, model: str, norm: str) -> dict[str, Any]:
+        """One model's record under one norm."""
+        return self.table["models"][model][norm]
+
+
+def check_results_file(path: str | Path, name: str = "results_to") -> Path:
+    """A results file that can be written: not a folder, in a folder that exists, writable (checked before any
+    work); `name` names it in the message."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{name} {path} is a folder; give the path of the results file (.json)")
+    if not path.parent.is_dir():
+        raise InputError(f"{name} {path}: its folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{name} {path} cannot be written (permission denied)")
+    return path
+
+
+def run_zoo_robustness(config: ZooRobustConfig = ZooRobustConfig(), out: str | Path = OUT_ROOT / "robust", *,
+                       results_to: str | Path | None = None, command: str | None = None, device: Any = None,
+                       threads: int | None = None, progress: bool = True, restart: bool = False,
+                       on_record: Callable[[str, str, dict[str, Any]], None] | None = None) -> ZooRobustResult:
+    """Each model of `config` on the zoo's held-out digits under each threat model, with checks (the normal twin for
+    the transfer check of an AT model), run (or resumed: each record, and each attack of each ensemble, is kept in
+    the run store in `out`) and written to `results_to` (None: nothing written; `ZOO_RESULTS` is the shipped table,
+    which only the full default run should write). `command` is recorded as what measured the file (default: this
+    call); `on_record(model, norm, record)` is called as each new record is kept. Runtime arguments as `run_robust`.
+    """
     from blindspots.zoo import load_zoo_model, mnist_split
 
-    x, y = mnist_split("test")
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
-    done = dict(done or {})
-    out: dict[str, Any] = {"command": command, "data": f"the zoo's {len(y):,} held-out digits "
-                           "(blindspots.zoo.mnist_split('test')), true labels", "budget": jsonable(vars(budget)),
-                           "budget_text": budget.describe(), "tolerances": attacks.masking.TOLERANCES,
-                           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-                           "models": {}}
-    for name in models:
-        model = load_zoo_model(name)
-        twin = twin_of(name)
-        entry: dict[str, Any] = {"weights_sha256": weights_sha256(name), "twin": twin}
-        for norm, eps in threats:
-            key = f"{name}:{norm}"
-            if key not in done:
-                rec, _ = evaluate_model(model, x, y, eps, norm, budget=budget, twin=load_zoo_model(twin) if twin
-                                        else None, twin_name=twin or "", store=store, stage=f"{name}.{norm}",
-                                        **options)
-                done[key] = rec
-                if on_record is not None:
-                    on_record(name, norm, rec)
-            entry[norm] = done[key]
-        out["models"][name] = entry
     if results_to is not None:
-        atomic_write_text(results_to, json.dumps(out, indent=1) + "\n")
-    return out
+        results_to = check_results_file(results_to)
+    _set_threads(threads)
+    device = resolve_device(None if device is None else str(device))
+    budget = config.budget()
+    models = {name: load_zoo_model(name) for name in config.models}
+    if config.target_classes is not None:
+        for name, model in models.items():
+            check_target_classes(config.target_classes, model.num_classes, name)
+    x, y = mnist_split("test")
+    if config.limit is not None:
+        x, y = x[:config.limit], y[:config.limit]
+    options = _options(config, device, progress)
+    measured: list[str] = []
+    table: dict[str, Any] = {
+        "command": command or f"experiments.robustness.run_zoo_robustness({_changed_fields(config)})",
+        "data": f"the zoo's {len(y):,} held-out digits (blindspots.zoo.mnist_split('test')), true labels",
+        "budget": jsonable(vars(budget)), "budget_text": budget.describe(), "tolerances": attacks.masking.TOLERANCES,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}", "models": {}}
+    with RunStore(out, "robust-zoo", model=models, settings=config.settings(), restart=restart) as store:
+        done = {r["key"]: r["record"] for r in store.records()}
+        for name in config.models:
+            model = load_zoo_model(name)
+            twin = twin_of(name)
+            entry: dict[str, Any] = {"weights_sha256": weights_sha256(name), "twin": twin}
+            for norm, eps in config.threats:
+                key = f"{name}:{norm}"
+                if key not in done:
+                    rec, _ = evaluate_model(model, x, y, eps, norm, budget=budget,
+                                            twin=load_zoo_model(twin) if twin else None, twin_name=twin or "",
+                                            store=store, stage=f"{name}.{norm}", **options)
+                    done[key] = rec
+                    measured.append(key)
+                    store.append([{"key": key, "record": rec}])
+                    if on_record is not None:
+                        on_record(name, norm, rec)
+                entry[norm] = done[key]
+            table["models"][name] = entry
+    if results_to is not None:
+        atomic_write_text(results_to, json.dumps(table, indent=1) + "\n")
+    return ZooRobustResult(config=config, out=Path(out), table=table, results_to=results_to, measured=measured)
 
 
-def render_zoo_robustness(data: dict[str, Any]) -> str:
-    """The docs' table of `mnist_robustness.json` (docs/zoo.md): accuracy after each attack of the cascade and the
-    checks."""
-    threats = {"linf": "l-inf", "l2": "l2"}
-    rows = ["| model | threat | clean | APGD-CE | + APGD-T | + FAB-T | + Square = worst case (95% CI) | masking "
-            "checks | CPU time |", "|---|---|---|---|---|---|---|---|---|"]
-    flagged, sizes, threads = [], set(), set()
-    for name, entry in data["models"].items():
-        for norm in ("linf", "l2"):
-            rec = entry.get(norm)
-            if rec is None:
-                continue
-            sizes.add(rec["n"])
-            threads.add(rec["threads"])
-            after = {a["name"]: a["accuracy_after"] for a in rec["attacks"]}
-            lo, hi = rec["robust_ci95"]
-            bad = [c["name"] for c in rec["checks"] if c["status"] == "flagged"]
-            ran = [c for c in rec["checks"] if c["status"] != "not run"]
-            flagged += [f"{name} ({threats[norm]}): {c}" for c in bad]
-            checks = f"{len(ran) - len(bad)}/{len(ran)} pass" + (f"; flagged: {', '.join(bad)}" if bad else "")
-            cells = [f"{after[a]:.3f}" if a in after else "-" for a in ("apgd-ce", "apgd-t", "fab-t")]
-            cpu = rec["cpu_seconds_ensemble"] + rec["cpu_seconds_checks"]
-            rows.append(f"| {name} | {threats[norm]} {rec['eps']:g} | {rec['clean_accuracy']:.3f} | "
-                        f"{' | '.join(cells)} | **{rec['robust_accuracy']:.3f}** ({lo:.3f}-{hi:.3f}) | {checks} | "
-                        f"{cpu / 60:.1f} min |")
-    tol = ", ".join(f"`{k}` = {v:g}" for k, v in data["tolerances"].items())
-    n = ", ".join(f"{v:,}" for v in sorted(sizes))
-    lines = [f"Measured with `{data['command']}` on {data['data']}; budget: {data['budget_text']}.", "",
-             *rows, "",
-             "Each column is the robust accuracy after the attacks up to it (each runs on the samples still standing), "
-             f"the last one the per-sample worst case with its Wilson interval (n = {n}). Checks run: eps sweep "
-             "(monotone, unbounded), black box vs white box, more steps and restarts, and for the AT models transfer "
-             f"from the normal twin; tolerances: {tol}. CPU time: ensemble and checks, one process with "
-             f"{', '.join(map(str, sorted(threads)))} torch thread(s) (wall times and load averages are in the file).",
-             "", ("Flagged: " + "; ".join(flagged) + ". Where a check is flagged, the attacks were stopped on some "
-              "samples by something other than robustness (the gradients, or a loss that misleads them): read that "
-              "row's robust accuracy as an upper bound.") if flagged else "No check was flagged."]
-    return "\n".join(lines) + "\n"
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a positive integer, got {threads!r}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _options(config, device: Any, progress: bool) -> dict[str, Any]:
+    """`evaluate_model`'s keyword arguments from the ensemble's settings."""
+    return dict(seed=config.seed, batch_size=config.batch_size, device=device, progress=progress, amp=config.amp,
+                compile=config.compile, checks=config.checks, check_samples=config.check_samples)
+
+
+def _changed_fields(config) -> str:
+    """`config` as the Python that makes it: `ZooRobustConfig(limit=3, ...)` with the fields that differ from the
+    defaults."""
+    default = type(config)()
+    changed = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+               if getattr(config, f.name) != getattr(default, f.name)]
+    return f"{type(config).__name__}({', '.join(changed)})"
