@@ -4,10 +4,7 @@ and the table the command line prints."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
-
-if TYPE_CHECKING:
-    from .study import SensitivityProfile
+from typing import Any, Sequence
 
 __all__ = ["plot_sensitivity", "text_table"]
 
@@ -23,11 +20,12 @@ def text_table(rows: Sequence[dict[str, Any]], norm: str) -> str:
     return "\n".join(lines)
 
 
-def plot_sensitivity(profile: "SensitivityProfile", *, path: str | os.PathLike | None = None,
+def plot_sensitivity(profile: Any, *, path: str | os.PathLike | None = None,
                      title: str | None = None):
-    """Scatter: x = smallest flipping budget (over-sensitivity), y = RMS-l2 distance LST leaves to other-class
-    targets (under-sensitivity), colour = source confidence kept by LST. Images not flipped within the search range
-    are drawn at its edge with a '>' marker. Returns the Figure (saved as PNG when `path` is given)."""
+    """Scatter of a `SensitivityProfile`: x = smallest flipping budget (over-sensitivity), y = RMS-l2 distance LST
+    leaves to other-class targets (under-sensitivity), colour = source confidence kept by LST. Images not flipped
+    within the search range are drawn at its edge with a '>' marker. Returns the Figure (saved as PNG when `path`
+    is given)."""
     import numpy as np
 
     from blindspots.plots import new_figure, save_figure
