@@ -11,7 +11,7 @@ with the adversarial images, a success mask, per-sample l2 / l-inf norms and per
 AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square) run in cascade, per-sample worst case; `attacks.masking_checks`
 puts the gradient-masking checks of Carlini et al. beside it. `attacks.minimal_epsilon(model, images, labels)` gives
 each sample's smallest flipping budget, the counterpart of Level Set Traversal distances (see
-`blindspots.sensitivity_profile`); `attacks.adversarial_training(model, (x, y), eps)` trains a model on PGD examples
+`experiments.sensitivity_profile`); `attacks.adversarial_training(model, (x, y), eps)` trains a model on PGD examples
 (Madry et al.; eps=0: normal training), resumable from per-epoch checkpoints.
 
 Every attack is registered where it is defined (`attacks.registry.register_attack`) with its norms, its budget

@@ -309,7 +309,7 @@ def test_tables_with_one_round_and_hulls_fail_before_lst(tmp_path, capsys):
     from experiments import tables as lst_tables
 
     with pytest.raises(ValueError, match="rounds 1: the hull statistics"):
-        lst_tables.run_tables(tmp_path / "t", "no-such-model", rounds=1)  # fails before the unknown model loads
+        lst_tables.TablesConfig(models="no-such-model", rounds=1)  # the config: before the unknown model loads
     assert lst_tables.main(["--rounds", "1", "--out", str(tmp_path / "t")]) == 2
     assert "need >= 2 rounds" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()

@@ -21,7 +21,7 @@ Output folder: run.json (the run store's key), records*.jsonl (one line per pair
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,10 +32,11 @@ from blindspots import LSTConfig, derangement_pairs, load_classifier
 from blindspots import studies as st
 from blindspots.errors import InputError
 
+from .config import TablesConfig
 from .metrics import TABLE1_FIELDS, hull_deltas, hull_metric, lpips_metric, ssim_paper_metric, table2_fields
 from .report import write_report
 
-__all__ = ["run_study", "build_tables", "run_tables"]
+__all__ = ["TablesResult", "run_study", "build_tables", "run_tables"]
 
 
 def run_study(
@@ -153,39 +154,62 @@ def _read_labels(path: str | Path, names: Sequence[str]) -> torch.Tensor:
     return torch.tensor([table[n] for n in names])
 
 
-def run_tables(out: str | Path, models: str | Sequence[str] = "imagenet-lite0", *,
-               weights: Sequence[str | None] | None = None, images: str | Path | None = None,
-               labels: str | Path | None = None, limit: int | None = None, size: int = 224,
-               min_confidence: float = 0.0, rounds: int = 5, config: LSTConfig | None = None, hull: bool = True,
-               grid_step: float = 0.1, lpips_weights: str | Path | None = None, seed: int = 0, batch_size: int = 20,
-               device: str | None = None, progress: bool = False, restart: bool = False) -> dict[str, Any] | None:
-    """The `blindspots tables` study from Python: model specs (with local weight files, None for the spec's own),
-    an image folder (`images`, with a 'file,label' CSV `labels`) or scikit-image's photos, the protocol and LST
-    config (`LSTConfig.paper()` by default). Returns the tables on rank 0 (None on other ranks of torchrun)."""
+@dataclass
+class TablesResult:
+    """What a run found: `tables` (as `run_study` returns them: 'table1', 'table2' (mean, std and n per column and
+    model), 'pairs', 'hull_sources', 'pool', 'labels', 'targets', 'skipped'), and the files written: `files`
+    (tables.json, table1.csv, table2.csv when Table 2 ran, records.csv) and `report` (report.html)."""
+
+    config: TablesConfig
+    out: Path
+    tables: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def table1(self) -> list[dict[str, Any]]:
+        return self.tables["table1"]
+
+    @property
+    def table2(self) -> list[dict[str, Any]]:
+        return self.tables["table2"]
+
+    @property
+    def pairs(self) -> int:
+        return self.tables["pairs"]
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.tables["skipped"]
+
+
+def run_tables(config: TablesConfig, out: str | Path, *, device: str | None = None, progress: bool = True,
+               restart: bool = False) -> TablesResult | None:
+    """The `blindspots tables` study from Python: `config`'s models (with local weight files), its image folder
+    (with a 'file,label' CSV) or scikit-image's photos, the protocol and LST settings (`LSTConfig.paper()` by
+    default), run (or resumed) into `out`. Returns the result on rank 0 (None on other ranks of torchrun)."""
     from blindspots.data import demo_photos, load_image_folder
 
-    specs = [s for s in models.split(",") if s] if isinstance(models, str) else list(models)
-    weights = list(weights or [])
-    if len(weights) > len(specs):
-        raise InputError(f"weights has {len(weights)} entries for {len(specs)} models")
-    weights += [None] * (len(specs) - len(weights))
-    config = config or LSTConfig.paper()
-    protocol = st.ProtocolConfig(rounds=rounds, seed=seed, pairs_per_batch=batch_size)
-    if hull and rounds < 2:  # before loading anything: run_study checks it too
-        raise InputError(f"rounds {rounds}: the hull statistics (Table 2) need >= 2 rounds, two LST outputs per "
-                         "source for a triangle; give --rounds >= 2 or --no-hull")
+    protocol = st.ProtocolConfig(rounds=config.rounds, seed=config.seed, pairs_per_batch=config.batch_size)
+    out = Path(out)
     info = st.init_distributed(device)
     try:
-        nets = [(spec, load_classifier(spec, weights=w or None, device=info.device)) for spec, w in zip(specs, weights)]
-        if images:
-            x, names = load_image_folder(images, size, limit)
+        nets = [(spec, load_classifier(spec, weights=w or None, device=info.device))
+                for spec, w in zip(config.models, config.weights)]
+        if config.images:
+            x, names = load_image_folder(config.images, config.size, config.limit)
         else:
-            x, names = demo_photos(size=size)
-            x, names = x[:limit], names[:limit]
-        y = _read_labels(labels, names) if labels else None
-        settings = {"images": str(images) if images else "skimage", "size": size, "weights": [w or "" for w in weights]}
-        return run_study(nets, x, y, out, config=config, protocol=protocol, min_confidence=min_confidence, hull=hull,
-                         grid_step=grid_step, lpips_weights=lpips_weights, image_names=names, info=info,
-                         settings=settings, progress=progress, restart=restart)
+            x, names = demo_photos(size=config.size)
+            x, names = x[:config.limit], names[:config.limit]
+        y = _read_labels(config.labels, names) if config.labels else None
+        tables = run_study(nets, x, y, out, config=config.lst, protocol=protocol,
+                           min_confidence=config.min_confidence, hull=config.hull, grid_step=config.grid_step,
+                           lpips_weights=config.lpips_weights, image_names=names, info=info,
+                           settings=config.settings(), progress=progress, restart=restart)
     finally:
         st.finish_distributed(info)
+    if tables is None:
+        return None
+    files = {name: out / name for name in ("tables.json", "table1.csv", "table2.csv", "records.csv")
+             if (out / name).is_file() and (name != "table2.csv" or tables["table2"])}
+    return TablesResult(config=config, out=out, tables=tables, files=files, report=out / "report.html")

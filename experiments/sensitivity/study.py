@@ -1,4 +1,6 @@
-"""Over- and under-sensitivity side by side, per image.
+"""Over- and under-sensitivity side by side, per image: `sensitivity_profile(model, images)` on tensors in memory,
+and the study as a function, `run_sensitivity(config, out) -> SensitivityResult` (the model and images of a
+`SensitivityConfig`, resumable in `out`, the table and figure written).
 
 Over-sensitivity: the smallest budget that flips the model (by default `attacks.minimal_epsilon`, bisection over
 PGD; any registered attack, `attacks.registry`: a fixed-budget one tells whether eps flips the model).
@@ -30,7 +32,9 @@ from blindspots.traversal import LSTConfig, LSTResult, Trajectory, derangement_p
 from blindspots.validation import check_images, check_labels
 from blindspots.errors import InputError
 
-__all__ = ["SensitivityProfile", "sensitivity_profile", "plot_sensitivity"]
+from .config import SensitivityConfig
+
+__all__ = ["SensitivityProfile", "sensitivity_profile", "SensitivityResult", "run_sensitivity"]
 
 
 @dataclass
@@ -67,6 +71,8 @@ class SensitivityProfile:
         return path
 
     def plot(self, path: str | os.PathLike | None = None, title: str | None = None):
+        from .report import plot_sensitivity
+
         return plot_sensitivity(self, path=path, title=title)
 
 
@@ -199,43 +205,54 @@ def _row(i: int, names, labels, class_names, adv, lst_results: list[LSTResult]) 
     return row
 
 
-def plot_sensitivity(profile: SensitivityProfile, *, path: str | os.PathLike | None = None,
-                     title: str | None = None):
-    """Scatter: x = smallest flipping budget (over-sensitivity), y = RMS-l2 distance LST leaves to other-class
-    targets (under-sensitivity), colour = source confidence kept by LST. Images not flipped within the search range
-    are drawn at its edge with a '>' marker. Returns the Figure (saved as PNG when `path` is given)."""
-    import numpy as np
+@dataclass
+class SensitivityResult:
+    """What a run found: `profile` (the `SensitivityProfile`: one row per image, the attack's and LST's results)
+    and the files written: `csv` (sensitivity.csv), `json` (sensitivity.json: the rows with the run's
+    description) and `figure` (sensitivity.png)."""
 
-    from blindspots.plots import new_figure, save_figure
+    config: SensitivityConfig
+    out: Path
+    profile: SensitivityProfile
+    csv: Path
+    json: Path
+    figure: Path
 
-    rows = profile.rows
-    x = np.array([r["min_eps"] for r in rows], dtype=float)
-    y = np.array([r["lst_rms_l2"] for r in rows], dtype=float)
-    c = np.array([r["lst_confidence"] for r in rows], dtype=float)
-    fig = new_figure(6.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    finite = np.isfinite(x)
-    params = profile.attack.params
-    edge = float(params.get("max_eps", params.get("eps", np.nanmax(x[finite]) if finite.any() else 1.0)))
-    xs = np.where(finite, x, edge)
-    has_c = np.isfinite(c).any()
-    kw = dict(c=c, cmap="viridis", vmin=0.0, vmax=1.0) if has_c else dict(color="tab:blue")
-    sc = None
-    for mask, marker in ((finite, "o"), (~finite, ">")):
-        if mask.any():
-            sc = ax.scatter(xs[mask], np.nan_to_num(y[mask], nan=0.0), marker=marker, s=40, edgecolors="k",
-                            linewidths=0.5, **({k: (v[mask] if k == "c" else v) for k, v in kw.items()}))
-    for r, xi, yi in zip(rows, xs, y):
-        ax.annotate(str(r["name"]), (xi, 0.0 if not np.isfinite(yi) else yi), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7)
-    if has_c and sc is not None:
-        fig.colorbar(sc, ax=ax, label="source confidence kept by LST")
-    norm_name = "l-inf" if profile.norm == "linf" else "l2"
-    ax.set_xlabel(f"over-sensitivity: smallest flipping budget ({norm_name}, [0, 1] pixels)")
-    ax.set_ylabel("under-sensitivity: RMS-l2 left to other-class target")
-    if np.all(xs > 0):
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "Over- vs under-sensitivity per image")
-    save_figure(fig, path)
-    return fig
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.profile.rows
+
+
+def run_sensitivity(config: SensitivityConfig, out: str | os.PathLike, *, device: str | None = None,
+                    progress: bool = True, restart: bool = False) -> SensitivityResult:
+    """The `blindspots attack` study from Python: `config`'s model and images, the profile computed (or resumed:
+    every stage is kept in `out`/checkpoint, and a rerun with anything changed is refused naming it unless
+    `restart=True`), then sensitivity.csv, sensitivity.json and sensitivity.png written into `out`."""
+    from types import SimpleNamespace
+
+    from blindspots import load_classifier
+    from blindspots.cli import load_images, resolve_device
+
+    dev = resolve_device(device)
+    model = load_classifier(config.model, weights=config.weights, device=dev)
+    image_set = SimpleNamespace(images=config.images, photos=config.photos, digits=config.digits, size=config.size,
+                                limit=config.limit)  # the image options of `add_image_options`, from the config
+    images, names = load_images(image_set, model, dev)
+    out = Path(out)
+    with RunStore(out, "attack", model=model, settings=config.settings(), inputs={"images": images},
+                  restart=restart):
+        profile = sensitivity_profile(model, images, None, names=names, attack=config.attack, eps=config.eps,
+                                      norm=config.norm, max_eps=config.max_eps, search_steps=config.search_steps,
+                                      rtol=config.rtol, steps=config.steps, rounds=config.rounds,
+                                      config=config.lst_config(), seed=config.seed, device=dev, progress=progress,
+                                      attack_options=config.attack_options(), checkpoint=out / "checkpoint",
+                                      restart=restart)
+        csv_path = profile.to_csv(out / "sensitivity.csv")
+        meta = {"model": config.model, "attack_name": config.attack, "images": config.images if config.images else
+                ("MNIST digits" if names[0].startswith("digit") else "demo photos"),
+                "size": int(images.shape[-1]), "rounds": config.rounds, "seed": config.seed}
+        json_path = profile.to_json(out / "sensitivity.json", **meta)
+        png_path = out / "sensitivity.png"
+        profile.plot(png_path, title=f"{getattr(model, 'name', config.model)}, {config.attack}: over- vs "
+                                     "under-sensitivity")
+    return SensitivityResult(config=config, out=out, profile=profile, csv=csv_path, json=json_path, figure=png_path)
