@@ -91,32 +91,37 @@ def _validity_line(valid: Mapping[str, Any]) -> str:
 
 
 def _docs_claim(c: Mapping[str, Any], delta: float | None) -> str:
-    """One claim's table for the docs: outcome first and five short columns, so that it fits a 1280 px window; what
-    the value measures and what n counts is said once above the table, not in every row."""
+    """One claim's table for the docs: outcome first, then short columns, so that it fits a 1280 px window; what the
+    value measures, the pairs' models and what n counts are said once above the table, not in every row."""
     rows = c["rows"]
     if not rows:
         return f"**{c['title']}**: no rows (no group of this run has a model it applies to).\n"
     paired = any("setting" in r for r in rows)  # claim 3: a difference per (normal, AT) pair, at each d
     if paired:
-        what = ("value: AT - normal, the mean per-source fraction of the triangle hull with p >= p_src - d; "
-                "n: sources, their triangles, the images resampled (as source and as both outputs' targets)")
+        names = "; ".join(dict.fromkeys(r["model"] for r in rows))  # "CNN: mnist-cnn-at - mnist-cnn; ..."
+        crossed = all("sources" in r and "pools" in r for r in rows)
+        what = (f"value: AT - normal ({names}), the mean per-source fraction of the triangle hull with "
+                "p >= p_src - d; n: " + ("sources, their triangles, the distinct images resampled as source and as "
+                                         "both outputs' targets" if crossed else "sources"))
     else:
-        kinds = {r["measure"] for r in rows}
-        what = f"value: {' / '.join(sorted(kinds))}; n: " + (
-            "pairs, the distinct images resampled as sources and targets" if c["claim"] == "outputs_look_like_target"
-            else "sources")
+        counted = "pairs (the distinct images resampled as sources and targets)" \
+            if any(set(r["units"]) - {"source"} for r in rows) else "sources"
+        what = f"value: {' / '.join(dict.fromkeys(r['measure'] for r in rows))}; n: {counted}"
     table = []
     for r in rows:
-        row = {"outcome": _outcome(r), "group": r["group"], ("pair" if paired else "model"): r["model"]}
+        row = {"outcome": _outcome(r), "group": r["group"]}
         if paired:
-            row["d"] = f"{r.get('delta', delta):g}" if r.get("delta", delta) is not None else "n/a"
+            d = r.get("delta", delta)
+            row.update({"pair": r["model"].split(":")[0], "d": "n/a" if d is None else f"{d:g}"})
+        else:
+            row["model"] = r["model"]
         row["value [95% interval]"] = f"{_fmt(r['value'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
         if "sources" in r and "pools" in r:
-            row["n"] = f"{r['sources']}, {r['n']} triangles, {_units(r['pools'])}"
-        elif paired:
-            row["n"] = f"{r['n']} sources"
+            row["n"] = f"{r['sources']} sources, {r['n']} triangles, {_units(r['pools'])}"
+        elif set(r.get("units", {})) - {"source"}:
+            row["n"] = f"{r['n']} ({_units(r['units'])})"
         else:
-            row["n"] = f"{r['n']} ({_units(r['units'])})" if not set(r["units"]) <= {"source"} else f"{r['n']}"
+            row["n"] = f"{r['n']}"
         table.append(row)
     return f"**{c['title']}** ({what}):\n\n" + st.markdown_table(table) + "\n"
 
