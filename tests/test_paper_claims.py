@@ -387,3 +387,60 @@ def test_a_bad_option_is_one_line_naming_it_before_any_model_loads(argv, line, t
     out = tmp_path / "run"
     assert _cli(capsys, *argv, "--out", str(out)) == (2, [f"blindspots paper: error: {line}"])
     assert not out.exists()
+
+
+def _widest_data() -> dict:
+    """claims.json as a full run writes it, at its widest: the real models' names, claim 3 at three d (saturated
+    rows included) with the crossed n, both settings."""
+    pairs = (("CNN", "mnist-cnn", "mnist-cnn-at"), ("ViT", "mnist-vit", "mnist-vit-at"))
+    rng = np.random.default_rng(0)
+    fr = {m: {d: (lambda s, d=d, k=k: min(1.0, 0.5 + 3 * d + 0.05 * k + 0.01 * (s % 3))) for d in (0.0, 0.1, 0.2)}
+          for k, m in enumerate(("mnist-cnn", "mnist-cnn-at", "mnist-vit", "mnist-vit-at"))}
+    mnist = [dict(r, ssim_paper=0.6 + 0.1 * rng.random()) if r["kind"] == "lst" else r
+             for r in _triangles(fr, 48, rounds=5)]
+    photos = [_pair(m, s, 0.9 + 0.05 * rng.random(), round_=r, n=9) for m in ("imagenet-lite0", "imagenet-mobilenetv2")
+              for s in range(9) for r in range(5)] + [_hull("imagenet-mobilenetv2", s, -0.5) for s in range(9)]
+    claims = pv.evaluate_claims({"mnist": mnist, "imagenet": photos}, {"mnist": pairs}, 0.2, 0, {"mnist": mnist})
+    assert any(r["outcome"] == vd.NOT_EVALUATED for r in _claim(claims, "at_hull_larger")["rows"])
+    return {"claims": claims, "constants": pv.CONSTANTS, "validity": pv.check_threshold(mnist, 0.2), "delta": 0.2,
+            "power": pv.power_lines("imagenet", {"imagenet-mobilenetv2": 9}, list(pv.RULES)[:2])}
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="Chromium is not installed")
+def test_the_docs_claims_tables_fit_a_1280_px_window_in_chromium(tmp_path):
+    """Issue 30: in the documentation site at 1280 px, no table of the paper-claims block scrolls sideways (the
+    readthedocs theme never wraps a cell): a one-page site with the site's own configuration and CSS, holding the
+    block rendered from the widest claims.json a run writes and from docs/results/claims.json."""
+    import html
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("mkdocs", reason="the docs build needs the docs extra: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings", reason="the docs build needs the docs extra: pip install -e '.[docs]'")
+    from conftest import subprocess_env
+    from experiments.generated_docs import REPO, outcome_first, render_block
+
+    blocks = [outcome_first(rp.render_markdown(_widest_data())), render_block("paper-claims")]
+    heads = [h for b in blocks for h, below in zip(b.splitlines(), b.splitlines()[1:]) if below.startswith("|---|")]
+    assert all(h.startswith("| outcome |") for h in heads if "interval]" in h) and len(heads) >= 6
+    (tmp_path / "docs").mkdir()
+    shutil.copy(REPO / "docs" / "extra.css", tmp_path / "docs")
+    (tmp_path / "docs" / "index.md").write_text("# Studies\n\n" + "\n".join(blocks))
+    (tmp_path / "mkdocs.yml").write_text(f"INHERIT: {REPO / 'mkdocs.yml'}\ndocs_dir: docs\nwatch: []\n"
+                                         "nav:\n  - index.md\n")
+    subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(tmp_path / "mkdocs.yml"), "--site-dir",
+                    str(tmp_path / "site")], check=True, cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                   timeout=300)
+    page = tmp_path / "site" / "index.html"
+    probe = "".join([  # after the web fonts and the theme's own script (which wraps each table) have run
+        "<script>window.addEventListener('load', () => document.fonts.ready.then(() => setTimeout(() => {",
+        "const t = [...document.querySelectorAll('table')].map(x => [x.scrollWidth, x.clientWidth]);",
+        "document.body.setAttribute('data-w', JSON.stringify(t));}, 500)));</script></body>"])
+    page.write_text(page.read_text().replace("</body>", probe))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--window-size=1280,900", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    widths = json.loads(html.unescape(dom.split('data-w="')[1].split('"')[0]))
+    assert len(widths) == len(heads)
+    assert all(0 < scroll <= client for scroll, client in widths), widths
