@@ -4,6 +4,7 @@ sentence per claim, generated from the results, never written by hand), the docs
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -176,15 +177,17 @@ def triangle_figure(out: Path, groups: Mapping[str, Group], pools: Mapping[str, 
 
 
 def write_report(out: Path, data: Mapping[str, Any], tables, figure: Path | None) -> Path:
-    """report.html: the findings and the claims table first, then each run's tables and the figure, settings last."""
+    """report.html: the findings and the claims table (outcome first) first, then each run's tables and the figure,
+    settings last; text as paragraphs that wrap, so that the page fits a 1280 px window."""
     sections: list[dict[str, Any]] = [
-        {"heading": "Claims of the paper, checked", "pre": "\n".join(findings(data)),
+        {"heading": "Claims of the paper, checked", "text": "\n\n".join(findings(data)),
          "table": claims_table(data["claims"])},
         {"heading": "Claim 3's triangles: paper settings and matched distance",
          "table": triangle_table(data["claims"])},
         {"heading": "Rules and constants (fixed before the numbers)",
-         "pre": "\n".join([f"{k}: {r['text']}" for k, r in data["rules"].items()] +
-                          [f"{k} = {v:g}" for k, v in data["constants"].items()] + list(data["power"]))},
+         "text": "\n\n".join([f"{k}: {r['text']}" for k, r in data["rules"].items()] +
+                              [", ".join(f"{k} = {v:g}" for k, v in data["constants"].items())] +
+                              list(data["power"]))},
     ]
     if figure is not None:
         sections.append({"figure": figure, "caption": "One source's triangle (source, b0, b1): the source-class "
@@ -195,6 +198,5 @@ def write_report(out: Path, data: Mapping[str, Any], tables, figure: Path | None
         if t["table2"]:
             sections.append({"heading": f"{name}: Table 2", "table": st.display_rows(
                 t["table2"], ["model"], table2_fields(t["table2"]), digits=3)})
-    sections.append({"heading": "Settings", "pre": str(dict(data["settings"]))})
+    sections.append({"heading": "Settings", "pre": json.dumps(data["settings"], indent=1)})
     return st.write_html_report(out / "report.html", "LST paper claims on real models", sections)
-
