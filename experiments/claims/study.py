@@ -141,8 +141,7 @@ def run_claims(config: ClaimsConfig, out: str | Path = OUT_ROOT / "paper", *,
     at_pairs = {g: grp.at_pairs for g, grp in groups.items()}
     claims = pv.evaluate_claims(records, at_pairs, lst.threshold, config.seed, matched_records)
     data = {"claims": claims, "rules": {k: {**r.to_dict(), "text": pv.rule_text(k)} for k, r in pv.RULES.items()},
-            "constants": pv.CONSTANTS,
-            "delta": lst.threshold, "validity": validity, "power": power, "settings": config.settings()}
+            "constants": pv.CONSTANTS, "delta": lst.threshold, "validity": validity, "power": power, "settings": config.settings()}
     results = st.write_json(data, out / "claims.json")
     csv = st.write_csv([{"claim": c["claim"], **r} for c in claims for r in c["rows"]], out / "claims.csv")  # numbers
     if results_to:
@@ -152,8 +151,7 @@ def run_claims(config: ClaimsConfig, out: str | Path = OUT_ROOT / "paper", *,
     figure = triangle_figure(out, groups, pools, models) if any(g.at_pairs for g in groups.values()) else None
     report = write_report(out, data, tables, figure)
     return ClaimsResult(config=config, out=out, claims=claims, data=data, tables=tables, figure=figure,
-                        results=results, csv=csv,
-                        report=report)
+                        results=results, csv=csv, report=report)
 
 
 def _matched_runs(plans, groups, tables, common, out: Path) -> dict[str, list[dict[str, Any]]]:
