@@ -34,13 +34,13 @@ Renderer = Callable[[Any], str]
 
 
 def _paper_claims(data: Any) -> str:
-    from .claims.rules import render_markdown
+    from .claims.report import render_markdown
 
     return outcome_first(render_markdown(data))
 
 
 def _paper_claims_verdicts(data: Any) -> str:
-    from .claims.rules import findings
+    from .claims.report import findings
 
     # "1. ..." after the bullet would start a nested numbered list: escape the claim number's dot
     lines = [re.sub(r"^([0-9]+'?)\.", r"\1\\.", line.split(" Per group:")[0]) for line in findings(data)]

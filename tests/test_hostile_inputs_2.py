@@ -384,7 +384,7 @@ def test_results_texts_are_escaped_for_markdown_and_html(tmp_path):
     assert "<script>" not in page and "&lt;script>alert(1)&lt;/script> \\| x" in page
     row = next(line for line in page.splitlines() if "alert" in line)
     cells = [c for c in row.replace("\\|", "").split("|")[1:-1]]
-    assert len(cells) == 8, row  # the table's 8 columns
+    assert len(cells) == 5, row  # claim 1 table's 5 columns (outcome, group, model, value [95% interval], n)
     assert escape_cell("accuracy 0.528 < 0.6") == "accuracy 0.528 < 0.6"
     assert escape_cell("a\nb <!-- c") == "a b &lt;!-- c"
 

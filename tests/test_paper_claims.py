@@ -15,6 +15,11 @@ from torch import nn
 
 from blindspots import Classifier, LSTConfig
 from blindspots import verdicts as vd
+from experiments.claims import ClaimsConfig, ClaimsResult, Group, config_from_args, run_claims
+from experiments.claims import main as claims_main
+from experiments.claims import cli as pc_cli
+from experiments.claims import groups as cg
+from experiments.claims import report as rp
 from experiments.claims import rules as pv
 from experiments.claims import study as pc
 
@@ -57,7 +62,7 @@ def test_the_threshold_is_a_validity_check_that_raises():
     outside = {**_pair("a", 9, 0.9, p0=0.9, p_end=0.6), "start_outside": True}
     checked = pv.check_threshold(ok + [outside, {**ok[0], "start_outside": True}], 0.2)
     assert (checked["pairs"], checked["start_outside"], checked["start_outside_ended_outside"]) == (7, 2, 1)
-    line = pv._validity_line(checked)
+    line = rp._validity_line(checked)
     assert line.startswith("Validity: all 5 of 7 LST outputs") and "2 noisy starts already lay outside" in line
     assert "1 of them ended outside" in line
 
@@ -118,9 +123,12 @@ def test_claim_three_is_decided_at_the_unsaturated_deltas_with_images_resampled_
     assert r["n"] == 60 and r["sources"] == 20
     assert claim["groups"]["mnist"]["outcome"] == vd.MIXED and "CNN at d = 0.2 (not evaluated)" in \
         claim["groups"]["mnist"]["reason"]
-    text = pv.render_markdown({"claims": [claim], "constants": pv.CONSTANTS, "validity": pv.check_threshold([], 0.2)})
-    assert "| not evaluated (saturated) |" in text and "CNN at d = 0.2 saturated: both mean fractions" in text
-    assert "20 sources (60 triangles; 20 images resampled)" in text
+    text = rp.render_markdown({"claims": [claim], "constants": pv.CONSTANTS, "validity": pv.check_threshold([], 0.2)})
+    assert "| not evaluated (saturated) | mnist | CNN | 0.2 |" in text  # outcome first, the pair by architecture
+    assert "CNN at d = 0.2 saturated: both mean fractions" in text
+    assert "| 20 sources, 60 triangles, 20 images |" in text and "(CNN: cnn-at - cnn; ViT: vit-at - vit)" in text
+    assert {r["outcome"] for r in rp.claims_table([claim])} <= set(vd.OUTCOMES) | {"not evaluated (saturated)"}
+    assert list(rp.claims_table([claim])[0])[0] == "outcome"
     worse = {"cnn": {0.1: lambda s: 0.6 + 0.01 * s}, "cnn-at": {0.1: lambda s: 0.3 + 0.01 * s + 0.01 * (s % 4)}}
     rows = _claim(pv.evaluate_claims({"m": _triangles(worse, 30)}, {"m": pairs[:1]}, 0.2), "at_hull_larger")["rows"]
     assert [(r["delta"], r["outcome"]) for r in rows] == [(0.1, vd.DOES_NOT_HOLD)]
@@ -198,13 +206,19 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
     x, y = _images(w, n=20, seed=1)
     for m in models.values():
         assert (m.predict(x)[0] == y).all()
-    group = pc.Group(("ball", "linear"), (("toy", "ball", "linear"),), lambda nets, limit, seed, size, p: (x, y, None))
-    config = LSTConfig.paper(iterations=40, step_size=0.075, threshold=0.15, adv_eps=0.0)  # a delta off the grid
+    group = Group("toy", ("ball", "linear"), (("toy", "ball", "linear"),),
+                  lambda nets, limit, seed, size, p: (x, y, None))
+    lst = LSTConfig.paper(iterations=40, step_size=0.075, threshold=0.15, adv_eps=0.0)  # a delta off the grid
+    config = ClaimsConfig(groups=(group,), rounds=3, lst=lst, min_confidence=0.6, batch_size=24)
     said: list[str] = []
-    result = pc.run_claims(tmp_path, {"toy": group}, rounds=3, config=config, min_confidence=0.6, models=models,
-                           batch_size=24, results_to=tmp_path / "docs" / "claims.json", log=said.append)
+    result = run_claims(config, tmp_path, models=models, progress=False,
+                        results_to=tmp_path / "docs" / "claims.json", log=said.append)
     assert said == ["toy (ball, linear): paths_star_like: underpowered for holds: needs n >= 35 sources (has 20)"]
-    claims = {c["claim"]: c for c in result["claims"]}
+    assert isinstance(result, ClaimsResult) and result.config is config and result.power == said
+    assert (result.results, result.csv, result.report, result.figure) == (
+        tmp_path / "claims.json", tmp_path / "claims.csv", tmp_path / "report.html", tmp_path / "triangles.png")
+    assert set(result.tables) == {"toy"} and result.validity == result.data["validity"]
+    claims = {c["claim"]: c for c in result.claims}
     at = claims["at_hull_larger"]["rows"][-1]  # at the run's delta, 0.15 (after 0 and 0.1)
     assert at["at"] == pytest.approx(1.0)  # the linear model's triangles stay confident everywhere
     assert at["normal"] < 0.95  # chords between points of a sphere pass inside the ball
@@ -236,8 +250,12 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
         table = list(csv.DictReader(fh))
     assert len(table) == sum(len(c["rows"]) for c in saved["claims"])
     assert [float(r["value"]) for r in table if r["claim"] == "at_hull_larger"][-1] == pytest.approx(at["value"])
-    text = pv.render_markdown(saved)
-    assert "| at_hull_larger | toy | toy: linear - ball |" in text and "HULL_MARGIN = 0.02" in text
+    assert saved["settings"] == config.settings() and saved["settings"]["groups"] == ["toy"]
+    assert saved["claims"] == json.loads(json.dumps(result.claims))
+    assert "| holds | toy | toy | 0.15 |" in rp.render_markdown(saved) and rp.claims_table(result.claims)[-1][
+        "model"] == "toy: linear - ball"
+    text = rp.render_markdown(saved)
+    assert "(toy: linear - ball)" in text and "HULL_MARGIN = 0.02" in text
     assert "paths_star_like: underpowered for holds: needs n >= 35 sources (has 20)" in text
     assert "| toy | matched distance | linear |" in text  # claim 3's triangles, both settings
     assert (tmp_path / "triangles.png").read_bytes()[:4] == b"\x89PNG"
@@ -246,7 +264,7 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
 
 
 def _cli(capsys, *argv):
-    code = pc.main(list(argv))
+    code = claims_main(list(argv))
     return code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -257,9 +275,9 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path, capsys):
     assert _cli(capsys, "--groups", ",", "--out", str(out)) == (
         2, ["blindspots paper: error: --groups ',': choose one or more of mnist, imagenet"])
     code, err = _cli(capsys, "--groups", "mnist", "--amp", "--out", str(out))
-    assert code == 2 and len(err) == 1 and "amp: refused for this study" in err[0]
+    assert code == 2 and len(err) == 1 and err[0].startswith("blindspots paper: error: --amp: refused for this study")
     code, err = _cli(capsys, "--groups", "mnist", "--rounds", "1", "--out", str(out))
-    assert code == 2 and err == ["blindspots paper: error: rounds 1: the claims need >= 2 rounds (a triangle needs "
+    assert code == 2 and err == ["blindspots paper: error: --rounds 1: the claims need >= 2 rounds (a triangle needs "
                                  "two LST outputs per source)"]
     assert not out.exists()
 
@@ -270,7 +288,7 @@ def test_threshold_takes_any_value_in_the_open_unit_interval(value, ok, tmp_path
     from blindspots.cli import Parser
 
     p = Parser(prog="blindspots paper")
-    pc.add_arguments(p)
+    pc_cli.add_arguments(p)
     if ok:
         assert p.parse_args(["--threshold", value]).threshold == float(value)
     else:
@@ -296,10 +314,10 @@ def test_tiny_photos_fail_with_a_clear_error(tmp_path, monkeypatch):
     import blindspots.photos
 
     monkeypatch.setattr(blindspots.photos, "real_photos", lambda size: (torch.rand(5, 3, size, size), list("abcde")))
-    group = pc.Group(("unsure",), (), pc._photo_images, per_model=True)
+    group = Group("imagenet", ("unsure",), (), cg._photo_images, per_model=True)
     with pytest.raises(ValueError, match=r"imagenet: unsure puts 0 of 5 photos in a class with p > 0.6 at 8 px"):
-        pc.run_claims(tmp_path / "run", {"imagenet": group}, models={"unsure": Classifier(_Unsure(), name="unsure")},
-                      photo_size=8)
+        run_claims(ClaimsConfig(groups=(group,), photo_size=8), tmp_path / "run",
+                   models={"unsure": Classifier(_Unsure(), name="unsure")})
     assert not (tmp_path / "run").exists()
 
 
@@ -313,3 +331,129 @@ def test_tables_with_one_round_and_hulls_fail_before_lst(tmp_path, capsys):
     assert lst_tables.main(["--rounds", "1", "--out", str(tmp_path / "t")]) == 2
     assert "need >= 2 rounds" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def _parser():
+    from blindspots.cli import Parser
+
+    p = Parser(prog="blindspots paper")
+    pc_cli.add_arguments(p)
+    return p
+
+
+def test_the_command_lines_defaults_are_the_configs():
+    assert config_from_args(_parser().parse_args([])) == ClaimsConfig()
+    config = config_from_args(_parser().parse_args(["--groups", "mnist", "--iterations", "40", "--threshold", "0.1",
+                                                    "--no-matched", "--channels-last", "--sources", "7"]))
+    assert config == ClaimsConfig(groups=("mnist",), sources=7, matched=False,
+                                  lst=LSTConfig.paper(iterations=40, threshold=0.1, channels_last=True))
+    assert list(config.group_map) == ["mnist"] and config.threshold == 0.1
+    assert ClaimsConfig().lst == LSTConfig.paper() and list(ClaimsConfig().group_map) == ["mnist", "imagenet"]
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"groups": ()}, "groups '': choose one or more of mnist, imagenet"),
+    ({"groups": ("mnist", "cifar")}, "groups 'mnist,cifar': choose one or more"),
+    ({"groups": ("mnist", "mnist")}, "groups 'mnist,mnist': choose one or more"),
+    ({"rounds": 1}, "rounds 1: the claims need >= 2 rounds"),
+    ({"lst": LSTConfig.paper(amp=True)}, "amp: refused for this study"),
+    ({"lst": LSTConfig.paper(threshold=1.0)}, "threshold must lie in (0, 1), got 1.0"),
+    ({"sources": 0}, "sources must be a positive integer, got 0"),
+    ({"min_confidence": 1.0}, "min_confidence must be a number in [0, 1), got 1.0"),
+    ({"min_confidence": float("nan")}, "min_confidence must be a number in [0, 1), got nan"),
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"photo_size": 2.5}, "photo_size must be a positive integer, got 2.5"),
+    ({"matched": "yes"}, "matched must be True or False"),
+])
+def test_an_impossible_setting_is_one_line_when_the_config_is_made(changes, words):
+    from blindspots.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        ClaimsConfig(**changes)
+    assert words in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--groups", "mnist,cifar"], "--groups 'mnist,cifar': choose one or more of mnist, imagenet"),
+    (["--min-confidence", "1.5"], "--min-confidence must be a number in [0, 1), got 1.5"),
+    (["--model", "mnist-cnn"], "--model/--weights: this study probes its fixed model groups (see --groups)"),
+])
+def test_a_bad_option_is_one_line_naming_it_before_any_model_loads(argv, line, tmp_path, capsys, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model loaded")
+
+    monkeypatch.setattr(pc, "load_classifier", forbidden)
+    out = tmp_path / "run"
+    assert _cli(capsys, *argv, "--out", str(out)) == (2, [f"blindspots paper: error: {line}"])
+    assert not out.exists()
+
+
+def _widest_data() -> dict:
+    """claims.json as a full run writes it, at its widest: the real models' names, claim 3 at three d (saturated
+    rows included) with the crossed n, both settings."""
+    pairs = (("CNN", "mnist-cnn", "mnist-cnn-at"), ("ViT", "mnist-vit", "mnist-vit-at"))
+    rng = np.random.default_rng(0)
+    fr = {m: {d: (lambda s, d=d, k=k: min(1.0, 0.5 + 3 * d + 0.05 * k + 0.01 * (s % 3))) for d in (0.0, 0.1, 0.2)}
+          for k, m in enumerate(("mnist-cnn", "mnist-cnn-at", "mnist-vit", "mnist-vit-at"))}
+    mnist = [dict(r, ssim_paper=0.6 + 0.1 * rng.random()) if r["kind"] == "lst" else r
+             for r in _triangles(fr, 48, rounds=5)]
+    photos = [_pair(m, s, 0.9 + 0.05 * rng.random(), round_=r, n=9) for m in ("imagenet-lite0", "imagenet-mobilenetv2")
+              for s in range(9) for r in range(5)] + [_hull("imagenet-mobilenetv2", s, -0.5) for s in range(9)]
+    claims = pv.evaluate_claims({"mnist": mnist, "imagenet": photos}, {"mnist": pairs}, 0.2, 0, {"mnist": mnist})
+    assert any(r["outcome"] == vd.NOT_EVALUATED for r in _claim(claims, "at_hull_larger")["rows"])
+    return {"claims": claims, "constants": pv.CONSTANTS, "validity": pv.check_threshold(mnist, 0.2), "delta": 0.2,
+            "power": pv.power_lines("imagenet", {"imagenet-mobilenetv2": 9}, list(pv.RULES)[:2])}
+
+
+def _measure_in_chromium(page, expression: str):
+    """Open `page` in headless Chromium at 1280 x 900 and return the JSON of `expression`, evaluated after the web
+    fonts and the page's own scripts (the site's theme wraps each table) have run."""
+    import html
+    import subprocess
+
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", "".join([
+        "<script>window.addEventListener('load', () => document.fonts.ready.then(() => setTimeout(() => ",
+        f"document.body.setAttribute('data-w', JSON.stringify({expression})), 500)));</script></body>"])))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--window-size=1280,900", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    return json.loads(html.unescape(dom.split('data-w="')[1].split('"')[0]))
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="Chromium is not installed")
+def test_the_docs_claims_tables_and_the_report_fit_a_1280_px_window_in_chromium(tmp_path):
+    """Issue 30: in the documentation site at 1280 px, no table of the paper-claims block scrolls sideways (the
+    readthedocs theme never wraps a cell): a one-page site with the site's own configuration and CSS, holding the
+    block rendered from the widest claims.json a run writes and from docs/results/claims.json. report.html fits too,
+    its claims table outcome first."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("mkdocs", reason="the docs build needs the docs extra: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings", reason="the docs build needs the docs extra: pip install -e '.[docs]'")
+    from conftest import subprocess_env
+    from experiments.generated_docs import REPO, outcome_first, render_block
+
+    data = _widest_data()
+    blocks = [outcome_first(rp.render_markdown(data)), render_block("paper-claims")]
+    heads = [h for b in blocks for h, below in zip(b.splitlines(), b.splitlines()[1:]) if below.startswith("|---|")]
+    assert all(h.startswith("| outcome |") for h in heads if "interval]" in h) and len(heads) >= 6
+    (tmp_path / "docs").mkdir()
+    shutil.copy(REPO / "docs" / "extra.css", tmp_path / "docs")
+    (tmp_path / "docs" / "index.md").write_text("# Studies\n\n" + "\n".join(blocks))
+    (tmp_path / "mkdocs.yml").write_text(f"INHERIT: {REPO / 'mkdocs.yml'}\ndocs_dir: docs\nwatch: []\n"
+                                         "nav:\n  - index.md\n")
+    subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(tmp_path / "mkdocs.yml"), "--site-dir",
+                    str(tmp_path / "site")], check=True, cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                   timeout=300)
+    widths = _measure_in_chromium(tmp_path / "site" / "index.html",
+                                  "[...document.querySelectorAll('table')].map(x => [x.scrollWidth, x.clientWidth])")
+    assert len(widths) == len(heads)
+    assert all(0 < scroll <= client for scroll, client in widths), widths
+    data.update(rules={k: {"text": pv.rule_text(k)} for k in pv.RULES}, settings=ClaimsConfig().settings())
+    report = rp.write_report(tmp_path, data, {}, None)
+    assert "<th>outcome</th><th>claim</th>" in report.read_text()
+    assert 0 < _measure_in_chromium(report, "document.documentElement.scrollWidth") <= 1280

@@ -1,5 +1,5 @@
 """The LST paper's claims as rules fixed before the numbers, decided per model, per group and overall with
-`blindspots.verdicts`, and the findings text generated from the results (`claims.json`), never written by hand.
+`blindspots.verdicts` (the findings text and the tables made from the results are in `experiments.claims.report`).
 
 Claims (delta: the run's LST threshold):
 1. `outputs_look_like_target`: per model, the mean SSIM(output, target) over pairs lies above `SSIM_FLOOR`; the
@@ -30,8 +30,7 @@ from blindspots.errors import InputError
 
 __all__ = ["SSIM_FLOOR", "STAR_FLOOR", "HULL_MARGIN", "THRESHOLD_TOL", "EDGE_TOL", "CLAIM3_DELTAS", "RULES",
            "TITLES", "UNITS", "CONSTANTS", "RunInvalid", "rule_text", "saturated", "hull_units",
-           "check_threshold", "power_lines", "evaluate_claims", "claims_table",
-           "triangle_table", "findings", "render_markdown"]
+           "check_threshold", "power_lines", "evaluate_claims"]
 
 SSIM_FLOOR = 0.9  # claim 1: "looks like the target"
 STAR_FLOOR = 0.9  # claim 2: share of star-like sources
@@ -255,87 +254,3 @@ def evaluate_claims(groups: Mapping[str, Sequence[Mapping[str, Any]]],
                        "groups": {g: {"outcome": v.outcome, "reason": v.reason} for g, v in per_group.items()},
                        "overall": {"outcome": overall.outcome, "reason": overall.reason}})
     return claims
-
-
-def _fmt(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3g}"
-
-
-def _units(u: Mapping[str, int]) -> str:
-    return ", ".join(f"{v} {k}{'s' if v != 1 else ''}" for k, v in u.items())
-
-
-def claims_table(claims: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One display row per (claim, group, model): value, 95% interval, n and distinct units, outcome."""
-    return [{"claim": c["claim"], "group": r["group"], "model": r["model"], "measure": r["measure"],
-             "value": _fmt(r["value"]), "95% interval": f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
-             "n (units)": _n_text(r), "outcome": r["outcome"] + (
-                 " (saturated)" if str(r.get("reason", "")).startswith("saturated") else "")}
-            for c in claims for r in c["rows"]]
-
-
-def _n_text(r: Mapping[str, Any]) -> str:
-    if "sources" in r and "pools" in r:  # claim 3, crossed: sources, their triangles, the images resampled
-        return f"{r['sources']} sources ({r['n']} triangles; {_units(r['pools'])} resampled)"
-    return f"{r['n']} ({_units(r['units'])})"
-
-
-def triangle_table(claims: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Claim 3's triangles per (normal, AT) pair and setting: each model's mean RMS-l2 left to the target and mean
-    sides source-output and output-output (RMS-l2), beside the confident fractions compared."""
-    out, seen = [], set()
-    for c in claims:
-        for r in c["rows"]:
-            if "setting" not in r or r.get("delta", -1) < max((x.get("delta", -1) for x in c["rows"]), default=-1) \
-                    or (r["model"], r["setting"]) in seen:
-                continue  # the fractions at the run's delta (older files: one row per pair)
-            seen.add((r["model"], r["setting"]))
-            at, normal = r["model"].split(": ", 1)[1].split(" - ")
-            for m, frac in ((normal, r["normal"]), (at, r["at"])):
-                out.append({"pair": r["model"].split(":")[0], "setting": r["setting"], "model": m,
-                            "RMS-l2 to target": _fmt(r.get(f"{m}_rms_to_target")),
-                            "side source-output": _fmt(r.get(f"{m}_side_source")),
-                            "side output-output": _fmt(r.get(f"{m}_side_outputs")),
-                            "confident hull fraction": _fmt(frac)})
-    return out
-
-
-def findings(data: Mapping[str, Any]) -> list[str]:
-    """One sentence per claim, saying exactly what its rule decided (overall, per group, and why)."""
-    out = []
-    for c in data["claims"]:
-        groups = " | ".join(f"{g}: {v['outcome']}, {v['reason']}" for g, v in c["groups"].items())
-        sat = "; ".join(f"{r.get('part', r['model'])} {r['reason'].split(', so ')[0]}" for r in c["rows"]
-                        if str(r.get("reason", "")).startswith("saturated"))
-        out.append(f"{c['title']}: **{c['overall']['outcome']}**, {c['overall']['reason']}. Per group: {groups}."
-                   + (f" Reported, not decided: {sat}." if sat else ""))
-    return out
-
-
-def _validity_line(valid: Mapping[str, Any]) -> str:
-    """The threshold check, with the pairs whose noisy start already lay outside the level set counted beside it
-    (kept in every analysis)."""
-    n, out = valid["pairs"], valid.get("start_outside", 0)
-    line = (f"Validity: all {n - out} of {n} LST outputs (paper settings and matched distance) whose noisy start lay "
-            f"inside the level set kept p0 - p < delta = {valid['delta']:g} (checked, not a verdict).")
-    if out:
-        line += (f" {out} noisy starts already lay outside it (kept in every analysis, as the published code keeps "
-                 f"them; {valid['start_outside_ended_outside']} of them ended outside).")
-    return line
-
-
-def render_markdown(data: Mapping[str, Any]) -> str:
-    """The docs' block (docs/studies.md): the table of `claims_table`, the constants, the validity check and the
-    findings."""
-    head = "| claim | group | model | measure | value | 95% interval | n (units) | outcome |\n|" + "---|" * 8 + "\n"
-    body = "".join("| " + " | ".join(r.values()) + " |\n" for r in claims_table(data["claims"]))
-    consts = ", ".join(f"{k} = {v:g}" for k, v in data["constants"].items())
-    valid = data["validity"]
-    power = " Said before running: " + "; ".join(data["power"]) + "." if data.get("power") else ""
-    tri = triangle_table(data["claims"])
-    tri_md = ("Claim 3's triangles (means over sources; RMS-l2):\n\n| " + " | ".join(tri[0]) + " |\n|" +
-              "---|" * len(tri[0]) + "\n" + "".join("| " + " | ".join(r.values()) + " |\n" for r in tri)) if tri else ""
-    lines = [head + body, tri_md, f"Constants fixed before the numbers: {consts}.", "",
-             _validity_line(valid) + power, ""]
-    lines += [f"- {s}" for s in findings(data)]
-    return "\n".join(lines) + "\n"
