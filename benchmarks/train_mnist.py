@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{normal}-at vs {normal}: {key} {at[key]:.3f} vs {base[key]:.3f} (lead {lead:+.3f}, "
                       f"target >= {MARGIN}) {'ok' if good else 'MISSED'}")
     if args.results_to:
-        keys = ("clean_accuracy", "pgd_accuracy", "apgd_accuracy", "n_test", "score_seconds", "train_seconds")
+        keys = ("clean_accuracy", "pgd_accuracy", "apgd_accuracy", "n_test", "score_seconds") + (
+            () if args.score_only else ("train_seconds",))  # a score-only run's training seconds are not its own
         figures = {"models": {n: {k: report["models"][n][k] for k in keys if k in report["models"][n]}
                               for n in names},
                    "trained": not args.score_only, "threads": torch.get_num_threads(), "eps": EVAL_EPS,
