@@ -128,7 +128,13 @@ def render_lst_passes(data: Mapping[str, Any]) -> str:
             f"{s['pairs_at_quality']}/{s['pairs']} | {s['rms_ratio'][0]:.2f}, {s['rms_ratio'][1]:.2f} | "
             f"{s['ssim_diff'][0]:+.3f}, {s['ssim_diff'][1]:+.3f} | "
             f"{u_cell} | {_fixed_cell(grid.get(key))} |")
-    lines += ["", "Runs: " + _commands(s["run"] for d in (main, unscaled, grid) for s in d.values())
+    met = [s["model"] if s["set"] == "mnist" else s["set"] for s in main.values()
+           if s["saving"] >= TARGET_SAVING and s["pairs_at_quality"] == s["pairs"]]
+    words = {0: "none", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+    lines += ["", f"The target is met on {words.get(len(met), len(met))} of the {words.get(len(main), len(main))} "
+              f"sets{' (' + ', '.join(met) + ')' if met else ''}"
+              f"{' and missed on the others' if len(met) < len(main) else ''}. Runs: "
+              + _commands(s["run"] for d in (main, unscaled, grid) for s in d.values())
               + " (docs/results/benchmarks.json)."]
     return "\n".join(lines) + "\n"
 
