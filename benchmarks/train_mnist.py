@@ -84,7 +84,7 @@ def score(name: str, out_dir: Path, progress: bool) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.train_mnist", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the weights and mnist.json go")
     ap.add_argument("--work", type=Path, default=Path("blindspots-out/train_mnist"), help="checkpoints (resume)")
     ap.add_argument("--only", nargs="*", choices=list(RECIPES), help="train these models only")
