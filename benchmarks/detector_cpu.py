@@ -14,6 +14,7 @@ the completeness of simulated clumps injected into the real SDSS and DECaLS cuto
     python -m benchmarks.detector_cpu
     python -m benchmarks.detector_cpu --rows zoobot=zoobot:efficientnet_lite0:zoobot-lite0.safetensors
     python -m benchmarks.detector_cpu --threads 1 --only random          # rows side by side on a shared machine
+    python -m benchmarks.detector_cpu --results-to docs/results/benchmarks.json   # record the rows for the docs
 
 The budget is counted in this process's CPU time per torch thread (`--wall` for wall time), so that other jobs on a
 shared machine do not eat it; on an idle machine both clocks agree. On a busy machine two threads mostly spin: run
@@ -35,7 +36,7 @@ DEFAULT_ROWS = ("imagenet=imagenet-lite0", "random=timm:efficientnet_lite0")
 # Settings that may differ between compared rows (everything else must be equal).
 ROW_KEYS = ("backbone", "weights", "weights_file", "out", "progress", "restart", "device")
 
-__all__ = ["parse_row", "comparison", "main"]
+__all__ = ["parse_row", "comparison", "row_figures", "summary", "main"]
 
 
 def parse_row(text: str) -> tuple[str, str, str | None]:
@@ -85,6 +86,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--min-purity", type=float, default=0.8, help="target per row")
     p.add_argument("--restart", action="store_true", help="discard a row's earlier run with other settings")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from blindspots.studies.measured import add_results_option
+
+    add_results_option(p)
     args = p.parse_args(argv)
     names = [name for name, _, _ in args.rows]
     if len(set(names)) != len(names):
@@ -118,6 +122,26 @@ def comparison(results: dict[str, dict]) -> str:
                      f"| {_fmt(at['completeness_bright'])} / {_fmt(at['purity'])} "
                      f"| {_fmt(s['ap50'].get('clump'))} | {_fmt(real)} | {s['train']['steps']} |")
     return "\n".join(lines)
+
+
+def row_figures(s: dict) -> dict:
+    """The figures of one row that the docs' table shows (`comparison`), from its `run_detection` summary."""
+    at = s["at_preset_threshold"]
+    return {"backbone": s["backbone"], "weights": s["weights"], "score_threshold": s["score_threshold"],
+            "completeness_bright": s["completeness_bright"], "purity": s["purity"],
+            "at_preset_threshold": {"score_threshold": at["score_threshold"],
+                                    "completeness_bright": at["completeness_bright"], "purity": at["purity"]},
+            "ap50_clump": s["ap50"].get("clump"), "real_completeness": (s.get("real_hosts") or {}).get(
+                "completeness_bright"), "steps": s["train"]["steps"], "completed": s["train"]["completed"]}
+
+
+def summary(figures: dict) -> str:
+    """One line: per row, completeness / purity for clumps >= 3% at the validated threshold against the target."""
+    t = figures["targets"]
+    rows = "; ".join(f"{name} {_fmt(r['completeness_bright'])} / {_fmt(r['purity'])} at threshold "
+                     f"{r['score_threshold']:g} ({r['steps']} training steps)" for name, r in figures["rows"].items())
+    return (f"completeness / purity for clumps >= 3% on simulated test images: {rows} "
+            f"(target >= {t['completeness']:g} / >= {t['purity']:g} per row)")
 
 
 def _run_rows(args, hosts: list[str]) -> tuple[dict, list[str]]:
@@ -172,6 +196,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"(rows of earlier calls with other settings, left out of the table: {', '.join(left_out)})")
     print(f"target (every row run: completeness >= {args.min_completeness} and purity >= {args.min_purity}): "
           + ("met" if not misses else "MISSED: " + "; ".join(misses)))
+    if args.results_to:  # this call's rows (rows run by other calls are recorded by their own commands)
+        from blindspots.studies.measured import record_run
+
+        figures = {"rows": {name: row_figures(s) for name, s in results.items()},
+                   "targets": {"completeness": args.min_completeness, "purity": args.min_purity},
+                   "settings": {k: v for k, v in _settings(next(iter(results.values()))).items()
+                                if k in ("n_train", "epochs", "n_test", "n_val", "minutes", "seed", "preset",
+                                         "image_size", "cpu_clock")},
+                   "misses": misses}
+        record_run(args.results_to, "detector_cpu", sys.argv[1:] if argv is None else argv, met=not misses,
+                   summary=summary(figures), figures=figures)
     return 1 if misses else 0
 
 

@@ -10,6 +10,7 @@ the real photos with `imagenet-lite0`. Meant to finish in under 8 minutes on one
 exits 0 (nothing to measure).
 
     python -m benchmarks.gpu_check [--iterations 10] [--max-batch 256] [--skip-tests]
+    python -m benchmarks.gpu_check --results-to docs/results/benchmarks.json   # record the run for the docs
     python -m benchmarks.gpu_check --device cpu --skip-tests --models resnet18 --size 64 --pairs 1 --iterations 2 \
         --max-batch 4              # a CPU smoke test of this script (about 2 minutes)
 """
@@ -29,11 +30,12 @@ import attacks
 from blindspots import LSTConfig, level_set_traversal, load_classifier
 from blindspots.models import probing
 from blindspots.engine import Probe
+from blindspots.studies.measured import add_results_option, record_run
 from blindspots.traversal.probe import auto_batch_size
 
 from .speed_lst import build_model, floor_passes, reference_lst
 
-__all__ = ["main"]
+__all__ = ["summary", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("resnet50", "deit_small_patch16_224")
@@ -55,7 +57,9 @@ def _rate(fn: Callable[[], object], samples: int, iterations: int, device: torch
     return samples * iterations / (time.perf_counter() - t0)
 
 
-def _throughputs(name: str, iterations: int, max_batch: int, device: torch.device, size: int) -> dict[str, float]:
+def _throughputs(name: str, iterations: int, max_batch: int, device: torch.device, size: int
+                 ) -> tuple[int, dict[str, float]]:
+    """(the batch found, sample-iterations per second per row)."""
     model = build_model(name, size).to(device)
     gen = torch.Generator().manual_seed(0)
     with probing(model):
@@ -82,7 +86,7 @@ def _throughputs(name: str, iterations: int, max_batch: int, device: torch.devic
     print(f"{name}: batch {batch}, {iterations} iterations", flush=True)
     for label, rate in rows.items():
         print(f"  {label:<28}{rate:>10.0f} sample-iterations/s")
-    return rows
+    return batch, rows
 
 
 def _adaptive_passes_per_pair(device: torch.device, pairs: int, size: int) -> tuple[float, float]:
@@ -106,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224, help="image size of the throughput runs")
     p.add_argument("--pairs", type=int, default=12, help="photo pairs for the passes per pair (at most 12)")
     p.add_argument("--device", default="cuda", help="cuda (the point); cpu only to smoke-test this script")
+    add_results_option(p)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -113,22 +118,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test)"
     print(f"device: {name}, torch {torch.__version__}", flush=True)
-    ok = True
+    ok, tests = True, "skipped"
     if not args.skip_tests:
         rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], cwd=REPO)
         print(f"cuda tests: {'passed' if rc == 0 else 'FAILED'}", flush=True)
-        ok = rc == 0
+        ok, tests = rc == 0, ("passed" if rc == 0 else "failed")
     paper_pp, adaptive_pp = _adaptive_passes_per_pair(device, args.pairs, args.size)
     print(f"passes per pair on the photos (imagenet-lite0, {args.size} px): paper {paper_pp:.0f}, "
           f"adaptive {adaptive_pp:.1f}")
+    models = {}
     for model_name in filter(None, args.models.split(",")):
-        rows = _throughputs(model_name, args.iterations, args.max_batch, device, args.size)
+        batch, rows = _throughputs(model_name, args.iterations, args.max_batch, device, args.size)
         best = max(v for k, v in rows.items() if k.startswith("engine"))
+        hours = {}
         for mode, pp in (("paper", paper_pp), ("adaptive", adaptive_pp)):
-            hours = PAPER_PAIRS * pp / best / 3600
+            hours[mode] = PAPER_PAIRS * pp / best / 3600
             print(f"  projected paper protocol ({PAPER_PAIRS} pairs), {mode} mode at the best engine rate: "
-                  f"{hours:.2f} h")
+                  f"{hours[mode]:.2f} h")
+        models[model_name] = {"batch": batch, "rates": rows, "best_engine": best, "projected_hours": hours}
+    if args.results_to:
+        figures = {"device": name, "tests": tests, "size": args.size, "iterations": args.iterations,
+                   "pairs": args.pairs, "paper_pairs": PAPER_PAIRS,
+                   "passes_per_pair": {"paper": paper_pp, "adaptive": adaptive_pp}, "models": models}
+        record_run(args.results_to, "gpu_check", sys.argv[1:] if argv is None else argv, met=ok,
+                   summary=summary(figures), figures=figures)
     return 0 if ok else 1
+
+
+def summary(figures: dict) -> str:
+    """One line: the cuda tests, the passes per pair, and per model the best engine rate and the projected paper
+    protocol in paper and adaptive mode."""
+    pp = figures["passes_per_pair"]
+    parts = [f"{figures['device']}: cuda tests {figures['tests']}; passes per pair on the photos: paper "
+             f"{pp['paper']:.0f}, adaptive {pp['adaptive']:.1f}"]
+    for model, m in figures["models"].items():
+        h = m["projected_hours"]
+        parts.append(f"{model} (batch {m['batch']}): best engine rate {m['best_engine']:.0f} sample-iterations/s, "
+                     f"the paper's protocol ({figures['paper_pairs']} pairs) {h['paper']:.2f} h in paper mode, "
+                     f"{h['adaptive']:.2f} h in adaptive mode")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ AT model that does not is not an AT model.
     python -m benchmarks.train_mnist --threads 1     # train all four, score them, save weights and mnist.json
     python -m benchmarks.train_mnist --only mnist-vit-at   # one model (its `init` model must be saved already)
     python -m benchmarks.train_mnist --score-only    # rescore the shipped weights
+    python -m benchmarks.train_mnist --score-only --results-to docs/results/benchmarks.json   # record it for the docs
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -32,9 +34,10 @@ import torch
 
 import attacks
 from attacks.training import adversarial_training
+from blindspots.studies.measured import add_results_option, record_run
 from blindspots.zoo import RECIPES, WEIGHTS_DIR, build_mnist_model, load_zoo_model, mnist_split
 
-__all__ = ["train_one", "score", "main"]
+__all__ = ["train_one", "score", "summary", "main"]
 
 EVAL_EPS = 0.3
 MARGIN = 0.2  # required robust-accuracy lead of an AT model over its normal twin
@@ -81,13 +84,14 @@ def score(name: str, out_dir: Path, progress: bool) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.train_mnist", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the weights and mnist.json go")
     ap.add_argument("--work", type=Path, default=Path("blindspots-out/train_mnist"), help="checkpoints (resume)")
     ap.add_argument("--only", nargs="*", choices=list(RECIPES), help="train these models only")
     ap.add_argument("--score-only", action="store_true", help="score the saved weights without training")
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on cores shared with others)")
     ap.add_argument("--quiet", action="store_true")
+    add_results_option(ap)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{torch.get_num_threads()} threads"
         report["models"] = {n: report["models"][n] for n in RECIPES if n in report["models"]}
         report_path.write_text(json.dumps(report, indent=1) + "\n")
-    ok = True
+    ok, leads = True, {}
     for normal in ("mnist-cnn", "mnist-vit"):
         at = report["models"].get(normal + "-at")
         base = report["models"].get(normal)
@@ -120,10 +124,32 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("pgd_accuracy", "apgd_accuracy"):
                 lead = at[key] - base[key]
                 good = lead >= MARGIN
+                leads.setdefault(f"{normal}-at", {})[key] = lead
                 ok &= good
                 print(f"{normal}-at vs {normal}: {key} {at[key]:.3f} vs {base[key]:.3f} (lead {lead:+.3f}, "
                       f"target >= {MARGIN}) {'ok' if good else 'MISSED'}")
+    if args.results_to:
+        keys = ("clean_accuracy", "pgd_accuracy", "apgd_accuracy", "n_test", "score_seconds") + (
+            () if args.score_only else ("train_seconds",))  # a score-only run's training seconds are not its own
+        figures = {"models": {n: {k: report["models"][n][k] for k in keys if k in report["models"][n]}
+                              for n in names},
+                   "trained": not args.score_only, "threads": torch.get_num_threads(), "eps": EVAL_EPS,
+                   "leads": leads, "margin": MARGIN}
+        record_run(args.results_to, "train_mnist", sys.argv[1:] if argv is None else argv, met=ok,
+                   summary=summary(figures), figures=figures)
     return 0 if ok else 1
+
+
+def summary(figures: dict) -> str:
+    """One line: per model run, its accuracies (and training seconds); the AT models' leads against the target."""
+    models = "; ".join(
+        f"{n}: clean {m['clean_accuracy']:.3f}, PGD {m['pgd_accuracy']:.3f}, APGD {m['apgd_accuracy']:.3f}"
+        + (f", trained in {m['train_seconds']:.0f} s" if figures["trained"] and "train_seconds" in m else "")
+        for n, m in figures["models"].items())
+    leads = "; ".join(f"{n} leads its normal twin by {d['pgd_accuracy']:+.3f} (PGD), {d['apgd_accuracy']:+.3f} (APGD)"
+                      for n, d in figures["leads"].items())
+    return (f"{'trained and scored' if figures['trained'] else 'scored'} at l-inf eps {figures['eps']:g}: {models}"
+            + (f"; {leads} (target >= {figures['margin']:g})" if leads else ""))
 
 
 if __name__ == "__main__":

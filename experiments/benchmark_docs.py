@@ -1,16 +1,21 @@
 """Markdown of the benchmarks' results file (docs/results/benchmarks.json, written by `python -m benchmarks.NAME
---results-to FILE`, see `blindspots.studies.measured`): the runs table of docs/benchmarks.md and the passes table of
-docs/engine.md, rendered by `experiments.generated_docs` so that no measured figure of them is typed by hand.
+--results-to FILE`, see `blindspots.studies.measured`): the runs list of docs/benchmarks.md, the passes table of
+docs/engine.md and the detector table of docs/detectors.md, rendered by `experiments.generated_docs` so that no
+measured figure of them is typed by hand. A run copied from figures measured before the results file existed (its
+`transcribed` field says from where) is shown as "transcribed, not rerun" beside its date wherever it appears.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-__all__ = ["render_runs", "render_lst_passes", "render_lst_passes_other_digits", "ORDER"]
+__all__ = ["render_runs", "render_lst_passes", "render_lst_passes_other_digits", "render_detector_table", "when",
+           "ORDER", "TRANSCRIBED"]
 
 # the order of docs/benchmarks.md's runs table (quickest first, as `python -m benchmarks` runs them)
-ORDER = ("speed_geometry", "speed_attacks", "simulate_speed", "lst_passes", "speed_lst", "gpu_check", "detector_cpu")
+ORDER = ("speed_geometry", "speed_attacks", "simulate_speed", "lst_passes", "speed_lst", "gpu_check", "detector_cpu",
+         "train_mnist", "robust_parity")
+TRANSCRIBED = "transcribed, not rerun"  # beside the date of a run copied from earlier docs: not a fresh measurement
 TARGET_SAVING = 20  # lst_passes' target: adaptive mode >= 20x fewer passes than paper mode
 
 
@@ -29,6 +34,17 @@ def _machine(m: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def when(run: Mapping[str, Any]) -> str:
+    """The run's date, with "transcribed, not rerun" beside it when its figures were copied from earlier docs."""
+    return run["measured"] + (f", {TRANSCRIBED}" if run.get("transcribed") else "")
+
+
+def _commands(runs: Iterable[Mapping[str, Any]]) -> str:
+    """`command` (date[, transcribed, not rerun]); ... for the distinct runs, by command."""
+    seen = {r["command"]: r for r in runs}
+    return "; ".join(f"`{c}` ({when(seen[c])})" for c in sorted(seen))
+
+
 def render_runs(data: Mapping[str, Any]) -> str:
     """One line per recorded run (of lst_passes, those with the default settings), the verdict first: met or missed
     and the benchmark's own one-line result, then the command, when and where it was measured."""
@@ -36,12 +52,13 @@ def render_runs(data: Mapping[str, Any]) -> str:
                                                r["measured"], r["command"]))
     lines = []
     for r in runs:  # a list, not a table: the results are sentences, which a table cell would not wrap at 1280 px
-        when = r["measured"] + (", transcribed" if r.get("transcribed") else "")
-        lines.append(f"- {'met' if r['met'] else '**missed**'}: {r['summary']} (`{r['command']}`; {when}; "
+        lines.append(f"- {'met' if r['met'] else '**missed**'}: {r['summary']} (`{r['command']}`; {when(r)}; "
                      f"{_machine(r.get('machine', {}))})")
     transcribed = sorted({r["transcribed"] for r in runs if r.get("transcribed")})
     if transcribed:
-        lines += ["", "Transcribed: " + " ".join(transcribed)]
+        lines += ["", f"Marked {TRANSCRIBED}: " + " ".join(t[:1].upper() + t[1:] for t in transcribed)
+                  + " The command beside each refreshes it "
+                  "(add `--results-to docs/results/benchmarks.json`, then `python -m experiments.generated_docs`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -61,7 +78,7 @@ def _latest_sets(runs: Iterable[Mapping[str, Any]], keep) -> dict[tuple[str, str
     for r in runs:
         if keep(r["figures"]["settings"]):
             for s in r["figures"]["sets"]:
-                out[(s["set"], s["model"])] = {**s, "command": r["command"]}
+                out[(s["set"], s["model"])] = {**s, "run": r}
     return out
 
 
@@ -97,7 +114,7 @@ def render_lst_passes(data: Mapping[str, Any]) -> str:
             for s in r["figures"]["sets"]:
                 key = (s["set"], s["model"])
                 if s.get("fixed") and len(s["fixed"]) >= len(grid.get(key, {}).get("fixed") or {}):
-                    grid[key] = {**s, "command": r["command"]}
+                    grid[key] = {**s, "run": r}
     lines = ["| set | model | paper / adaptive passes | pairs at paper's quality | RMS-l2 / paper's: median, worst "
              "| SSIM - paper's: median, worst | offset unscaled | cheapest fixed step at paper's quality: adaptive's "
              "saving |", "|---|---|---|---|---|---|---|---|"]
@@ -111,8 +128,14 @@ def render_lst_passes(data: Mapping[str, Any]) -> str:
             f"{s['pairs_at_quality']}/{s['pairs']} | {s['rms_ratio'][0]:.2f}, {s['rms_ratio'][1]:.2f} | "
             f"{s['ssim_diff'][0]:+.3f}, {s['ssim_diff'][1]:+.3f} | "
             f"{u_cell} | {_fixed_cell(grid.get(key))} |")
-    commands = sorted({s["command"] for d in (main, unscaled, grid) for s in d.values()})
-    lines += ["", "Runs: " + "; ".join(f"`{c}`" for c in commands) + " (docs/results/benchmarks.json)."]
+    met = [s["model"] if s["set"] == "mnist" else s["set"] for s in main.values()
+           if s["saving"] >= TARGET_SAVING and s["pairs_at_quality"] == s["pairs"]]
+    words = {0: "none", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+    lines += ["", f"The target is met on {words.get(len(met), len(met))} of the {words.get(len(main), len(main))} "
+              f"sets{' (' + ', '.join(met) + ')' if met else ''}"
+              f"{' and missed on the others' if len(met) < len(main) else ''}. Runs: "
+              + _commands(s["run"] for d in (main, unscaled, grid) for s in d.values())
+              + " (docs/results/benchmarks.json)."]
     return "\n".join(lines) + "\n"
 
 
@@ -132,5 +155,40 @@ def render_lst_passes_other_digits(data: Mapping[str, Any]) -> str:
     text = f"On other digits (`--mnist-start 100`) adaptive mode gives {each(main, True)}"
     if unscaled:
         text += f"; with the offset unscaled {each(unscaled, False)}"
-    commands = sorted({x["command"] for sets in (main, unscaled) for x in sets.values()})
-    return text + " (" + "; ".join(f"`{c}`" for c in commands) + ").\n"
+    return text + " (" + _commands(x["run"] for sets in (main, unscaled) for x in sets.values()) + ").\n"
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def render_detector_table(data: Mapping[str, Any]) -> str:
+    """docs/detectors.md's table: per row name, the latest detector_cpu run of it among the runs with the latest
+    run's settings (rows run side by side by separate calls are compared together), then the commands."""
+    runs = sorted((r for r in data["runs"] if r["benchmark"] == "detector_cpu"), key=lambda r: r["measured"])
+    if not runs:
+        return "No run recorded yet (`python -m benchmarks.detector_cpu --results-to docs/results/benchmarks.json`).\n"
+    settings = runs[-1]["figures"].get("settings")
+    rows: dict[str, tuple[dict[str, Any], Mapping[str, Any]]] = {}
+    for r in runs:
+        if r["figures"].get("settings") == settings:
+            for name, row in r["figures"]["rows"].items():
+                rows[name] = (row, r)
+    t = runs[-1]["figures"]["targets"]
+    lines = ["| row | backbone (weights) | threshold (validation) | simulated test | at the paper's 0.3 "
+             "| AP50 clump | real hosts, completeness | training steps |", "|---|---|---|---|---|---|---|---|"]
+    for name, (row, _) in rows.items():
+        at = row["at_preset_threshold"]
+        met = ((row["completeness_bright"] or 0) >= t["completeness"] and (row["purity"] or 0) >= t["purity"])
+        sim = f"{_num(row['completeness_bright'])} / {_num(row['purity'])}"
+        lines.append(f"| {name} | {row['backbone']} ({row['weights']}) | {row['score_threshold']:g} "
+                     f"| {f'**{sim}**' if met else sim} | {_num(at['completeness_bright'])} / {_num(at['purity'])} "
+                     f"| {_num(row['ap50_clump'])} | {_num(row['real_completeness'])} "
+                     f"| {'n/a' if row.get('steps') is None else row['steps']} |")
+    lines += ["", f"Completeness for clumps >= 3% of the host's flux / purity; in bold where both reach the target "
+                  f"(>= {t['completeness']:g} / >= {t['purity']:g}). Runs: "
+              + _commands(r for _, r in rows.values()) + " (docs/results/benchmarks.json)."]
+    notes = sorted({r["figures"]["note"] for _, r in rows.values() if r["figures"].get("note")})
+    if notes:
+        lines[-1] += " " + " ".join(notes)
+    return "\n".join(lines) + "\n"

@@ -138,6 +138,12 @@ def _lst_passes_other_digits(data: Any) -> str:
     return render_lst_passes_other_digits(data)
 
 
+def _detector_table(data: Any) -> str:
+    from .benchmark_docs import render_detector_table
+
+    return render_detector_table(data)
+
+
 def _photo_pool(data: Any) -> str:
     from blindspots.photos import render_pool_sentence
 
@@ -168,6 +174,7 @@ BLOCKS: dict[str, tuple[str | None, Renderer]] = {
     "benchmark-runs": ("docs/results/benchmarks.json", _benchmark_runs),
     "lst-passes": ("docs/results/benchmarks.json", _lst_passes),
     "lst-passes-other-digits": ("docs/results/benchmarks.json", _lst_passes_other_digits),
+    "detector-table": ("docs/results/benchmarks.json", _detector_table),
     "photo-pool": ("docs/results/photo_pool.json", _photo_pool),  # python -m blindspots.photos --results-to <this>
 }
 

@@ -56,6 +56,10 @@ _ROBUSTNESS_RECORD = {
     "threads": int, "cpu_seconds_ensemble": NUMBER, "cpu_seconds_checks": NUMBER,
 }
 
+# a benchmark's recorded run (blindspots.studies.measured.record_run)
+_BENCHMARK_RUNS = {"runs": NonEmpty([{"benchmark": str, "command": str, "measured": str, "machine": dict, "met": bool,
+                                      "summary": str, "figures": dict, "transcribed?": str}])}
+
 # block name (experiments.generated_docs.BLOCKS) -> the schema of its results file: the fields its renderer reads
 SCHEMAS: dict[str, Any] = {
     "paper-claims": {"claims": NonEmpty([{"claim": str, "rows": [dict]}]), "constants": {"*": NUMBER},
@@ -65,6 +69,7 @@ SCHEMAS: dict[str, Any] = {
                                               "apgd_accuracy": NUMBER, "train_seconds": NUMBER}})},
     "zoo-robustness": {"command": str, "data": str, "budget_text": str, "tolerances": {"*": NUMBER},
                        "models": NonEmpty({"*": {"linf?": _ROBUSTNESS_RECORD, "l2?": _ROBUSTNESS_RECORD}})},
+    **{name: _BENCHMARK_RUNS for name in ("benchmark-runs", "lst-passes", "lst-passes-other-digits", "detector-table")},
 }
 
 _TYPE_WORDS = {str: "text", int: "an integer", float: "a number", bool: "true or false", dict: "an object",

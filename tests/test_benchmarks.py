@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, subprocess_env
 
 OWN = ("simulate_speed", "speed_geometry", "speed_attacks", "detector_cpu", "run_all")
-OTHERS = ("speed_lst", "lst_passes", "gpu_check")
+OTHERS = ("speed_lst", "lst_passes", "gpu_check", "train_mnist", "robust_parity")
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

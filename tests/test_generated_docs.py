@@ -172,3 +172,58 @@ def test_a_study_table_shows_its_outcome_first():
     for name in ("paper-claims", "zoobot-results"):
         tables = [line for line in render_block(name).splitlines() if line.startswith("| ") and "---" not in line]
         assert any(line.startswith(("| outcome |", "| cell |")) for line in tables), name
+
+
+def test_a_transcribed_run_reads_transcribed_not_rerun_beside_its_date_in_every_benchmark_block():
+    """A run copied from earlier docs is never shown as a fresh measurement: every block that uses it says so beside
+    its date, and the runs list says where it was copied from and how to refresh it."""
+    from experiments.benchmark_docs import (render_detector_table, render_lst_passes, render_lst_passes_other_digits,
+                                            render_runs)
+
+    sets = [{"set": "mnist", "model": "m", "px": 28, "pairs": 8, "saving": 21.0, "pairs_at_quality": 8,
+             "rms_ratio": [0.5, 0.9], "ssim_diff": [0.01, -0.002], "fixed": None}]
+    row = {"backbone": "b", "weights": "random", "score_threshold": 0.6, "completeness_bright": 0.97, "purity": 0.85,
+           "at_preset_threshold": {"score_threshold": 0.3, "completeness_bright": 0.99, "purity": 0.67},
+           "ap50_clump": 0.795, "real_completeness": None, "steps": 2000}
+    base = {"machine": {"cpus": 2}, "met": True, "summary": "s", "transcribed": "copied from commit abc."}
+    data = {"runs": [
+        {**base, "benchmark": "lst_passes", "command": "cmd-a", "measured": "2026-11-30 01:04 UTC",
+         "figures": {"settings": {"adaptive": {}, "mnist_start": 0, "fixed": []}, "sets": sets}},
+        {**base, "benchmark": "lst_passes", "command": "cmd-b", "measured": "2026-11-30 01:30 UTC",
+         "figures": {"settings": {"adaptive": {}, "mnist_start": 100}, "sets": sets}},
+        {**base, "benchmark": "detector_cpu", "command": "cmd-c", "measured": "2026-11-24 03:42 UTC",
+         "figures": {"rows": {"random": row}, "targets": {"completeness": 0.8, "purity": 0.8}, "settings": {}}}]}
+    assert "`cmd-a` (2026-11-30 01:04 UTC, transcribed, not rerun)" in render_lst_passes(data)
+    assert "The target is met on one of the one sets (m). Runs:" in render_lst_passes(data)
+    assert "`cmd-b` (2026-11-30 01:30 UTC, transcribed, not rerun)" in render_lst_passes_other_digits(data)
+    table = render_detector_table(data)
+    assert "| random | b (random) | 0.6 | **0.970 / 0.850** | 0.990 / 0.670 | 0.795 | n/a | 2000 |" in table
+    assert "`cmd-c` (2026-11-24 03:42 UTC, transcribed, not rerun)" in table
+    runs = render_runs(data)
+    assert runs.count("transcribed, not rerun;") == 2  # the runs list shows lst_passes with default settings only
+    assert "Marked transcribed, not rerun: Copied from commit abc. The command beside each refreshes it" in runs
+    fresh = {"runs": [{**r, "transcribed": None} for r in data["runs"]]}
+    assert "transcribed" not in render_runs(fresh) + render_detector_table(fresh) + render_lst_passes(fresh)
+
+
+def test_check_fails_when_a_benchmark_block_no_longer_matches_its_results_file(tmp_path):
+    """The detector table on a page is the results file's: a figure edited by hand on the page, or a results file
+    that changed, is drift that --check reports."""
+    import shutil
+
+    from experiments.generated_docs import REPO, render_block
+
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    results = tmp_path / "docs" / "results" / "benchmarks.json"
+    shutil.copy(REPO / "docs" / "results" / "benchmarks.json", results)
+    page = tmp_path / "docs" / "page.md"
+    body = render_block("detector-table", root=tmp_path)
+    page.write_text(f"<!-- generated:detector-table -->\n{body}<!-- /generated:detector-table -->\n")
+    assert update_files(check=True, root=tmp_path) == {}
+    page.write_text(page.read_text().replace("0.993 / 0.938", "0.999 / 0.938"))  # typed over on the page
+    assert update_files(check=True, root=tmp_path) == {"docs/page.md": ["detector-table"]}
+    page.write_text(f"<!-- generated:detector-table -->\n{body}<!-- /generated:detector-table -->\n")
+    data = json.loads(results.read_text())
+    next(r for r in data["runs"] if r["benchmark"] == "detector_cpu")["figures"]["rows"]["random"]["purity"] = 0.5
+    results.write_text(json.dumps(data))  # a rerun changed a figure: the page is stale until regenerated
+    assert update_files(check=True, root=tmp_path) == {"docs/page.md": ["detector-table"]}
