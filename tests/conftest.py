@@ -102,3 +102,20 @@ def one_line(exc, *needles: str) -> str:
     for needle in needles:
         assert needle in msg, (needle, msg)
     return msg
+
+
+def measure_in_chromium(page, expression: str):
+    """Open `page` in headless Chromium at 1280 x 900 and return the JSON of `expression`, evaluated after the web
+    fonts and the page's own scripts (the site's theme wraps each table) have run."""
+    import html
+    import json
+    import subprocess
+
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", "".join([
+        "<script>window.addEventListener('load', () => document.fonts.ready.then(() => setTimeout(() => ",
+        f"document.body.setAttribute('data-w', JSON.stringify({expression})), 500)));</script></body>"])))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--window-size=1280,900", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    return json.loads(html.unescape(dom.split('data-w="')[1].split('"')[0]))

@@ -150,3 +150,20 @@ def test_strict_build_refuses_broken_links_references_and_snippets(tmp_path, pag
     out = run.stdout + run.stderr
     assert run.returncode != 0, out
     assert all(n in out for n in named), out
+
+
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="Chromium is not installed")
+def test_no_table_of_the_site_scrolls_sideways_at_1280_px(tmp_path):
+    """Issue 30: at 1280 px every table of every page fits the page (docs/extra.css lets the theme's cells wrap), so
+    no outcome, interval or figure hides behind a horizontal scroll."""
+    from conftest import measure_in_chromium
+
+    run = _mkdocs("--site-dir", str(tmp_path / "site"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    pages = [p for p in sorted((tmp_path / "site").rglob("index.html")) if "<table" in p.read_text()
+             and "api" not in p.parts]
+    assert any(p.parent.name == "studies" for p in pages) and len(pages) >= 4
+    for page in pages:
+        widths = measure_in_chromium(page, "[...document.querySelectorAll('table')]"
+                                           ".map(x => [x.scrollWidth, x.clientWidth])")
+        assert widths and all(0 < scroll <= client for scroll, client in widths), (page, widths)

@@ -406,22 +406,6 @@ def _widest_data() -> dict:
             "power": pv.power_lines("imagenet", {"imagenet-mobilenetv2": 9}, list(pv.RULES)[:2])}
 
 
-def _measure_in_chromium(page, expression: str):
-    """Open `page` in headless Chromium at 1280 x 900 and return the JSON of `expression`, evaluated after the web
-    fonts and the page's own scripts (the site's theme wraps each table) have run."""
-    import html
-    import subprocess
-
-    probe = page.with_name("probe.html")
-    probe.write_text(page.read_text().replace("</body>", "".join([
-        "<script>window.addEventListener('load', () => document.fonts.ready.then(() => setTimeout(() => ",
-        f"document.body.setAttribute('data-w', JSON.stringify({expression})), 500)));</script></body>"])))
-    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--window-size=1280,900", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         check=True, capture_output=True, text=True, timeout=120).stdout
-    return json.loads(html.unescape(dom.split('data-w="')[1].split('"')[0]))
-
-
 @pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="Chromium is not installed")
 def test_the_docs_claims_tables_and_the_report_fit_a_1280_px_window_in_chromium(tmp_path):
     """Issue 30: in the documentation site at 1280 px, no table of the paper-claims block scrolls sideways (the
@@ -434,7 +418,7 @@ def test_the_docs_claims_tables_and_the_report_fit_a_1280_px_window_in_chromium(
 
     pytest.importorskip("mkdocs", reason="the docs build needs the docs extra: pip install -e '.[docs]'")
     pytest.importorskip("mkdocstrings", reason="the docs build needs the docs extra: pip install -e '.[docs]'")
-    from conftest import subprocess_env
+    from conftest import measure_in_chromium, subprocess_env
     from experiments.generated_docs import REPO, outcome_first, render_block
 
     data = _widest_data()
@@ -449,11 +433,11 @@ def test_the_docs_claims_tables_and_the_report_fit_a_1280_px_window_in_chromium(
     subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(tmp_path / "mkdocs.yml"), "--site-dir",
                     str(tmp_path / "site")], check=True, cwd=tmp_path, env=subprocess_env(), capture_output=True,
                    timeout=300)
-    widths = _measure_in_chromium(tmp_path / "site" / "index.html",
+    widths = measure_in_chromium(tmp_path / "site" / "index.html",
                                   "[...document.querySelectorAll('table')].map(x => [x.scrollWidth, x.clientWidth])")
     assert len(widths) == len(heads)
     assert all(0 < scroll <= client for scroll, client in widths), widths
     data.update(rules={k: {"text": pv.rule_text(k)} for k in pv.RULES}, settings=ClaimsConfig().settings())
     report = rp.write_report(tmp_path, data, {}, None)
     assert "<th>outcome</th><th>claim</th>" in report.read_text()
-    assert 0 < _measure_in_chromium(report, "document.documentElement.scrollWidth") <= 1280
+    assert 0 < measure_in_chromium(report, "document.documentElement.scrollWidth") <= 1280
