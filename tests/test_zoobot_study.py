@@ -462,7 +462,8 @@ def test_study_end_to_end_two_seeds(study, monkeypatch, capsys):
         noise.setdefault((r["round"], r["source"], r["target"]), set()).add(r["seed"])
     assert len(noise) == 8 and all(len(v) == 1 for v in noise.values())
     injected = [r for r in lst if r["domain"] == "injected"]
-    units = result.real["units"]
+    units = result.real["image_hosts"]  # the host of each image of the real arm
+    assert {"pixel_scale_arcsec_per_px", "psf_fwhm_arcsec"} <= set(result.real["units"])  # the clumps' physical units
     for s, design in result.real["per_seed"].items():  # the report's design is what was walked
         mine = [r for r in injected if r["ft_seed"] == int(s)]
         assert len(mine) == design["pairs"] * len(result.real["backbones"])
@@ -477,6 +478,10 @@ def test_study_end_to_end_two_seeds(study, monkeypatch, capsys):
     assert set(tables["arms"]) == {"zoobot", "galaxy-proxy"} and all(
         [r["pairs"] for r in rows] == ["sim", "real injected"] for rows in tables["arms"].values())
     assert tables["summary"]["arms"] == tables["arms"] and "geometric mean" in tables["rule"]
+    walked = tables["summary"]["traversals"]
+    assert walked == {d: sum(r["domain"] == d for r in lst) for d in {r["domain"] for r in lst}}
+    assert set(tables["summary"]["proxy"]["probe_r2"]) == {"galaxy-proxy", "imagenet", "random"}
+    assert tables["summary"]["cpu_seconds"] > 0
     assert "proxy for Zoobot" in report and "Linear probe" in report and "injected real hosts" in report
     assert "McNemar" in report and "family-wise level" in report
     # the proxy encoder: a Zoobot-layout file with its normalisation, loadable as zoobot:<arch> ([0, 1] inputs)
@@ -691,3 +696,25 @@ def test_the_default_real_arm_is_every_host_reachable_offline(tmp_path, monkeypa
     monkeypatch.setattr(zd, "default_real", lambda: tmp_path / "absent")
     assert zs.ZoobotConfig().real_sources() == ("field",)
     assert zs.ZoobotConfig(real=str(tmp_path)).real_sources() == (str(tmp_path),)  # given sources replace the default
+
+
+def test_the_docs_block_says_the_traversals_the_proxy_and_the_hosts_left_out_by_reason():
+    """Every figure the Zoobot section quotes comes from the results file: the traversals per pair set, wall and CPU
+    time, the proxy's pretraining and probe; many hosts left out are counted per reason, a few are named."""
+    from conftest import REPO
+    from experiments.zoobot.report import render_readme
+
+    data = json.loads((REPO / "docs" / "results" / "zoobot.json").read_text())
+    command, run = next((c, r) for c, r in data["runs"].items() if "arms" in r)
+    excluded = {f"field-{i}": "injection failed: no galaxy found in the cutout" for i in range(5)}
+    excluded["sdss/a.png"] = "possibly clumpy already: 83% of the classifiers call the plain cutout clumpy"
+    run = {**run, "traversals": {"sim": 1152, "injected": 900, "real": 600}, "cpu_seconds": 1500.0,
+           "proxy": {"pretrain_seconds": 1278.0, "pretrain_cpu_seconds": 680.0, "pretrain_threads": 1,
+                     "probe_r2": {"galaxy-proxy": 0.832, "imagenet": 0.263, "random": 0.17}},
+           "real": {**run["real"], "excluded": excluded}}
+    text = render_readme({"runs": {command: run}})
+    assert "25.0 min CPU" in text and "1152 simulated, 900 injected-host, 600 real-cutout" in text
+    assert "pretrained in 21.3 min wall (11.3 min CPU, 1 thread(s))" in text and "galaxy-proxy 0.832" in text
+    assert "left out: 6 hosts (5 injection failed; 1 possibly clumpy already)" in text
+    few = render_readme({"runs": {command: {**run, "real": {**run["real"], "excluded": {"sdss/a.png": "why"}}}}})
+    assert "left out: sdss/a.png (why)" in few

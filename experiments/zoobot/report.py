@@ -187,7 +187,7 @@ def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.
     consts = constants(analysis["level"], analysis["family"], config.min_accuracy)
     text = "\n\n".join([v.reason for v in result.verdicts.values()] + [consts])
     lst = config.lst_config().to_dict()
-    tables = {"summary": summary(result, analysis), "verdicts": {k: v.to_dict() for k, v in result.verdicts.items()},
+    tables = {"summary": summary(result, analysis, cpu_seconds), "verdicts": {k: v.to_dict() for k, v in result.verdicts.items()},
               "rule": pd.RULE, "screen_rule": result.real.get("rule"), "constants": consts,
               "arms": analysis.get("arms", {}),
               "comparisons": [c.row() for c in comps], "stalls": analysis["stalls"], "training": training,
@@ -247,9 +247,13 @@ def _proxy_caption(proxy_log: Mapping[str, Any] | None) -> str:
 # -------------------------------------------------------------------------------- the docs' block, generated
 
 
-def summary(result, analysis: Mapping[str, Any]) -> dict[str, Any]:
-    """What the docs quote from one run: verdicts, the verdict cells' intervals, accuracies, the real arm."""
+def summary(result, analysis: Mapping[str, Any], cpu_seconds: float = math.nan) -> dict[str, Any]:
+    """What the docs quote from one run: verdicts, the verdict cells' intervals, accuracies, the real arm, the
+    traversals per pair set, wall and CPU time, and the galaxy-proxy's pretraining and probe."""
     cells = [c.row() for c in analysis["comparisons"] if c.category in pd.VERDICT_ARMS]
+    walks: dict[str, int] = {}
+    for r in result.records:
+        walks[r.get("domain", "?")] = walks.get(r.get("domain", "?"), 0) + 1
     return {"verdicts": {k: {"outcome": v.outcome, "sentence": v.reason} for k, v in result.verdicts.items()},
             "arms": analysis.get("arms", {}), "cells": cells, "accuracy": result.accuracy,
             "stalls": [s for s in analysis["stalls"]
@@ -257,10 +261,22 @@ def summary(result, analysis: Mapping[str, Any]) -> dict[str, Any]:
             "real": {k: result.real.get(k) for k in ("hosts", "excluded", "per_seed", "folder", "surveys")},
             "seeds": list(result.config.seeds), "seed": result.config.seed, "lst": result.config.lst_name(),
             "level": analysis["level"], "min_units": vd.MIN_UNITS, "min_accuracy": result.config.min_accuracy,
-            "seconds": round(result.seconds, 1), "rule": pd.RULE, "screen_rule": result.real.get("rule"),
+            "seconds": round(result.seconds, 1), "rule": pd.RULE, "traversals": walks,
+            "cpu_seconds": round(cpu_seconds, 1) if math.isfinite(cpu_seconds) else None,
+            "proxy": _proxy_summary(result.proxy), "screen_rule": result.real.get("rule"),
             "fine_tuned_here": getattr(result, "trained_here", None),
             "models": sum(1 for _ in result.accuracy),
             "constants": constants(analysis["level"], analysis["family"], result.config.min_accuracy)}
+
+
+def _proxy_summary(log: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The proxy's pretraining (wall and CPU seconds, threads: of the run that pretrained it) and its probe's mean
+    R² per encoder, from its log."""
+    if not log:
+        return None
+    return {"pretrain_seconds": log.get("pretrain_seconds"), "pretrain_cpu_seconds": log.get("pretrain_cpu_seconds"),
+            "pretrain_threads": log.get("pretrain_threads"),
+            "probe_r2": {k: v.get("mean_r2") for k, v in (log.get("probe") or {}).items()}}
 
 
 def record_summary(result, path: str | Path, command: str, threads: int | None = None) -> Path:
@@ -319,7 +335,7 @@ def render_readme(data: Mapping[str, Any]) -> str:
 
 def _run_text(command: str, run: Mapping[str, Any]) -> str:
     acc = "; ".join(f"{k} {sig(v['simulated'])} / {sig(v['real_host'])}" for k, v in run["accuracy"].items())
-    left = "; ".join(f"{h} ({why})" for h, why in (run["real"].get("excluded") or {}).items()) or "none"
+    left = _left_out(run["real"].get("excluded") or {})
     surveys = run["real"].get("surveys") or {}
     counted = ", ".join(f"{n} {s}" for s, n in sorted(
         {s: list(surveys.values()).count(s) for s in set(surveys.values())}.items()))
@@ -328,5 +344,32 @@ def _run_text(command: str, run: Mapping[str, Any]) -> str:
     here = run.get("fine_tuned_here")
     reuse = f"; {here} of {run.get('models')} models fine-tuned in this invocation, the rest and finished LST " \
             "reused from its folder" if here is not None and here < (run.get("models") or 0) else ""
-    return (f"- `{command}`: {run['seconds'] / 60:.1f} min wall ({run.get('threads')} thread(s){reuse}). Accuracy, "
-            f"simulated test set / injected real hosts: {acc}. {hosts}; left out: {left}. Verdict: {verdicts}")
+    cpu = f", {run['cpu_seconds'] / 60:.1f} min CPU" if run.get("cpu_seconds") is not None else ""
+    walks = run.get("traversals")
+    walked = (" Traversals: " + ", ".join(f"{n} {WALK_NAMES.get(d, d)}" for d, n in walks.items()) + ".") if walks \
+        else ""
+    proxy = run.get("proxy")
+    pretrained = ""
+    if proxy and proxy.get("pretrain_seconds") is not None:
+        r2 = ", ".join(f"{k} {sig(v)}" for k, v in proxy["probe_r2"].items())
+        pretrained = (f" The galaxy-proxy: pretrained in {proxy['pretrain_seconds'] / 60:.1f} min wall "
+                      f"({proxy['pretrain_cpu_seconds'] / 60:.1f} min CPU, {proxy['pretrain_threads']} thread(s)) by "
+                      f"the run that first needed it; linear-probe R² on held-out morphology: {r2}.")
+    return (f"- `{command}`: {run['seconds'] / 60:.1f} min wall{cpu} ({run.get('threads')} thread(s){reuse})."
+            f"{walked} Accuracy, simulated test set / injected real hosts: {acc}. {hosts}; left out: {left}."
+            f"{pretrained} Verdict: {verdicts}")
+
+
+WALK_NAMES = {"sim": "simulated", "injected": "injected-host", "real": "real-cutout"}
+
+
+def _left_out(excluded: Mapping[str, str]) -> str:
+    """The hosts left out, by reason: all named where there are few, else counted per reason (the names are in the
+    run's report.html and results file)."""
+    if len(excluded) <= 4:
+        return "; ".join(f"{h} ({why})" for h, why in excluded.items()) or "none"
+    reasons: dict[str, int] = {}
+    for why in excluded.values():
+        head = why.split(":")[0] if why.startswith(("injection failed", "possibly clumpy")) else why
+        reasons[head] = reasons.get(head, 0) + 1
+    return f"{len(excluded)} hosts (" + "; ".join(f"{n} {why}" for why, n in reasons.items()) + ")"

@@ -258,7 +258,8 @@ def _describe_real(hosts: rl.RealHosts, design: dict[str, Any], config: ZoobotCo
             "surveys": dict(zip(hosts.names, host_surveys(hosts))),
             "clumps": hosts.clumps.tolist(), "injections": config.injections, "backbones": design["backbones"],
             "per_seed": per_seed, "rule": rl.SCREEN_RULE, "folder": ", ".join(config.real_sources()),
-            "host_info": hosts.info, "loader_skipped": hosts.skipped, "units": hosts.units}
+            "host_info": hosts.info, "loader_skipped": hosts.skipped, "units": hosts.units,
+            "image_hosts": arm.units}
 
 
 def host_surveys(hosts: rl.RealHosts) -> list[str]:
