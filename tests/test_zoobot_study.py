@@ -509,6 +509,12 @@ def test_study_end_to_end_two_seeds(study, monkeypatch, capsys):
     assert run_command("zoobot", zs, argv) == 0
     resumed = json.loads((out / "tables.json").read_text())
     assert resumed["comparisons"] == comps and resumed["summary"]["fine_tuned_here"] == 0
+    assert [c["fine_tuned"] for c in resumed["summary"]["invocations"]] == [6, 0]  # the work's time is kept
+    for t in resumed["training"].values():  # real-host accuracy per survey: hosts and images add up
+        by = t["real_host"]["by_survey"]
+        assert sum(v["hosts"] for v in by.values()) == t["real_host"]["hosts"]
+        assert sum(v["accuracy"] * v["hosts"] for v in by.values()) == pytest.approx(
+            t["real_host"]["accuracy"] * t["real_host"]["hosts"])
     # other settings into the same folder: one line, exit 2
     capsys.readouterr()
     assert run_command("zoobot", zs, argv + ["--iterations", "3"]) == 2
@@ -711,10 +717,18 @@ def test_the_docs_block_says_the_traversals_the_proxy_and_the_hosts_left_out_by_
     run = {**run, "traversals": {"sim": 1152, "injected": 900, "real": 600}, "cpu_seconds": 1500.0,
            "proxy": {"pretrain_seconds": 1278.0, "pretrain_cpu_seconds": 680.0, "pretrain_threads": 1,
                      "probe_r2": {"galaxy-proxy": 0.832, "imagenet": 0.263, "random": 0.17}},
-           "real": {**run["real"], "excluded": excluded}}
+           "real": {**run["real"], "excluded": excluded},
+           "accuracy": {"imagenet/s0": {"simulated": 0.9, "real_host": 0.53,
+                                        "real_by_survey": {"hst-xdf": 0.5, "legacy": 0.8}}},
+           "invocations": [{"seconds": 3000.0, "cpu_seconds": 1800.0, "fine_tuned": 6},
+                           {"seconds": 30.0, "cpu_seconds": 24.0, "fine_tuned": 0}],
+           "seconds": 30.0, "fine_tuned_here": 0, "models": 6}
     text = render_readme({"runs": {command: run}})
-    assert "25.0 min CPU" in text and "1152 simulated, 900 injected-host, 600 real-cutout" in text
+    assert "50.5 min wall, 30.4 min CPU over its 2 invocations" in text and "the last, 0.5 min" in text
+    assert "1152 simulated, 900 injected-host, 600 real-cutout" in text
+    assert "imagenet/s0 0.900 / 0.530 (hst-xdf 0.500, legacy 0.800)" in text
     assert "pretrained in 21.3 min wall (11.3 min CPU, 1 thread(s))" in text and "galaxy-proxy 0.832" in text
     assert "left out: 6 hosts (5 injection failed; 1 possibly clumpy already)" in text
-    few = render_readme({"runs": {command: {**run, "real": {**run["real"], "excluded": {"sdss/a.png": "why"}}}}})
-    assert "left out: sdss/a.png (why)" in few
+    few = render_readme({"runs": {command: {**run, "real": {**run["real"], "excluded": {"sdss/a.png": "why"}},
+                                            "invocations": run["invocations"][:1], "cpu_seconds": 1500.0}}})
+    assert "left out: sdss/a.png (why)" in few and "0.5 min wall, 25.0 min CPU" in few

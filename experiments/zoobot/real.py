@@ -164,12 +164,19 @@ def _pairs(labels: torch.Tensor, host: torch.Tensor, right: torch.Tensor, rounds
 @torch.no_grad()
 def real_accuracy(model: Classifier, hosts: RealHosts, excluded: Sequence[int] = ()) -> dict[str, float | int]:
     """Accuracy on the injected real hosts (plain: not clumpy, injected: clumpy) over the hosts kept: the domain
-    gap beside the simulated test accuracy."""
+    gap beside the simulated test accuracy; `by_survey`: the same per survey (hosts from other surveys, e.g. the
+    Hubble deep field's, may lie further from the simulated training images)."""
     keep = [h for h in range(len(hosts.names)) if h not in set(excluded)]
     if not keep:
         return {"accuracy": float("nan"), "plain": float("nan"), "injected": float("nan"), "images": 0, "hosts": 0}
     pred_plain = _predictions([model], hosts.plain[keep])[0]
     pred_inj = _predictions([model], hosts.injected[keep].flatten(0, 1))[0]
     right = torch.cat([pred_plain == 0, pred_inj == 1]).float()
+    per_host = ((pred_plain == 0).float() + (pred_inj == 1).float().view(len(keep), -1).sum(1)) \
+        / (1 + hosts.injected.shape[1])  # each host's share of its images classified right
+    surveys = [str((hosts.info[h] if h < len(hosts.info) else {}).get("survey") or "unknown") for h in keep]
+    by_survey = {s: {"accuracy": float(per_host[[i for i, x in enumerate(surveys) if x == s]].mean()),
+                     "hosts": surveys.count(s)} for s in sorted(set(surveys))}
     return {"accuracy": float(right.mean()), "plain": float((pred_plain == 0).float().mean()),
-            "injected": float((pred_inj == 1).float().mean()), "images": int(right.numel()), "hosts": len(keep)}
+            "injected": float((pred_inj == 1).float().mean()), "images": int(right.numel()), "hosts": len(keep),
+            "by_survey": by_survey}

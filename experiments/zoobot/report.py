@@ -263,7 +263,7 @@ def summary(result, analysis: Mapping[str, Any], cpu_seconds: float = math.nan) 
             "level": analysis["level"], "min_units": vd.MIN_UNITS, "min_accuracy": result.config.min_accuracy,
             "seconds": round(result.seconds, 1), "rule": pd.RULE, "traversals": walks,
             "cpu_seconds": round(cpu_seconds, 1) if math.isfinite(cpu_seconds) else None,
-            "proxy": _proxy_summary(result.proxy), "screen_rule": result.real.get("rule"),
+            "proxy": _proxy_summary(result.proxy), "invocations": list(getattr(result, "invocations", [])), "screen_rule": result.real.get("rule"),
             "fine_tuned_here": getattr(result, "trained_here", None),
             "models": sum(1 for _ in result.accuracy),
             "constants": constants(analysis["level"], analysis["family"], result.config.min_accuracy)}
@@ -334,17 +334,26 @@ def render_readme(data: Mapping[str, Any]) -> str:
 
 
 def _run_text(command: str, run: Mapping[str, Any]) -> str:
-    acc = "; ".join(f"{k} {sig(v['simulated'])} / {sig(v['real_host'])}" for k, v in run["accuracy"].items())
+    acc = "; ".join(f"{k} {sig(v['simulated'])} / {sig(v['real_host'])}" + _by_survey(v.get("real_by_survey"))
+                    for k, v in run["accuracy"].items())
     left = _left_out(run["real"].get("excluded") or {})
     surveys = run["real"].get("surveys") or {}
     counted = ", ".join(f"{n} {s}" for s, n in sorted(
         {s: list(surveys.values()).count(s) for s in set(surveys.values())}.items()))
     hosts = f"{len(run['real'].get('hosts') or [])} real hosts" + (f" ({counted})" if counted else "")
     verdicts = " ".join(v["sentence"] for v in run["verdicts"].values())
-    here = run.get("fine_tuned_here")
-    reuse = f"; {here} of {run.get('models')} models fine-tuned in this invocation, the rest and finished LST " \
-            "reused from its folder" if here is not None and here < (run.get("models") or 0) else ""
-    cpu = f", {run['cpu_seconds'] / 60:.1f} min CPU" if run.get("cpu_seconds") is not None else ""
+    calls = run.get("invocations") or []
+    if len(calls) > 1:  # a rerun into the same folder recorded this entry: the work's time is all invocations'
+        took = (f"{sum(c['seconds'] for c in calls) / 60:.1f} min wall, "
+                f"{sum(c['cpu_seconds'] for c in calls) / 60:.1f} min CPU over its {len(calls)} invocations into the "
+                f"folder ({run.get('threads')} thread(s); the last, {run['seconds'] / 60:.1f} min, recorded this entry "
+                f"and fine-tuned {run.get('fine_tuned_here')} of {run.get('models')} models)")
+    else:
+        here = run.get("fine_tuned_here")
+        reuse = f"; {here} of {run.get('models')} models fine-tuned in this invocation, the rest and finished LST " \
+                "reused from its folder" if here is not None and here < (run.get("models") or 0) else ""
+        cpu = f", {run['cpu_seconds'] / 60:.1f} min CPU" if run.get("cpu_seconds") is not None else ""
+        took = f"{run['seconds'] / 60:.1f} min wall{cpu} ({run.get('threads')} thread(s){reuse})"
     walks = run.get("traversals")
     walked = (" Traversals: " + ", ".join(f"{n} {WALK_NAMES.get(d, d)}" for d, n in walks.items()) + ".") if walks \
         else ""
@@ -355,9 +364,12 @@ def _run_text(command: str, run: Mapping[str, Any]) -> str:
         pretrained = (f" The galaxy-proxy: pretrained in {proxy['pretrain_seconds'] / 60:.1f} min wall "
                       f"({proxy['pretrain_cpu_seconds'] / 60:.1f} min CPU, {proxy['pretrain_threads']} thread(s)) by "
                       f"the run that first needed it; linear-probe R² on held-out morphology: {r2}.")
-    return (f"- `{command}`: {run['seconds'] / 60:.1f} min wall{cpu} ({run.get('threads')} thread(s){reuse})."
-            f"{walked} Accuracy, simulated test set / injected real hosts: {acc}. {hosts}; left out: {left}."
+    return (f"- `{command}`: {took}.{walked} Accuracy, simulated test set / injected real hosts: {acc}. {hosts}; left out: {left}."
             f"{pretrained} Verdict: {verdicts}")
+
+
+def _by_survey(accuracy: Mapping[str, float] | None) -> str:
+    return f" ({', '.join(f'{s} {sig(a)}' for s, a in accuracy.items())})" if accuracy and len(accuracy) > 1 else ""
 
 
 WALK_NAMES = {"sim": "simulated", "injected": "injected-host", "real": "real-cutout"}

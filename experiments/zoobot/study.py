@@ -54,6 +54,7 @@ class ZoobotResult:
     seconds: float = 0.0
     tables: dict[str, Any] = field(default_factory=dict)
     trained_here: int | None = None  # models fine-tuned by this invocation (the rest reused from `out`)
+    invocations: list[dict[str, Any]] = field(default_factory=list)  # every finished invocation into `out`
 
     def comparison_rows(self) -> list[dict[str, Any]]:
         return [c.row() for c in self.comparisons]
@@ -125,6 +126,9 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
                                   _accuracy(training), real, records, proxy_log, training)
             result.seconds = time.perf_counter() - started
             result.trained_here = sum(f"{k}/s{s}" not in before for k, s, _ in models)
+            if info.is_main:
+                result.invocations = log_invocation(out, result.seconds, time.process_time() - cpu,
+                                                    result.trained_here)
             if report and info.is_main:
                 from .report import write_report
 
@@ -133,6 +137,17 @@ def run_zoobot(config: ZoobotConfig, out: str | Path = OUT_ROOT / "zoobot", *, d
             return result
     finally:
         st.finish_distributed(info)
+
+
+def log_invocation(out: Path, seconds: float, cpu_seconds: float, fine_tuned: int) -> list[dict[str, Any]]:
+    """Append this finished invocation (wall and CPU seconds, models fine-tuned) to `out/invocations.json` and return
+    them all: a rerun that reuses the work reports its own time beside the time the work took."""
+    path = out / "invocations.json"
+    done = json.loads(path.read_text()) if path.is_file() else []
+    done.append({"finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(seconds, 1),
+                 "cpu_seconds": round(cpu_seconds, 1), "fine_tuned": int(fine_tuned)})
+    st.write_json(done, path)
+    return done
 
 
 def _hosts(config: ZoobotConfig) -> rl.RealHosts:
@@ -372,4 +387,7 @@ def gate_cells(gates: dict[str, str], kind: str, reference: str, seeds: Sequence
 def _accuracy(training: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: {"simulated": t["test_accuracy"], "real_host": (t.get("real_host") or {}).get("accuracy"),
                    "real_plain": (t.get("real_host") or {}).get("plain"),
-                   "real_injected": (t.get("real_host") or {}).get("injected")} for name, t in training.items()}
+                   "real_injected": (t.get("real_host") or {}).get("injected"),
+                   "real_by_survey": {s: v["accuracy"] for s, v in
+                                      ((t.get("real_host") or {}).get("by_survey") or {}).items()}}
+            for name, t in training.items()}
