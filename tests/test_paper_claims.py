@@ -212,12 +212,15 @@ def test_study_end_to_end_on_models_with_known_hulls(tmp_path):
     config = ClaimsConfig(groups=(group,), rounds=3, lst=lst, min_confidence=0.6, batch_size=24)
     said: list[str] = []
     result = run_claims(config, tmp_path, models=models, progress=False,
-                        results_to=tmp_path / "docs" / "claims.json", log=said.append)
+                        results_to=tmp_path / "docs" / "claims.json", figure_to=tmp_path / "docs" / "t.png",
+                        log=said.append)
     assert said == ["toy (ball, linear): paths_star_like: underpowered for holds: needs n >= 35 sources (has 20)"]
     assert isinstance(result, ClaimsResult) and result.config is config and result.power == said
     assert (result.results, result.csv, result.report, result.figure) == (
         tmp_path / "claims.json", tmp_path / "claims.csv", tmp_path / "report.html", tmp_path / "triangles.png")
     assert set(result.tables) == {"toy"} and result.validity == result.data["validity"]
+    assert (tmp_path / "docs" / "claims.json").read_bytes() == result.results.read_bytes()  # the docs' copies
+    assert (tmp_path / "docs" / "t.png").read_bytes() == result.figure.read_bytes()
     claims = {c["claim"]: c for c in result.claims}
     at = claims["at_hull_larger"]["rows"][-1]  # at the run's delta, 0.15 (after 0 and 0.1)
     assert at["at"] == pytest.approx(1.0)  # the linear model's triangles stay confident everywhere

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=open_unit_float, default=None, help="delta, in (0, 1) (the paper's 0.2)")
     p.add_argument("--no-matched", action="store_true", help="skip claim 3 at matched distance (a second LST run)")
     p.add_argument("--results-to", default=None, metavar="FILE", help="also copy claims.json to FILE")
+    p.add_argument("--figure-to", default=None, metavar="FILE",
+                   help="also copy the triangle figure to FILE (the docs' docs/paper_claims_triangles.png)")
     add_common_options(p, "paper", model=None, iterations=None, batch_size=d.batch_size, model_calls=True)
 
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     result = run_claims(config, args.out, device=resolve_device(args.device), progress=not args.quiet,
-                        restart=args.restart, results_to=args.results_to,
+                        restart=args.restart, results_to=args.results_to, figure_to=args.figure_to,
                         log=(lambda s: None) if args.quiet else print)
     if not args.quiet:
         print(st.markdown_table(claims_table(result.claims)))

@@ -97,13 +97,15 @@ def _plan(name: str, group: Group, nets: Mapping[str, torch.nn.Module], sources,
 
 def run_claims(config: ClaimsConfig, out: str | Path = OUT_ROOT / "paper", *,
                device: str | torch.device | None = None, progress: bool = True, restart: bool = False,
-               results_to: str | Path | None = None, models: Mapping[str, torch.nn.Module] | None = None,
+               results_to: str | Path | None = None, figure_to: str | Path | None = None,
+               models: Mapping[str, torch.nn.Module] | None = None,
                log: Callable[[str], None] = print) -> ClaimsResult:
     """Run (or resume) the protocol on every group of `config` into `out/<group>`, then decide the claims per group.
 
     `device`: where the models are loaded ('cpu', 'cuda', a torch.device; None: `load_classifier`'s default);
     `models` overrides `load_classifier` by name (tests, or models of one's own `Group`); `results_to`: copy
-    `claims.json` there (e.g. docs/results/claims.json for docs/studies.md); `log` receives the power lines said
+    `claims.json` there (e.g. docs/results/claims.json for docs/studies.md); `figure_to`: copy the triangle figure
+    there (docs/paper_claims_triangles.png is made so: no figure of the docs is copied by hand); `log` receives the power lines said
     before any LST runs. The config was checked when it was made (amp, rounds, threshold, groups), so nothing here
     runs with an impossible setting.
     """
@@ -149,6 +151,9 @@ def run_claims(config: ClaimsConfig, out: str | Path = OUT_ROOT / "paper", *,
         shutil.copyfile(out / "claims.json", results_to)
     pools = {name: runs[0].images for name, runs in plans.items()}
     figure = triangle_figure(out, groups, pools, models) if any(g.at_pairs for g in groups.values()) else None
+    if figure_to and figure is not None:
+        Path(figure_to).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figure, figure_to)
     report = write_report(out, data, tables, figure)
     return ClaimsResult(config=config, out=out, claims=claims, data=data, tables=tables, figure=figure,
                         results=results, csv=csv, report=report)
