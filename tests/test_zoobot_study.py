@@ -309,7 +309,11 @@ def test_real_hosts_are_screened_before_any_lst_and_paired_across_hosts_and_clas
         assert len(set(tgt)) == min(3, len(candidates))
     acc = zr.real_accuracy(models[2], hosts, list(excluded))
     assert acc == {"accuracy": pytest.approx(11 / 12), "plain": 1.0, "injected": pytest.approx(7 / 8),
-                   "images": 12, "hosts": 4}
+                   "images": 12, "hosts": 4, "by_survey": {"unknown": {"accuracy": pytest.approx(11 / 12), "hosts": 4}}}
+    hosts.info = [{"survey": "sdss"}] * 2 + [{"survey": "hst-xdf"}] * (len(hosts.names) - 2)  # per survey, the same
+    by = zr.real_accuracy(models[2], hosts, list(excluded))["by_survey"]  # images, split by the host's survey
+    assert sum(v["hosts"] for v in by.values()) == 4 and set(by) <= {"sdss", "hst-xdf"}
+    assert sum(v["accuracy"] * v["hosts"] for v in by.values()) == pytest.approx(11 / 12 * 4)
 
 
 def test_the_real_arm_is_gated_on_real_host_accuracy_and_paired_per_seed(tmp_path):

@@ -27,7 +27,7 @@ from blindspots import Classifier
 from . import data as dt
 
 __all__ = ["SCREEN_MAJORITY", "MIN_INJECTED_CLUMPS", "SCREEN_RULE", "RealHosts", "inject_config", "load_hosts",
-           "screen_hosts", "RealArm", "real_arm", "real_accuracy"]
+           "screen_hosts", "RealArm", "real_arm", "real_accuracy", "host_surveys"]
 
 SCREEN_MAJORITY = 0.5  # a host is left out when more than this share of the classifiers calls its plain version clumpy
 MIN_INJECTED_CLUMPS = 2  # the clumpy class has 2-8 clumps: an injection that places fewer does not make one
@@ -161,6 +161,16 @@ def _pairs(labels: torch.Tensor, host: torch.Tensor, right: torch.Tensor, rounds
     return torch.tensor(pool, dtype=torch.long), torch.from_numpy(targets), len(ok) - len(pool)
 
 
+def host_surveys(hosts: RealHosts) -> list[str]:
+    """The survey of each host: the one its loader recorded (`info`: 'sdss', 'legacy', 'hst-xdf' for the deep field,
+    a FITS file's), else the cutout's top folder ('sdss/...'), else 'unknown'."""
+    found = []
+    for h, name in enumerate(hosts.names):
+        given = (hosts.info[h] if h < len(hosts.info) else {}).get("survey")
+        found.append(str(given) if given else name.split("/")[0] if "/" in name else "unknown")
+    return found
+
+
 @torch.no_grad()
 def real_accuracy(model: Classifier, hosts: RealHosts, excluded: Sequence[int] = ()) -> dict[str, float | int]:
     """Accuracy on the injected real hosts (plain: not clumpy, injected: clumpy) over the hosts kept: the domain
@@ -174,7 +184,8 @@ def real_accuracy(model: Classifier, hosts: RealHosts, excluded: Sequence[int] =
     right = torch.cat([pred_plain == 0, pred_inj == 1]).float()
     per_host = ((pred_plain == 0).float() + (pred_inj == 1).float().view(len(keep), -1).sum(1)) \
         / (1 + hosts.injected.shape[1])  # each host's share of its images classified right
-    surveys = [str((hosts.info[h] if h < len(hosts.info) else {}).get("survey") or "unknown") for h in keep]
+    every = host_surveys(hosts)
+    surveys = [every[h] for h in keep]
     by_survey = {s: {"accuracy": float(per_host[[i for i, x in enumerate(surveys) if x == s]].mean()),
                      "hosts": surveys.count(s)} for s in sorted(set(surveys))}
     return {"accuracy": float(right.mean()), "plain": float((pred_plain == 0).float().mean()),

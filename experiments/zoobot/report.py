@@ -355,8 +355,8 @@ def _run_text(command: str, run: Mapping[str, Any]) -> str:
         cpu = f", {run['cpu_seconds'] / 60:.1f} min CPU" if run.get("cpu_seconds") is not None else ""
         took = f"{run['seconds'] / 60:.1f} min wall{cpu} ({run.get('threads')} thread(s){reuse})"
     walks = run.get("traversals")
-    walked = (" Traversals: " + ", ".join(f"{n} {WALK_NAMES.get(d, d)}" for d, n in walks.items()) + ".") if walks \
-        else ""
+    order = sorted(walks or {}, key=lambda d: list(WALK_NAMES).index(d) if d in WALK_NAMES else len(WALK_NAMES))
+    walked = (" Traversals: " + ", ".join(f"{walks[d]} {WALK_NAMES.get(d, d)}" for d in order) + ".") if walks else ""
     proxy = run.get("proxy")
     pretrained = ""
     if proxy and proxy.get("pretrain_seconds") is not None:

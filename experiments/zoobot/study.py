@@ -25,7 +25,7 @@ from experiments.galaxy_proxy import proxy as px
 from . import real as rl
 from .config import ZoobotConfig
 
-__all__ = ["ZoobotResult", "run_zoobot", "measure", "analyse", "domains", "host_surveys", "gate_cells",
+__all__ = ["ZoobotResult", "run_zoobot", "measure", "analyse", "domains", "gate_cells",
            "REFERENCE"]
 
 REFERENCE = "imagenet"  # every other backbone is compared with this one
@@ -270,21 +270,11 @@ def _describe_real(hosts: rl.RealHosts, design: dict[str, Any], config: ZoobotCo
                             "injected_sources": int((arm.labels[pool] == 1).sum()), "unpaired": unpaired,
                             "backbones": list(design["kinds"][s])}
     return {"hosts": list(hosts.names), "excluded": {hosts.names[h]: why for h, why in arm.excluded.items()},
-            "surveys": dict(zip(hosts.names, host_surveys(hosts))),
+            "surveys": dict(zip(hosts.names, rl.host_surveys(hosts))),
             "clumps": hosts.clumps.tolist(), "injections": config.injections, "backbones": design["backbones"],
             "per_seed": per_seed, "rule": rl.SCREEN_RULE, "folder": ", ".join(config.real_sources()),
             "host_info": hosts.info, "loader_skipped": hosts.skipped, "units": hosts.units,
             "image_hosts": arm.units}
-
-
-def host_surveys(hosts: rl.RealHosts) -> list[str]:
-    """The survey of each host: `hosts.surveys` where the loader records one per host (a host list with a
-    `survey` field, e.g. survey-field or FITS hosts), else the cutout's top folder under the real folder
-    ('sdss', 'decals' in ../shared/data/galaxies), else 'unknown'."""
-    given = list(getattr(hosts, "surveys", None) or [])
-    if len(given) == len(hosts.names):
-        return [str(x) for x in given]
-    return [name.split("/")[0] if "/" in name else "unknown" for name in hosts.names]
 
 
 def _real_design(models, hosts: rl.RealHosts, config: ZoobotConfig, training: dict[str, Any],
