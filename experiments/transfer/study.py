@@ -196,10 +196,10 @@ def run_transfer(config: TransferConfig, out: str | Path = OUT_ROOT / "transfer"
     device = st.study_device(device, threads)
     started, cpu = time.perf_counter(), time.process_time()
     out = Path(out)
-    hosts, host_names, skipped = load_hosts(config)
     for kind in config.backbones:  # a missing or foreign weights file: one line, before anything is trained
         if kind in ("imagenet", "zoobot") or (kind == "galaxy-proxy" and config.proxy_encoder):
             build_cell_detector(kind, config.bodies[0], 0, config, config.proxy_encoder, "cpu")
+    hosts, host_names, skipped = load_hosts(config)
     proxy_file, proxy_log = config.proxy_encoder, None
     if "galaxy-proxy" in config.backbones and proxy_file is None:
         proxy_file, proxy_log = ensure_proxy(_proxy_config(config), device, proxy_dir, progress=progress)
