@@ -29,8 +29,8 @@ from .render import (_add_noise, inverse_lupton, lupton_rgb, render_flux)
 from blindspots.errors import InputError
 
 __all__ = ["SimConfig", "GalaxyParams", "SimulatedBatch", "SimulatedClumps", "simulate", "simulate_one", "make_target",
-           "sample_params", "render_flux", "lupton_rgb", "inverse_lupton", "simulator_fingerprint", "CLUMP", "ODD_CLUMP",
-           "CLASS_NAMES"]
+           "sample_params", "render_flux", "lupton_rgb", "inverse_lupton", "simulator_fingerprint", "CLUMP",
+           "ODD_CLUMP", "CLASS_NAMES"]
 
 
 @dataclass

@@ -105,8 +105,8 @@ def run_claims(config: ClaimsConfig, out: str | Path = OUT_ROOT / "paper", *,
     `device`: where the models are loaded ('cpu', 'cuda', a torch.device; None: `load_classifier`'s default);
     `models` overrides `load_classifier` by name (tests, or models of one's own `Group`); `results_to`: copy
     `claims.json` there (e.g. docs/results/claims.json for docs/studies.md); `figure_to`: copy the triangle figure
-    there (docs/paper_claims_triangles.png is made so: no figure of the docs is copied by hand); `log` receives the power lines said
-    before any LST runs. The config was checked when it was made (amp, rounds, threshold, groups), so nothing here
+    there (docs/paper_claims_triangles.png is made so: no figure of the docs is copied by hand); `log` receives the
+    power lines said before any LST runs. The config was checked when it was made (amp, rounds, threshold, groups), so nothing here
     runs with an impossible setting.
     """
     if not isinstance(config, ClaimsConfig):
@@ -143,7 +143,8 @@ def run_claims(config: ClaimsConfig, out: str | Path = OUT_ROOT / "paper", *,
     at_pairs = {g: grp.at_pairs for g, grp in groups.items()}
     claims = pv.evaluate_claims(records, at_pairs, lst.threshold, config.seed, matched_records)
     data = {"claims": claims, "rules": {k: {**r.to_dict(), "text": pv.rule_text(k)} for k, r in pv.RULES.items()},
-            "constants": pv.CONSTANTS, "delta": lst.threshold, "validity": validity, "power": power, "settings": config.settings()}
+            "constants": pv.CONSTANTS, "delta": lst.threshold, "validity": validity, "power": power,
+            "settings": config.settings()}
     results = st.write_json(data, out / "claims.json")
     csv = st.write_csv([{"claim": c["claim"], **r} for c in claims for r in c["rows"]], out / "claims.csv")  # numbers
     if results_to:

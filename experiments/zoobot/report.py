@@ -187,7 +187,8 @@ def write_report(result, analysis: Mapping[str, Any], cpu_seconds: float = math.
     consts = constants(analysis["level"], analysis["family"], config.min_accuracy)
     text = "\n\n".join([v.reason for v in result.verdicts.values()] + [consts])
     lst = config.lst_config().to_dict()
-    tables = {"summary": summary(result, analysis, cpu_seconds), "verdicts": {k: v.to_dict() for k, v in result.verdicts.items()},
+    tables = {"summary": summary(result, analysis, cpu_seconds),
+              "verdicts": {k: v.to_dict() for k, v in result.verdicts.items()},
               "rule": pd.RULE, "screen_rule": result.real.get("rule"), "constants": consts,
               "arms": analysis.get("arms", {}),
               "comparisons": [c.row() for c in comps], "stalls": analysis["stalls"], "training": training,
@@ -263,7 +264,8 @@ def summary(result, analysis: Mapping[str, Any], cpu_seconds: float = math.nan) 
             "level": analysis["level"], "min_units": vd.MIN_UNITS, "min_accuracy": result.config.min_accuracy,
             "seconds": round(result.seconds, 1), "rule": pd.RULE, "traversals": walks,
             "cpu_seconds": round(cpu_seconds, 1) if math.isfinite(cpu_seconds) else None,
-            "proxy": _proxy_summary(result.proxy), "invocations": list(getattr(result, "invocations", [])), "screen_rule": result.real.get("rule"),
+            "proxy": _proxy_summary(result.proxy), "invocations": list(getattr(result, "invocations", [])),
+            "screen_rule": result.real.get("rule"),
             "fine_tuned_here": getattr(result, "trained_here", None),
             "models": sum(1 for _ in result.accuracy),
             "constants": constants(analysis["level"], analysis["family"], result.config.min_accuracy)}
@@ -364,8 +366,8 @@ def _run_text(command: str, run: Mapping[str, Any]) -> str:
         pretrained = (f" The galaxy-proxy: pretrained in {proxy['pretrain_seconds'] / 60:.1f} min wall "
                       f"({proxy['pretrain_cpu_seconds'] / 60:.1f} min CPU, {proxy['pretrain_threads']} thread(s)) by "
                       f"the run that first needed it; linear-probe R² on held-out morphology: {r2}.")
-    return (f"- `{command}`: {took}.{walked} Accuracy, simulated test set / injected real hosts: {acc}. {hosts}; left out: {left}."
-            f"{pretrained} Verdict: {verdicts}")
+    return (f"- `{command}`: {took}.{walked} Accuracy, simulated test set / injected real hosts: {acc}. {hosts}; "
+            f"left out: {left}.{pretrained} Verdict: {verdicts}")
 
 
 def _by_survey(accuracy: Mapping[str, float] | None) -> str:
