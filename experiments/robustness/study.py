@@ -29,7 +29,8 @@ from torch import nn
 import attacks
 from attacks.budget import check_target_classes
 from attacks.ensemble import ATTACKS as ENSEMBLE_ATTACKS
-from blindspots.cli import OUT_ROOT, resolve_device
+from blindspots import studies as st
+from blindspots.cli import OUT_ROOT
 from blindspots.errors import InputError
 from blindspots.store import RunStore, StageRefused, atomic_write_text, jsonable
 from blindspots.zoo import WEIGHTS_DIR
@@ -170,8 +171,7 @@ def run_robust(config: RobustConfig, out: str | Path = OUT_ROOT / "robust", *, d
     `device`: 'cpu', 'cuda', ... (default: CUDA when present); `threads`: torch CPU threads (None: torch's own);
     `progress`: progress bars; `restart`: discard a different earlier run in `out`. Settings are checked when
     `config` is made; the target classes against the model's classes once it is loaded."""
-    _set_threads(threads)
-    device = resolve_device(None if device is None else str(device))
+    device = st.study_device(device, threads)
     from blindspots import load_classifier
 
     budget = config.budget()
@@ -252,8 +252,7 @@ def run_zoo_robustness(config: ZooRobustConfig = ZooRobustConfig(), out: str | P
 
     if results_to is not None:
         results_to = check_results_file(results_to)
-    _set_threads(threads)
-    device = resolve_device(None if device is None else str(device))
+    device = st.study_device(device, threads)
     budget = config.budget()
     models = {name: load_zoo_model(name) for name in config.models}
     if config.target_classes is not None:
@@ -294,13 +293,6 @@ def run_zoo_robustness(config: ZooRobustConfig = ZooRobustConfig(), out: str | P
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def _options(config, device: Any, progress: bool) -> dict[str, Any]:
