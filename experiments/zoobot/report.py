@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -252,9 +253,7 @@ def summary(result, analysis: Mapping[str, Any], cpu_seconds: float = math.nan) 
     """What the docs quote from one run: verdicts, the verdict cells' intervals, accuracies, the real arm, the
     traversals per pair set, wall and CPU time, and the galaxy-proxy's pretraining and probe."""
     cells = [c.row() for c in analysis["comparisons"] if c.category in pd.VERDICT_ARMS]
-    walks: dict[str, int] = {}
-    for r in result.records:
-        walks[r.get("domain", "?")] = walks.get(r.get("domain", "?"), 0) + 1
+    walks = dict(Counter(r.get("domain", "?") for r in result.records))
     return {"verdicts": {k: {"outcome": v.outcome, "sentence": v.reason} for k, v in result.verdicts.items()},
             "arms": analysis.get("arms", {}), "cells": cells, "accuracy": result.accuracy,
             "stalls": [s for s in analysis["stalls"]
@@ -382,8 +381,6 @@ def _left_out(excluded: Mapping[str, str]) -> str:
     run's report.html and results file)."""
     if len(excluded) <= 4:
         return "; ".join(f"{h} ({why})" for h, why in excluded.items()) or "none"
-    reasons: dict[str, int] = {}
-    for why in excluded.values():
-        head = why.split(":")[0] if why.startswith(("injection failed", "possibly clumpy")) else why
-        reasons[head] = reasons.get(head, 0) + 1
+    reasons = Counter(why.split(":")[0] if why.startswith(("injection failed", "possibly clumpy")) else why
+                      for why in excluded.values())
     return f"{len(excluded)} hosts (" + "; ".join(f"{n} {why}" for why, n in reasons.items()) + ")"
